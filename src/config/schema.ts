@@ -1,0 +1,132 @@
+// The configuration schema: one YAML file, every key listed here, nothing else accepted.
+// Durations and sizes are written as strings ("2m", "25MB") and come out as milliseconds / bytes.
+// Key names follow the seed documents (DESIGN.md, "Settings come from the seeds").
+import os from 'node:os';
+import { z } from 'zod';
+import { parseDuration, parseSize } from '../util/units.ts';
+import { cidrError } from '../util/cidr.ts';
+
+const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
+  const ms = typeof v === 'number' ? v * 1000 : parseDuration(v);
+  if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
+    ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a duration (use e.g. 500ms, 30s, 2m, 1h, 5d)` });
+    return z.NEVER;
+  }
+  return ms;
+});
+
+const size = z.union([z.string(), z.number().int().nonnegative()]).transform((v, ctx) => {
+  const bytes = typeof v === 'number' ? v : parseSize(v);
+  if (bytes === undefined) {
+    ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a size (use e.g. 64KB, 25MB, 1GB)` });
+    return z.NEVER;
+  }
+  return bytes;
+});
+
+const cidr = z.string().superRefine((v, ctx) => {
+  const err = cidrError(v);
+  if (err) ctx.addIssue({ code: 'custom', message: err });
+});
+
+const hostPort = z.string().superRefine((v, ctx) => {
+  if (!parseHostPort(v)) ctx.addIssue({ code: 'custom', message: `"${v}" is not host:port (e.g. 0.0.0.0:25, [::]:25)` });
+});
+
+const domain = z
+  .string()
+  .regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$/, 'not a domain name')
+  .transform((d) => d.toLowerCase().replace(/\.$/, ''));
+
+const deliver = z.string().superRefine((v, ctx) => {
+  if (!/^(smtp|lmtp):\/\/[^/]+:\d+$/.test(v) && !/^maildir:.+/.test(v)) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not smtp://host:port, lmtp://host:port or maildir:DIR` });
+  }
+});
+
+export const configSchema = z.strictObject({
+  /** Our name in the banner, EHLO reply and Received header. */
+  hostname: domain.default(os.hostname().toLowerCase()),
+  listen: z.array(hostPort).min(1).default(['127.0.0.1:2525']),
+  /** Mail for these domains is ours to accept; everything else is relaying. */
+  local_domains: z.array(domain).default(['localhost']),
+  data_dir: z.string().min(1).default('./var'),
+  /** Where accepted mail goes. Default: maildir:<data_dir>/maildir. */
+  deliver: deliver.optional(),
+  tls: z
+    .strictObject({
+      cert: z.string().min(1),
+      key: z.string().min(1),
+    })
+    .optional(),
+  smtp: z
+    .strictObject({
+      /** Text after our hostname in the 220 banner. */
+      banner: z.string().default('ESMTP mxguard'),
+      /** Wait this long before the banner; a client that talks first is an early talker. */
+      greet_delay: duration.default(0),
+      early_talker: z.enum(['ignore', 'reject']).default('reject'),
+      /** Bare CR, bare LF or NUL in a message: refuse it (550 5.5.2) or turn them into CRLF / drop them. */
+      bare_lf: z.enum(['reject', 'normalize']).default('reject'),
+      /** Answer the delayed verdicts of connect, HELO and MAIL at RCPT time (Postfix smtpd_delay_reject). */
+      delay_reject: z.boolean().default(true),
+    })
+    .prefault({}),
+  limits: z
+    .strictObject({
+      max_message_size: size.default(25 * 1024 * 1024),
+      /** DMail max_rcpts: recipients per message. */
+      max_rcpts: z.number().int().positive().default(100),
+      /** Text line in DATA, octets including CRLF (RFC 5321: 1000). */
+      max_line_length: z.number().int().min(80).default(1000),
+      max_errors: z.number().int().positive().default(10),
+      command_timeout: duration.default(300_000),
+      data_timeout: duration.default(180_000),
+      max_connections: z.number().int().positive().default(1000),
+      max_connections_per_ip: z.number().int().positive().default(20),
+    })
+    .prefault({}),
+  relay: z
+    .strictObject({
+      /** DMail forward_from_ip: clients that may relay. Default: loopback only. */
+      forward_from_ip: z.array(cidr).default(['127.0.0.0/8', '::1']),
+    })
+    .prefault({}),
+  queue: z
+    .strictObject({
+      /** Waits between delivery attempts; the last one repeats until max_age. */
+      retry: z.array(duration).min(1).default([60_000, 300_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 14_400_000]),
+      max_age: duration.default(5 * 86_400_000),
+      /** Connections to the downstream MTA at once. */
+      connections: z.number().int().positive().max(256).default(8),
+      /** Bounce (RFC 3464 DSN) to the sender when the downstream refuses for good or max_age passes. */
+      bounce: z.boolean().default(true),
+    })
+    .prefault({}),
+  log: z
+    .strictObject({
+      level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+      /** Log to this file instead of standard output. */
+      file: z.string().optional(),
+    })
+    .prefault({}),
+});
+
+export type Config = z.output<typeof configSchema>;
+export type ConfigInput = z.input<typeof configSchema>;
+
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** "127.0.0.1:25", "[::1]:25", "mx.example.test:25" → { host, port }. */
+export function parseHostPort(text: string): HostPort | undefined {
+  const m = /^(?:\[([0-9A-Fa-f:.]+)\]|([^\s:[\]]+)):(\d{1,5})$/.exec(text);
+  if (!m) return undefined;
+  const port = Number(m[3]);
+  if (port > 65535) return undefined;
+  const host = m[1] ?? m[2];
+  if (host === undefined) return undefined;
+  return { host, port };
+}

@@ -1,0 +1,40 @@
+// The contract between the queue's forwarder and the transports that hand mail downstream.
+
+/** A spooled message as a transport sees it: raw RFC 5322 bytes with CRLF line ends, NOT dot-stuffed. */
+export interface MessageBody {
+  readonly size: number;
+  /** Yields the message bytes in order; may be called more than once (one call per attempt). */
+  chunks(): AsyncIterable<Buffer>;
+}
+
+export interface OutgoingMessage {
+  /** Our queue ID, for logs. */
+  readonly id: string;
+  /** Envelope sender; '' is the null sender (bounces). */
+  readonly mailFrom: string;
+  /** The recipients still to deliver in this attempt. */
+  readonly rcpts: readonly string[];
+  readonly body: MessageBody;
+  /** The client declared BODY=8BITMIME / SMTPUTF8; pass them on when the downstream offers them. */
+  readonly eightBit?: boolean;
+  readonly smtputf8?: boolean;
+}
+
+/** The outcome for one recipient: ok = delivered, temp = try again later, perm = bounce. */
+export interface RcptResult {
+  readonly rcpt: string;
+  readonly status: 'ok' | 'temp' | 'perm';
+  /** The downstream's reply code (or 421/451 for a connection failure of ours). */
+  readonly code: number;
+  /** The reply text, one line, as received (for logs and the DSN's Diagnostic-Code). */
+  readonly text: string;
+}
+
+export interface Transport {
+  /** Names the destination in logs: "smtp://127.0.0.1:2526", "maildir:/var/mail". */
+  readonly name: string;
+  /** Delivers one message; never throws for a downstream failure: that is a 'temp' result per recipient. */
+  deliver(msg: OutgoingMessage): Promise<RcptResult[]>;
+  /** Closes pooled connections (QUIT), for a graceful stop. */
+  close(): Promise<void>;
+}
