@@ -1,0 +1,87 @@
+// One running mxguard: the SMTP server, the spool and the forwarder, with their lifecycle
+// (start, SIGHUP reload, SIGUSR1 queue rescan, graceful SIGTERM stop).
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Config } from './config/schema.ts';
+import { SmtpServer, loadTlsContext } from './smtp/server.ts';
+import type { SessionDeps } from './smtp/session.ts';
+import { PolicyEngine } from './policy/engine.ts';
+import { buildChecks } from './policy/index.ts';
+import { Spool } from './queue/spool.ts';
+import { Forwarder } from './delivery/forwarder.ts';
+import { createTransport } from './delivery/index.ts';
+import type { Logger } from './util/log.ts';
+
+export class App {
+  readonly config: Config;
+  readonly log: Logger;
+  private server: SmtpServer | undefined;
+  private forwarder: Forwarder | undefined;
+  private spool: Spool | undefined;
+  private current: Config;
+
+  constructor(config: Config, log: Logger) {
+    this.config = config;
+    this.current = config;
+    this.log = log;
+  }
+
+  get pidFile(): string {
+    return path.join(this.current.data_dir, 'mxguard.pid');
+  }
+
+  async start(): Promise<Array<{ host: string; port: number }>> {
+    const config = this.config;
+    await fsp.mkdir(config.data_dir, { recursive: true });
+    this.spool = await Spool.open(path.join(config.data_dir, 'spool'));
+    const transport = createTransport(config, this.log);
+    this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });
+    await this.forwarder.rescan();
+    this.log.info({ queued: this.forwarder.queued, deliver: transport.name }, 'queue loaded');
+    this.server = new SmtpServer(this.sessionDeps(config));
+    const bound = await this.server.listen();
+    await fsp.writeFile(this.pidFile, `${process.pid}\n`);
+    return bound;
+  }
+
+  private sessionDeps(config: Config): SessionDeps {
+    const forwarder = this.forwarder as Forwarder;
+    return {
+      config,
+      policy: new PolicyEngine(buildChecks(config), this.log),
+      spool: this.spool as Spool,
+      log: this.log,
+      tls: loadTlsContext(config),
+      enqueue: (msg) => forwarder.enqueue(msg),
+    };
+  }
+
+  /**
+   * Applies a new config to new sessions and the forwarder. Listen addresses, data_dir and
+   * deliver need a restart; a reload that changes them says so and keeps the old ones.
+   */
+  reload(next: Config): void {
+    const deps = this.sessionDeps(next); // throws (e.g. unreadable TLS key) before anything changes
+    for (const key of ['listen', 'data_dir', 'deliver'] as const) {
+      if (JSON.stringify(next[key]) !== JSON.stringify(this.current[key])) this.log.warn({ key }, 'setting changes on restart only');
+    }
+    this.server?.reload(deps);
+    this.forwarder?.reload(next);
+    this.current = next;
+    this.log.info('configuration reloaded');
+  }
+
+  /** SIGUSR1, sent by `mxguard queue flush|delete`: pick up what they changed in the spool. */
+  async rescanQueue(): Promise<void> {
+    await this.forwarder?.rescan();
+  }
+
+  async stop(graceMs = 30_000): Promise<void> {
+    this.log.info('stopping');
+    await this.server?.close(graceMs);
+    await this.forwarder?.stop(graceMs);
+    this.spool?.close();
+    await fsp.rm(this.pidFile, { force: true });
+    this.log.info('stopped');
+  }
+}

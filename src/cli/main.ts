@@ -1,0 +1,109 @@
+// The mxguard command line: start | check | queue.
+import { Command } from 'commander';
+import { ConfigError, checkConfigFile, defaultConfig, loadConfigFile } from '../config/load.ts';
+import type { Config } from '../config/schema.ts';
+import { App } from '../app.ts';
+import { createLogger } from '../util/log.ts';
+import { queueDelete, queueFlush, queueList, queueShow } from './queue.ts';
+
+// Spool fsyncs run in libuv's thread pool; the default 4 threads would serialise them.
+process.env.UV_THREADPOOL_SIZE ??= '16';
+
+async function loadConfig(file: string | undefined): Promise<Config> {
+  if (!file) return defaultConfig();
+  return (await loadConfigFile(file)).config;
+}
+
+async function start(file: string | undefined): Promise<void> {
+  let config: Config;
+  try {
+    config = await loadConfig(file);
+  } catch (err) {
+    console.error(err instanceof ConfigError ? err.message : `mxguard: ${(err as Error).message}`);
+    process.exit(1);
+  }
+  const log = createLogger(config.log.level, config.log.file);
+  const app = new App(config, log);
+  try {
+    await app.start();
+  } catch (err) {
+    log.fatal({ err }, 'start-up failed');
+    log.flush();
+    console.error(`mxguard: start-up failed: ${(err as Error).message}`);
+    process.exit(1);
+  }
+  process.on('SIGHUP', () => {
+    if (!file) {
+      log.info('SIGHUP: no config file to reload');
+      return;
+    }
+    loadConfigFile(file).then(
+      ({ config: next, warnings }) => {
+        for (const w of warnings) log.warn({ file: w.file, line: w.line, key: w.key }, w.message);
+        try {
+          app.reload(next);
+        } catch (err) {
+          log.error({ err: (err as Error).message }, 'reload failed; keeping the running configuration');
+        }
+      },
+      (err: Error) => log.error({ err: err.message }, 'reload failed; keeping the running configuration'),
+    );
+  });
+  process.on('SIGUSR1', () => void app.rescanQueue());
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down');
+    app.stop().then(
+      () => {
+        log.flush();
+        process.exit(0);
+      },
+      (err: Error) => {
+        log.error({ err }, 'shutdown failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+const program = new Command();
+program.name('mxguard').description('Anti-spam SMTP gateway').showHelpAfterError();
+
+program
+  .command('start')
+  .description('run the SMTP server and the forwarder (embedded defaults without -c)')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action((opts: { config?: string }) => start(opts.config));
+
+program
+  .command('check')
+  .description('validate a configuration file without starting (exit 0 = valid)')
+  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .action(async (opts: { config: string }) => {
+    const result = await checkConfigFile(opts.config);
+    (result.ok ? console.log : console.error)(result.output);
+    process.exitCode = result.ok ? 0 : 1;
+  });
+
+const queue = program.command('queue').description('inspect and manage the spool').option('-c, --config <file>', 'YAML configuration file');
+const withQueueConfig = (fn: (config: Config, ...args: string[]) => Promise<string>) => {
+  return async (...args: unknown[]) => {
+    try {
+      const config = await loadConfig(queue.opts<{ config?: string }>().config);
+      console.log(await fn(config, ...(args.filter((a) => typeof a === 'string') as string[])));
+    } catch (err) {
+      console.error(`mxguard: ${(err as Error).message}`);
+      process.exitCode = 1;
+    }
+  };
+};
+queue.command('list').description('list queued messages').action(withQueueConfig(queueList));
+queue.command('show <id>').description('show one message: envelope, delivery state, headers').action(withQueueConfig(queueShow));
+queue.command('flush').description('retry every deferred message now').action(withQueueConfig(queueFlush));
+queue.command('delete <id>').description('remove a message from the queue').action(withQueueConfig(queueDelete));
+
+await program.parseAsync(process.argv);

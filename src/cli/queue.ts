@@ -1,0 +1,83 @@
+// `mxguard queue list|show|flush|delete`: works on the spool files directly, then tells a
+// running mxguard (by the PID file in data_dir) to rescan with SIGUSR1.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Config } from '../config/schema.ts';
+import { listQueue, readQueueFile, Spool, writeStateFile, type SpoolPaths } from '../queue/spool.ts';
+
+function spoolPaths(config: Config): SpoolPaths {
+  return Spool.at(path.join(config.data_dir, 'spool'));
+}
+
+async function signalServer(config: Config): Promise<string> {
+  try {
+    const pid = Number((await fsp.readFile(path.join(config.data_dir, 'mxguard.pid'), 'utf8')).trim());
+    if (!Number.isInteger(pid) || pid <= 0) return 'no running mxguard found';
+    process.kill(pid, 'SIGUSR1');
+    return `told mxguard (pid ${pid})`;
+  } catch {
+    return 'no running mxguard found; it will pick this up when it starts';
+  }
+}
+
+export async function queueList(config: Config): Promise<string> {
+  const paths = spoolPaths(config);
+  const ids = await listQueue(paths);
+  const lines = [`${'ID'.padEnd(14)}  ${'Size'.padStart(8)}  ${'Arrived'.padEnd(20)}  Tries  Sender → recipients`];
+  let total = 0;
+  for (const id of ids) {
+    try {
+      const q = await readQueueFile(paths, id);
+      total += q.size;
+      const rcpts = q.state?.rcpts ?? q.envelope.rcpts;
+      const arrived = new Date(q.envelope.receivedAt).toISOString().slice(0, 19).replace('T', ' ');
+      lines.push(`${id}  ${String(q.size).padStart(8)}  ${arrived.padEnd(20)}  ${String(q.state?.attempts ?? 0).padStart(5)}  <${q.envelope.mailFrom}> → ${rcpts.join(', ')}`);
+      if (q.state?.lastError) lines.push(`${''.padEnd(16)}(${q.state.lastError}; next try ${new Date(q.state.nextAt).toISOString()})`);
+    } catch (err) {
+      lines.push(`${id}  unreadable: ${(err as Error).message}`);
+    }
+  }
+  lines.push(`-- ${ids.length} message${ids.length === 1 ? '' : 's'}, ${total} octets`);
+  return lines.join('\n');
+}
+
+export async function queueShow(config: Config, id: string): Promise<string> {
+  const paths = spoolPaths(config);
+  const q = await readQueueFile(paths, id);
+  const fh = await fsp.open(path.join(paths.queue, id), 'r');
+  try {
+    const head = Buffer.alloc(Math.min(q.size, 64 * 1024));
+    await fh.read(head, 0, head.length, 0);
+    const text = head.toString('utf8');
+    const end = text.indexOf('\r\n\r\n');
+    return [
+      `envelope: ${JSON.stringify(q.envelope, null, 2)}`,
+      `delivery: ${q.state ? JSON.stringify(q.state, null, 2) : 'not tried yet'}`,
+      `size: ${q.size}`,
+      '',
+      (end === -1 ? text : text.slice(0, end)).replace(/\r\n/g, '\n'),
+    ].join('\n');
+  } finally {
+    await fh.close();
+  }
+}
+
+export async function queueFlush(config: Config): Promise<string> {
+  const paths = spoolPaths(config);
+  const ids = await listQueue(paths);
+  for (const id of ids) {
+    const q = await readQueueFile(paths, id).catch(() => undefined);
+    if (!q) continue;
+    const state = q.state ?? { attempts: 0, nextAt: 0, rcpts: [...q.envelope.rcpts] };
+    await writeStateFile(paths, id, { ...state, nextAt: 0 });
+  }
+  return `${ids.length} message${ids.length === 1 ? '' : 's'} due now; ${await signalServer(config)}`;
+}
+
+export async function queueDelete(config: Config, id: string): Promise<string> {
+  const paths = spoolPaths(config);
+  await fsp.access(path.join(paths.queue, id));
+  await fsp.rm(path.join(paths.queue, id), { force: true });
+  await fsp.rm(path.join(paths.queue, id + '.state'), { force: true });
+  return `${id} deleted; ${await signalServer(config)}`;
+}

@@ -1,0 +1,293 @@
+// The forwarder: takes committed messages from the spool and hands them to the downstream
+// transport, at most queue.connections at a time. Temporary failures are retried on the
+// queue.retry schedule until queue.max_age; permanent ones (and expired ones) bounce to the
+// sender with an RFC 3464 DSN, never to the null sender. At start-up it resumes every message
+// left in the spool, so nothing acknowledged is lost across a crash.
+import fsp from 'node:fs/promises';
+import path from 'node:path';
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../util/log.ts';
+import { listQueue, messageBody, newQueueId, readQueueFile, type CommittedMessage, type Spool } from '../queue/spool.ts';
+import type { DeliveryState, Envelope } from '../queue/envelope.ts';
+import type { MessageBody, RcptResult, Transport } from './types.ts';
+import { buildBounce } from './dsn.ts';
+
+interface Job {
+  readonly envelope: Envelope;
+  readonly size: number;
+  rcpts: string[];
+  attempts: number;
+  /** The message octets while they are still in memory (first attempt only). */
+  cached?: Buffer[];
+  timer?: NodeJS.Timeout;
+  nextAt: number;
+}
+
+/** Keep at most this many octets of queued messages in memory; the rest is read from disk. */
+const CACHE_LIMIT = 64 * 1024 * 1024;
+
+export class Forwarder {
+  private readonly transport: Transport;
+  private readonly spool: Spool;
+  private config: Config;
+  private readonly log: Logger;
+  private readonly jobs = new Map<string, Job>();
+  private readonly ready: Job[] = [];
+  private readyHead = 0;
+  private active = 0;
+  private cachedBytes = 0;
+  private stopped = false;
+  private idle: (() => void) | undefined;
+
+  constructor(opts: { transport: Transport; spool: Spool; config: Config; log: Logger }) {
+    this.transport = opts.transport;
+    this.spool = opts.spool;
+    this.config = opts.config;
+    this.log = opts.log.child({ component: 'forwarder' });
+  }
+
+  reload(config: Config): void {
+    this.config = config;
+    this.pump();
+  }
+
+  get queued(): number {
+    return this.jobs.size;
+  }
+
+  /** A freshly committed message: deliver as soon as a connection is free. */
+  enqueue(msg: CommittedMessage): void {
+    let cached = msg.cached;
+    if (cached && this.cachedBytes + msg.size > CACHE_LIMIT) cached = undefined;
+    if (cached) this.cachedBytes += msg.size;
+    const job: Job = { envelope: msg.envelope, size: msg.size, rcpts: [...msg.envelope.rcpts], attempts: 0, cached, nextAt: Date.now() };
+    this.jobs.set(job.envelope.id, job);
+    this.makeReady(job);
+  }
+
+  /**
+   * Loads the spool directory: at start-up every queued message, later (SIGUSR1, after
+   * `mxguard queue flush|delete`) new state from disk: deleted messages are dropped, and
+   * deferred ones whose state file says "now" are retried now.
+   */
+  async rescan(): Promise<void> {
+    const ids = new Set(await listQueue(this.spool.paths));
+    for (const [id, job] of this.jobs) {
+      if (!ids.has(id) && job.cached === undefined) this.drop(job);
+    }
+    for (const id of ids) {
+      const known = this.jobs.get(id);
+      if (known && known.timer === undefined) continue; // ready or being delivered
+      let queued;
+      try {
+        queued = await readQueueFile(this.spool.paths, id);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        this.log.error({ id, err: (err as Error).message }, 'unreadable spool file moved aside');
+        await this.quarantine(id);
+        continue;
+      }
+      const nextAt = queued.state?.nextAt ?? 0;
+      if (known) {
+        if (nextAt < known.nextAt) {
+          clearTimeout(known.timer);
+          known.timer = undefined;
+          this.schedule(known, nextAt);
+        }
+        continue;
+      }
+      const job: Job = {
+        envelope: queued.envelope,
+        size: queued.size,
+        rcpts: queued.state?.rcpts ?? [...queued.envelope.rcpts],
+        attempts: queued.state?.attempts ?? 0,
+        nextAt,
+      };
+      this.jobs.set(id, job);
+      this.schedule(job, nextAt);
+    }
+  }
+
+  /** Retries every deferred message now. */
+  flush(): void {
+    for (const job of this.jobs.values()) {
+      if (job.timer) {
+        clearTimeout(job.timer);
+        job.timer = undefined;
+        this.makeReady(job);
+      }
+    }
+  }
+
+  /** Stops starting deliveries; waits up to graceMs for those under way, then closes the transport. */
+  async stop(graceMs = 30_000): Promise<void> {
+    this.stopped = true;
+    for (const job of this.jobs.values()) if (job.timer) clearTimeout(job.timer);
+    if (this.active > 0) {
+      const done = new Promise<void>((r) => (this.idle = r));
+      await Promise.race([done, new Promise((r) => setTimeout(r, graceMs).unref())]);
+    }
+    await this.transport.close();
+  }
+
+  private schedule(job: Job, at: number): void {
+    job.nextAt = at;
+    const wait = at - Date.now();
+    if (wait <= 0) return this.makeReady(job);
+    // setTimeout holds at most ~24.8 days; retry waits are far shorter, but be safe.
+    job.timer = setTimeout(() => {
+      job.timer = undefined;
+      this.makeReady(job);
+    }, Math.min(wait, 2 ** 31 - 1));
+  }
+
+  private makeReady(job: Job): void {
+    this.ready.push(job);
+    this.pump();
+  }
+
+  private pump(): void {
+    while (!this.stopped && this.active < this.config.queue.connections && this.readyHead < this.ready.length) {
+      const job = this.ready[this.readyHead++] as Job;
+      if (this.readyHead > 1024 && this.readyHead * 2 > this.ready.length) {
+        this.ready.splice(0, this.readyHead);
+        this.readyHead = 0;
+      }
+      if (this.jobs.get(job.envelope.id) !== job) continue; // dropped meanwhile
+      this.active++;
+      void this.attempt(job).finally(() => {
+        this.active--;
+        if (this.active === 0 && this.stopped) this.idle?.();
+        this.pump();
+      });
+    }
+  }
+
+  private body(job: Job): MessageBody {
+    return messageBody(this.spool.queuePath(job.envelope.id), job.size, job.envelope.addHeaders, job.cached);
+  }
+
+  private async attempt(job: Job): Promise<void> {
+    const env = job.envelope;
+    if (job.cached === undefined) {
+      // Read from disk: make sure an administrator did not delete it meanwhile.
+      const exists = await fsp.access(this.spool.queuePath(env.id)).then(
+        () => true,
+        () => false,
+      );
+      if (!exists) return this.drop(job);
+    }
+    const started = Date.now();
+    let results: RcptResult[];
+    try {
+      results = await this.transport.deliver({
+        id: env.id,
+        mailFrom: env.mailFrom,
+        rcpts: job.rcpts,
+        body: this.body(job),
+        eightBit: env.eightBit,
+        smtputf8: env.smtputf8,
+      });
+    } catch (err) {
+      // Transports report trouble as results; an exception is a bug or an I/O error here.
+      this.log.error({ id: env.id, err }, 'transport failed');
+      results = job.rcpts.map((rcpt) => ({ rcpt, status: 'temp', code: 451, text: `4.3.0 local error: ${(err as Error).message}` }));
+    }
+    job.attempts++;
+    const now = Date.now();
+    const failed: RcptResult[] = [];
+    const deferred: RcptResult[] = [];
+    for (const r of results) {
+      const fields = { id: env.id, rcpt: r.rcpt, relay: this.transport.name, status: r.status, reply: `${r.code} ${r.text}`, attempt: job.attempts, delay: (now - env.receivedAt) / 1000, took: now - started };
+      if (r.status === 'ok') this.log.info(fields, 'delivered');
+      else if (r.status === 'perm') {
+        this.log.info(fields, 'bounced');
+        failed.push(r);
+      } else deferred.push(r);
+    }
+    // A recipient the transport did not mention is retried: never assume delivery.
+    const answered = new Set(results.map((r) => r.rcpt));
+    for (const rcpt of job.rcpts) if (!answered.has(rcpt)) deferred.push({ rcpt, status: 'temp', code: 451, text: '4.3.0 no result from transport' });
+
+    const expired = now - env.receivedAt >= this.config.queue.max_age;
+    if (expired && deferred.length > 0) {
+      for (const r of deferred) this.log.info({ id: env.id, rcpt: r.rcpt, reply: `${r.code} ${r.text}`, setting: 'queue.max_age' }, 'expired');
+      failed.push(...deferred.map((r) => ({ ...r, status: 'perm' as const })));
+      deferred.length = 0;
+    }
+    if (failed.length > 0) await this.bounce(job, failed, expired);
+
+    if (job.cached) {
+      this.cachedBytes -= job.size;
+      job.cached = undefined;
+    }
+    if (deferred.length === 0) {
+      this.jobs.delete(env.id);
+      await this.spool.remove(env.id);
+      return;
+    }
+    const retry = this.config.queue.retry;
+    const wait = retry[Math.min(job.attempts - 1, retry.length - 1)] as number;
+    job.rcpts = deferred.map((r) => r.rcpt);
+    const state: DeliveryState = { attempts: job.attempts, nextAt: now + wait, rcpts: job.rcpts, lastError: `${deferred[0]?.code} ${deferred[0]?.text}` };
+    for (const r of deferred) this.log.info({ id: env.id, rcpt: r.rcpt, relay: this.transport.name, reply: `${r.code} ${r.text}`, attempt: job.attempts, retryIn: wait / 1000 }, 'deferred');
+    await this.spool.writeState(env.id, state).catch((err: Error) => this.log.warn({ id: env.id, err: err.message }, 'could not write delivery state'));
+    if (this.stopped) return;
+    this.schedule(job, state.nextAt);
+  }
+
+  /** Queues a DSN to the sender for the failed recipients (never for the null sender). */
+  private async bounce(job: Job, failed: RcptResult[], expired: boolean): Promise<void> {
+    const env = job.envelope;
+    if (env.mailFrom === '' || !this.config.queue.bounce) {
+      this.log.info({ id: env.id, rcpts: failed.map((r) => r.rcpt), setting: env.mailFrom === '' ? undefined : 'queue.bounce' }, 'no bounce sent');
+      return;
+    }
+    const headers = await readHeaderBlock(this.body(job));
+    const dsn = buildBounce({
+      reportingMta: this.config.hostname,
+      original: { id: env.id, mailFrom: env.mailFrom, receivedAt: env.receivedAt, headers },
+      failed,
+      reason: expired ? 'delayed-expired' : 'failed',
+    });
+    const id = newQueueId();
+    const writer = this.spool.begin(id, dsn.raw);
+    const envelope: Envelope = { id, mailFrom: '', rcpts: dsn.rcpts, receivedAt: Date.now(), client: { ip: '127.0.0.1', helo: this.config.hostname, tls: false } };
+    try {
+      const committed = await writer.commit(envelope);
+      this.log.info({ id: env.id, bounce: id, to: env.mailFrom }, 'sender non-delivery notification');
+      this.enqueue(committed);
+    } catch (err) {
+      await writer.abort().catch(() => undefined);
+      this.log.error({ id: env.id, err }, 'could not queue the bounce');
+    }
+  }
+
+  private drop(job: Job): void {
+    if (job.timer) clearTimeout(job.timer);
+    if (job.cached) this.cachedBytes -= job.size;
+    this.jobs.delete(job.envelope.id);
+    this.log.info({ id: job.envelope.id }, 'removed from queue');
+  }
+
+  private async quarantine(id: string): Promise<void> {
+    const dir = path.join(path.dirname(this.spool.paths.queue), 'corrupt');
+    await fsp.mkdir(dir, { recursive: true });
+    await fsp.rename(this.spool.queuePath(id), path.join(dir, id)).catch(() => undefined);
+  }
+}
+
+/** The header block of a message (up to the first empty line, at most 64 KiB). */
+export async function readHeaderBlock(body: MessageBody): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let len = 0;
+  for await (const chunk of body.chunks()) {
+    parts.push(chunk);
+    len += chunk.length;
+    const all = Buffer.concat(parts, len);
+    const end = all.indexOf('\r\n\r\n');
+    if (end !== -1) return all.subarray(0, end + 2);
+    if (len > 65536) return all.subarray(0, 65536);
+  }
+  return Buffer.concat(parts, len);
+}

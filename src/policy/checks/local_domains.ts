@@ -1,0 +1,17 @@
+// local_domains: mail for these domains is ours and is accepted (recipient validation comes in
+// a later check). A bare <postmaster> (RFC 5321 4.5.1) is always ours.
+import type { Check } from '../check.ts';
+import { CONTINUE } from '../verdict.ts';
+
+export function isLocalDomain(domain: string, localDomains: ReadonlySet<string>): boolean {
+  return domain === '' || localDomains.has(domain);
+}
+
+export function localDomainsCheck(domains: readonly string[]): Check<'rcpt'> {
+  const set = new Set(domains.map((d) => d.toLowerCase()));
+  return {
+    name: 'local_domains',
+    phase: 'rcpt',
+    run: (ctx) => (isLocalDomain(ctx.rcpt.domain, set) ? { kind: 'accept', check: 'local_domains', log: 'Command RCPT OK (local domain)' } : CONTINUE),
+  };
+}

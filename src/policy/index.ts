@@ -1,0 +1,16 @@
+// Builds the ordered check list from the config: the restriction list is data, not code.
+import type { Config } from '../config/schema.ts';
+import type { AnyCheck } from './check.ts';
+import { earlyTalkerCheck } from './checks/early_talker.ts';
+import { localDomainsCheck } from './checks/local_domains.ts';
+import { maxRcptsCheck } from './checks/max_rcpts.ts';
+import { relayCheck } from './checks/relay.ts';
+
+export function buildChecks(config: Config): AnyCheck[] {
+  const checks: AnyCheck[] = [];
+  if (config.smtp.early_talker === 'reject') checks.push(earlyTalkerCheck());
+  checks.push(maxRcptsCheck(config.limits.max_rcpts));
+  checks.push(localDomainsCheck(config.local_domains));
+  checks.push(relayCheck(config.relay.forward_from_ip));
+  return checks;
+}

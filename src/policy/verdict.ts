@@ -1,0 +1,25 @@
+// The policy model (DESIGN.md): every check returns a Verdict; the first final verdict of a
+// phase wins, `tag` adds score and headers and lets the phase go on.
+
+export type Phase = 'connect' | 'helo' | 'mail' | 'rcpt' | 'data';
+
+export type Verdict =
+  | { kind: 'continue' }
+  | { kind: 'accept'; check: string; log?: string }
+  | { kind: 'reject' | 'tempfail'; check: string; code: number; enhanced: string; text: string; setting?: string; log?: string }
+  | { kind: 'tag'; check: string; score: number; headers?: string[]; log?: string }
+  | { kind: 'discard'; check: string; log?: string };
+
+export type FinalVerdict = Exclude<Verdict, { kind: 'continue' } | { kind: 'tag' }>;
+export type RefusalVerdict = Extract<Verdict, { kind: 'reject' | 'tempfail' }>;
+
+export const CONTINUE: Verdict = { kind: 'continue' };
+
+export function reject(check: string, code: number, enhanced: string, text: string, setting?: string): RefusalVerdict {
+  return { kind: code >= 500 ? 'reject' : 'tempfail', check, code, enhanced, text, setting };
+}
+
+/** The reply line for a refusal: "554 5.7.1 Relay access denied". */
+export function refusalReply(v: RefusalVerdict): string {
+  return `${v.code} ${v.enhanced} ${v.text}`;
+}

@@ -1,0 +1,543 @@
+// One SMTP session (RFC 5321) over one connection: a state machine that reads commands, asks
+// the policy engine, streams DATA into the spool and answers. Commands are handled strictly in
+// order; while one is waiting (policy, spool, a tarpit delay) the rest of the pipelined input
+// stays buffered, and replies are written in one batch when the input runs dry (RFC 2920).
+import tls from 'node:tls';
+import type net from 'node:net';
+import { parseCommandLine, parseHeloArg, parsePath, type Address, type PathParams } from './command.ts';
+import { DataDecoder } from './data-decoder.ts';
+import { multiline, receivedHeader } from './replies.ts';
+import type { Config } from '../config/schema.ts';
+import type { PolicyEngine, PhaseResult } from '../policy/engine.ts';
+import type { SessionInfo } from '../policy/context.ts';
+import { refusalReply, type FinalVerdict, type RefusalVerdict } from '../policy/verdict.ts';
+import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
+import type { Envelope } from '../queue/envelope.ts';
+import type { Logger } from '../util/log.ts';
+import { plainIp } from '../util/cidr.ts';
+
+/** What a session needs from the server around it. */
+export interface SessionDeps {
+  readonly config: Config;
+  readonly policy: PolicyEngine;
+  readonly spool: Spool;
+  readonly log: Logger;
+  readonly tls: tls.SecureContext | undefined;
+  /** Hands a committed message to the forwarder. */
+  readonly enqueue: (msg: CommittedMessage) => void;
+}
+
+/** Command line limit (RFC 5321 4.5.3.1.4), including CRLF. */
+const MAX_COMMAND_LINE = 512;
+/** Pause reading when this much unprocessed input has piled up. */
+const INPUT_HIGH_WATER = 256 * 1024;
+
+interface Transaction {
+  mailFrom: Address;
+  params: PathParams;
+  rcpts: Address[];
+  /** A refusal found at MAIL time, answered at RCPT (smtp.delay_reject). */
+  delayed?: RefusalVerdict;
+  score: number;
+  headers: string[];
+}
+
+type Mode = 'greeting' | 'command' | 'data' | 'closed';
+
+let sessionCounter = 0;
+
+export class Session {
+  readonly info: SessionInfo;
+  private socket: net.Socket;
+  private readonly deps: SessionDeps;
+  private readonly config: Config;
+  private readonly log: Logger;
+  private mode: Mode = 'greeting';
+  private buf: Buffer = Buffer.alloc(0);
+  private pumping = false;
+  private out: string[] = [];
+  private errors = 0;
+  private tx: Transaction | undefined;
+  /** A refusal found at connect/HELO time, answered at RCPT (smtp.delay_reject). */
+  private delayed: RefusalVerdict | undefined;
+  private writer: MessageWriter | undefined;
+  private decoder: DataDecoder | undefined;
+  private discardingLongLine = false;
+  private shuttingDown = false;
+  private readonly onClosed: () => void;
+  private closeTimer: NodeJS.Timeout | undefined;
+
+  constructor(socket: net.Socket, deps: SessionDeps, onClosed: () => void) {
+    this.socket = socket;
+    this.deps = deps;
+    this.config = deps.config;
+    this.onClosed = onClosed;
+    this.info = {
+      sid: (Date.now() % 1e8).toString(36) + (++sessionCounter).toString(36),
+      remoteIp: plainIp(socket.remoteAddress ?? ''),
+      remotePort: socket.remotePort ?? 0,
+      localIp: plainIp(socket.localAddress ?? ''),
+      localPort: socket.localPort ?? 0,
+      tls: false,
+      esmtp: false,
+      earlyTalker: false,
+    };
+    this.log = deps.log.child({ sid: this.info.sid, ip: this.info.remoteIp });
+    this.attach(socket);
+  }
+
+  private attach(socket: net.Socket): void {
+    socket.setNoDelay(true);
+    socket.on('data', this.onData);
+    socket.on('error', this.onError);
+    socket.on('close', this.onClose);
+    socket.on('timeout', this.onTimeout);
+    socket.setTimeout(this.config.limits.command_timeout);
+  }
+
+  private detach(socket: net.Socket): void {
+    socket.off('data', this.onData);
+    socket.off('error', this.onError);
+    socket.off('close', this.onClose);
+    socket.off('timeout', this.onTimeout);
+    socket.setTimeout(0);
+  }
+
+  /** Greets after smtp.greet_delay and the connect-phase checks. */
+  async start(): Promise<void> {
+    this.log.info({ port: this.info.remotePort }, 'connect');
+    const delay = this.config.smtp.greet_delay;
+    if (delay > 0) await new Promise((r) => setTimeout(r, delay));
+    if (this.closed) return;
+    if (this.buf.length > 0) {
+      this.info.earlyTalker = true;
+      this.log.info({ check: 'early_talker', bytes: this.buf.length }, 'client talked before greeting');
+    }
+    const result = await this.deps.policy.run('connect', { session: this.info });
+    if (this.closed) return;
+    const refusal = this.refusalOf('connect', result);
+    if (refusal) {
+      if (this.config.smtp.delay_reject) this.delayed = refusal;
+      else {
+        this.reply(refusalReply(refusal));
+        return this.close();
+      }
+    }
+    this.mode = 'command';
+    this.reply(`220 ${this.config.hostname} ${this.config.smtp.banner}`);
+    this.flush();
+    void this.pump();
+  }
+
+  /** Graceful stop: idle sessions get 421 now, busy ones after their current transaction. */
+  shutdown(): void {
+    this.shuttingDown = true;
+    if (this.mode === 'command' && !this.tx && !this.pumping) {
+      this.reply(`421 4.3.2 ${this.config.hostname} Service shutting down, closing transmission channel`);
+      this.close();
+    }
+  }
+
+  // --- input ---------------------------------------------------------------------------
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    if (this.buf.length > INPUT_HIGH_WATER) this.socket.pause();
+    if (!this.pumping && this.mode !== 'greeting') void this.pump();
+  };
+
+  /** Processes buffered input until it runs dry or the session closes. */
+  private async pump(): Promise<void> {
+    if (this.pumping) return;
+    this.pumping = true;
+    try {
+      while (this.mode === 'command' || this.mode === 'data') {
+        if (this.mode === 'data') {
+          if (this.buf.length === 0) break;
+          const pending = this.feedData();
+          if (pending) await pending;
+          continue;
+        }
+        const line = this.nextLine();
+        if (line === undefined) break;
+        const pending = this.handleLine(line);
+        if (pending) {
+          this.flush();
+          await pending;
+        }
+      }
+    } catch (err) {
+      this.log.error({ err }, 'session failed');
+      this.reply(`421 4.3.0 ${this.config.hostname} Error: internal error`);
+      this.close();
+    } finally {
+      this.pumping = false;
+      this.flush();
+      if (this.socket.isPaused() && this.buf.length < INPUT_HIGH_WATER && this.mode !== 'closed') this.socket.resume();
+    }
+  }
+
+  /** Takes one command line off the buffer; undefined when no complete line is there. */
+  private nextLine(): { text: string; bareLf: boolean; tooLong: boolean } | undefined {
+    const lf = this.buf.indexOf(10);
+    if (lf === -1) {
+      if (this.buf.length > MAX_COMMAND_LINE) {
+        // Throw the excess away now, answer once the line finally ends.
+        this.discardingLongLine = true;
+        this.buf = Buffer.alloc(0);
+      }
+      return undefined;
+    }
+    const bareLf = lf === 0 || this.buf[lf - 1] !== 13;
+    const end = bareLf ? lf : lf - 1;
+    const tooLong = this.discardingLongLine || lf + 1 > MAX_COMMAND_LINE;
+    const text = tooLong ? '' : this.buf.toString('utf8', 0, end);
+    this.buf = this.buf.subarray(lf + 1);
+    this.discardingLongLine = false;
+    return { text, bareLf, tooLong };
+  }
+
+  // --- replies -------------------------------------------------------------------------
+
+  private reply(text: string): void {
+    this.out.push(text.endsWith('\n') ? text : text + '\r\n');
+  }
+
+  private flush(): void {
+    if (this.out.length === 0 || this.socket.destroyed) return;
+    const data = this.out.length === 1 ? (this.out[0] as string) : this.out.join('');
+    this.out = [];
+    this.socket.write(data);
+  }
+
+  /** A client error: counted against limits.max_errors. */
+  private error(text: string): void {
+    this.reply(text);
+    if (++this.errors >= this.config.limits.max_errors) {
+      this.log.info({ check: 'max_errors', setting: 'limits.max_errors' }, 'too many errors');
+      this.reply(`421 4.7.0 ${this.config.hostname} Error: too many errors`);
+      this.close();
+    }
+  }
+
+  // --- commands ------------------------------------------------------------------------
+
+  private handleLine(line: { text: string; bareLf: boolean; tooLong: boolean }): Promise<void> | void {
+    if (line.tooLong) return this.error('500 5.5.2 Error: line too long');
+    if (line.bareLf && this.config.smtp.bare_lf === 'reject') return this.error('500 5.5.2 Error: bare <LF> received');
+    const parsed = parseCommandLine(line.text);
+    if (!parsed.ok) {
+      this.log.debug({ cmd: parsed.unknown }, 'unknown command');
+      return this.error('500 5.5.2 Error: command not recognized');
+    }
+    const { verb, arg } = parsed.command;
+    switch (verb) {
+      case 'EHLO':
+      case 'HELO':
+        return this.helo(verb, arg);
+      case 'MAIL':
+        return this.mail(arg);
+      case 'RCPT':
+        return this.rcpt(arg);
+      case 'DATA':
+        return this.data(arg);
+      case 'RSET':
+        this.resetTransaction();
+        return this.reply('250 2.0.0 Ok');
+      case 'NOOP':
+        return this.reply('250 2.0.0 Ok');
+      case 'QUIT':
+        this.reply(`221 2.0.0 ${this.config.hostname} Bye`);
+        return this.close();
+      case 'VRFY':
+        return this.reply('252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery');
+      case 'EXPN':
+        return this.error('502 5.5.1 Error: EXPN not available');
+      case 'HELP':
+        return this.reply('214 2.0.0 Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP STARTTLS; see RFC 5321');
+      case 'STARTTLS':
+        return this.startTls(arg);
+      case 'AUTH':
+        return this.error('502 5.5.1 Error: authentication not enabled');
+      case 'BDAT':
+        return this.error('502 5.5.1 Error: command not implemented');
+    }
+  }
+
+  private async helo(verb: 'HELO' | 'EHLO', arg: string): Promise<void> {
+    const parsed = parseHeloArg(arg);
+    if (!parsed.ok) return this.error(`501 5.5.4 ${parsed.text}`);
+    this.resetTransaction();
+    const result = await this.deps.policy.run('helo', { session: this.info, helo: parsed.name });
+    const refusal = this.refusalOf('helo', result);
+    if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
+    if (refusal) this.delayed ??= refusal;
+    this.info.helo = parsed.name;
+    this.info.esmtp = verb === 'EHLO';
+    if (verb === 'HELO') return this.reply(`250 ${this.config.hostname}`);
+    const lines = [this.config.hostname, 'PIPELINING', `SIZE ${this.config.limits.max_message_size}`];
+    if (this.deps.tls && !this.info.tls) lines.push('STARTTLS');
+    lines.push('ENHANCEDSTATUSCODES', '8BITMIME', 'SMTPUTF8');
+    this.reply(multiline(250, lines));
+  }
+
+  private async mail(arg: string): Promise<void> {
+    if (this.tx) return this.error('503 5.5.1 Error: nested MAIL command');
+    const parsed = parsePath(arg, 'FROM');
+    if (!parsed.ok) return this.error(`${parsed.code} ${parsed.enhanced} ${parsed.text}`);
+    const { address, params } = parsed;
+    for (const [key, value] of Object.entries(params)) {
+      if (key === 'SIZE') {
+        if (value === true || !/^\d{1,15}$/.test(value)) return this.error('501 5.5.4 Bad SIZE parameter');
+        if (Number(value) > this.config.limits.max_message_size) return this.error('552 5.3.4 Message size exceeds fixed maximum message size');
+      } else if (key === 'BODY') {
+        if (value !== '7BIT' && value !== '8BITMIME' && value !== '7bit' && value !== '8bitmime') return this.error('501 5.5.4 Unsupported BODY parameter');
+      } else if (key === 'SMTPUTF8') {
+        if (value !== true) return this.error('501 5.5.4 SMTPUTF8 takes no value');
+      } else {
+        return this.error(`555 5.5.4 Unsupported option: ${key}`);
+      }
+      if (!this.info.esmtp) return this.error('555 5.5.4 Parameters need EHLO');
+    }
+    if (address.utf8 && params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
+    const result = await this.deps.policy.run('mail', { session: this.info, mailFrom: address, params });
+    const refusal = this.refusalOf('mail', result);
+    if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
+    this.tx = { mailFrom: address, params, rcpts: [], delayed: refusal, score: result.score, headers: result.headers };
+    this.reply('250 2.1.0 Ok');
+  }
+
+  private async rcpt(arg: string): Promise<void> {
+    const tx = this.tx;
+    if (!tx) return this.error('503 5.5.1 Error: need MAIL command');
+    const parsed = parsePath(arg, 'TO');
+    if (!parsed.ok) return this.error(`${parsed.code} ${parsed.enhanced} ${parsed.text}`);
+    if (Object.keys(parsed.params).length > 0) return this.error(`555 5.5.4 Unsupported option: ${Object.keys(parsed.params)[0]}`);
+    let rcpt = parsed.address;
+    if (rcpt.domain === '') {
+      // A bare <postmaster> is ours (RFC 5321 4.5.1).
+      const domain = this.config.local_domains[0] ?? this.config.hostname;
+      rcpt = { ...rcpt, address: `postmaster@${domain}`, domain };
+    }
+    if (rcpt.utf8 && tx.params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
+    const delayed = this.delayed ?? tx.delayed;
+    if (delayed) {
+      this.logDecision('rcpt', delayed, rcpt);
+      return this.error(refusalReply(delayed));
+    }
+    const result = await this.deps.policy.run('rcpt', { session: this.info, tx, rcpt });
+    const final = result.final;
+    if (final) this.logDecision('rcpt', final, rcpt);
+    if (final && (final.kind === 'reject' || final.kind === 'tempfail')) return this.error(refusalReply(final));
+    tx.score += result.score;
+    tx.headers.push(...result.headers);
+    if (!tx.rcpts.some((r) => r.address === rcpt.address)) tx.rcpts.push(rcpt);
+    this.reply('250 2.1.5 Ok');
+  }
+
+  private data(arg: string): Promise<void> | void {
+    const tx = this.tx;
+    if (arg !== '') return this.error('501 5.5.4 Syntax: DATA');
+    if (!tx) return this.error('503 5.5.1 Error: need MAIL command');
+    if (tx.rcpts.length === 0) return this.error('554 5.5.1 Error: no valid recipients');
+    const id = newQueueId();
+    const protocol = (tx.params.SMTPUTF8 ? 'UTF8' : '') + (this.info.esmtp ? 'ESMTP' : 'SMTP') + (this.info.tls ? 'S' : '');
+    const received = receivedHeader({
+      helo: this.info.helo,
+      ip: this.info.remoteIp,
+      hostname: this.config.hostname,
+      protocol,
+      id,
+      rcpts: tx.rcpts.map((r) => r.address),
+      date: new Date(),
+    });
+    this.writer = this.deps.spool.begin(id, Buffer.from(received));
+    this.decoder = new DataDecoder({
+      normalize: this.config.smtp.bare_lf === 'normalize',
+      maxLineLength: this.config.limits.max_line_length,
+      maxSize: this.config.limits.max_message_size,
+    });
+    this.mode = 'data';
+    this.socket.setTimeout(this.config.limits.data_timeout);
+    this.reply('354 End data with <CR><LF>.<CR><LF>');
+    return undefined;
+  }
+
+  /** Feeds buffered input to the DATA decoder; returns a promise while the spool needs time. */
+  private feedData(): Promise<void> | undefined {
+    const decoder = this.decoder as DataDecoder;
+    const writer = this.writer as MessageWriter;
+    const end = decoder.feed(this.buf);
+    const decoded = decoder.take();
+    let wait: Promise<void> | undefined;
+    if (!decoder.failed && decoded.length > 0) wait = writer.add(decoded);
+    if (end === -1) {
+      this.buf = Buffer.alloc(0);
+      return wait;
+    }
+    this.buf = this.buf.subarray(end);
+    this.mode = 'command';
+    this.socket.setTimeout(this.config.limits.command_timeout);
+    return (wait ?? Promise.resolve()).then(() => this.endOfData());
+  }
+
+  private async endOfData(): Promise<void> {
+    const tx = this.tx as Transaction;
+    const decoder = this.decoder as DataDecoder;
+    const writer = this.writer as MessageWriter;
+    this.decoder = undefined;
+    this.writer = undefined;
+    this.tx = undefined;
+    const refused = dataProblemReply(decoder, this.config);
+    if (refused) {
+      this.log.info({ id: writer.id, check: 'data', reply: refused, from: tx.mailFrom.address }, 'message refused');
+      await writer.abort();
+      return this.finishTransaction(refused);
+    }
+    const result = await this.deps.policy.run('data', { session: this.info, tx, size: decoder.size });
+    const final = result.final;
+    if (final) this.logDecision('data', final);
+    if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
+      await writer.abort();
+      return this.finishTransaction(refusalReply(final));
+    }
+    if (final?.kind === 'discard') {
+      await writer.abort();
+      return this.finishTransaction(`250 2.0.0 Ok: queued as ${writer.id}`);
+    }
+    const envelope: Envelope = {
+      id: writer.id,
+      mailFrom: tx.mailFrom.address,
+      rcpts: tx.rcpts.map((r) => r.address),
+      receivedAt: Date.now(),
+      client: { ip: this.info.remoteIp, helo: this.info.helo, tls: this.info.tls },
+      eightBit: typeof tx.params.BODY === 'string' && tx.params.BODY.toUpperCase() === '8BITMIME' ? true : undefined,
+      smtputf8: tx.params.SMTPUTF8 === true ? true : undefined,
+      addHeaders: [...tx.headers, ...result.headers].length > 0 ? [...tx.headers, ...result.headers] : undefined,
+      score: tx.score + result.score || undefined,
+    };
+    let committed: CommittedMessage;
+    try {
+      committed = await writer.commit(envelope);
+    } catch (err) {
+      this.log.error({ id: writer.id, err }, 'spool write failed');
+      await writer.abort().catch(() => undefined);
+      return this.finishTransaction('451 4.3.0 Error: queue file write error');
+    }
+    this.log.info({ id: writer.id, from: envelope.mailFrom, rcpts: envelope.rcpts, size: committed.size }, 'queued');
+    this.deps.enqueue(committed);
+    this.finishTransaction(`250 2.0.0 Ok: queued as ${writer.id}`);
+  }
+
+  private finishTransaction(reply: string): void {
+    this.reply(reply);
+    if (this.shuttingDown) {
+      this.reply(`421 4.3.2 ${this.config.hostname} Service shutting down, closing transmission channel`);
+      this.close();
+    }
+  }
+
+  private startTls(arg: string): Promise<void> | void {
+    const context = this.deps.tls;
+    if (!context) return this.error('502 5.5.1 Error: command not implemented');
+    if (this.info.tls) return this.error('503 5.5.1 Error: TLS already active');
+    if (arg !== '') return this.error('501 5.5.4 Syntax: STARTTLS');
+    // Anything the client pipelined after STARTTLS was sent in the clear: throw it away
+    // (CVE-2011-0411, the STARTTLS command injection).
+    this.buf = Buffer.alloc(0);
+    const raw = this.socket;
+    this.detach(raw);
+    raw.pause();
+    this.reply('220 2.0.0 Ready to start TLS');
+    const data = this.out.join('');
+    this.out = [];
+    return new Promise<void>((resolve) => {
+      raw.write(data, () => {
+        const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: context });
+        this.socket = secure;
+        this.attach(secure);
+        secure.once('secure', () => {
+          // RFC 3207: forget everything learned before the handshake.
+          this.info.tls = true;
+          this.info.helo = undefined;
+          this.info.esmtp = false;
+          this.resetTransaction();
+          this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'TLS established');
+          resolve();
+        });
+        secure.once('close', () => resolve());
+      });
+    });
+  }
+
+  // --- helpers -------------------------------------------------------------------------
+
+  private get closed(): boolean {
+    return this.mode === 'closed';
+  }
+
+  private refusalOf(phase: 'connect' | 'helo' | 'mail', result: PhaseResult): RefusalVerdict | undefined {
+    const final = result.final;
+    if (final) this.logDecision(phase, final);
+    return final && (final.kind === 'reject' || final.kind === 'tempfail') ? final : undefined;
+  }
+
+  /** One structured line per policy decision, with the check and the setting behind it. */
+  private logDecision(phase: string, v: FinalVerdict, rcpt?: Address): void {
+    const fields: Record<string, unknown> = { phase, check: v.check, verdict: v.kind };
+    if (this.tx) fields.from = this.tx.mailFrom.address;
+    if (rcpt) fields.rcpt = rcpt.address;
+    if (v.kind === 'reject' || v.kind === 'tempfail') {
+      fields.reply = refusalReply(v);
+      if (v.setting) fields.setting = v.setting;
+    }
+    this.log.info(fields, v.log ?? (v.kind === 'reject' || v.kind === 'tempfail' ? `Command ${phase.toUpperCase()} refused` : `${phase} ${v.kind}`));
+  }
+
+  private resetTransaction(): void {
+    this.tx = undefined;
+  }
+
+  private close(): void {
+    if (this.mode === 'closed') return;
+    this.mode = 'closed';
+    this.flush();
+    this.socket.end();
+    // A client that never closes its side is cut off.
+    this.closeTimer = setTimeout(() => this.socket.destroy(), 5000);
+    this.closeTimer.unref();
+  }
+
+  private readonly onTimeout = (): void => {
+    this.log.info({ mode: this.mode }, 'timeout');
+    this.reply(`421 4.4.2 ${this.config.hostname} Error: timeout exceeded`);
+    this.close();
+  };
+
+  private readonly onError = (err: Error): void => {
+    this.log.debug({ err: err.message }, 'socket error');
+  };
+
+  private readonly onClose = (): void => {
+    if (this.closeTimer) clearTimeout(this.closeTimer);
+    const wasData = this.writer !== undefined;
+    this.mode = 'closed';
+    if (this.writer) void this.writer.abort();
+    this.writer = undefined;
+    this.log.info({ lostData: wasData || undefined }, 'disconnect');
+    this.onClosed();
+  };
+}
+
+/** The reply for a message the decoder found broken, or undefined when it is fine. */
+function dataProblemReply(decoder: DataDecoder, config: Config): string | undefined {
+  const p = decoder.problems;
+  if (p.tooBig) return '552 5.3.4 Error: message size exceeds fixed maximum message size';
+  if (config.smtp.bare_lf === 'reject') {
+    if (p.bareLf) return '550 5.5.2 Error: bare <LF> received';
+    if (p.bareCr) return '550 5.5.2 Error: bare <CR> received';
+    if (p.nul) return '550 5.6.0 Error: NUL character in message';
+  }
+  if (p.longLine) return `550 5.6.0 Error: message line longer than ${config.limits.max_line_length} octets`;
+  return undefined;
+}
