@@ -6,7 +6,8 @@ import { z } from 'zod';
 import { parseDuration, parseSize } from '../util/units.ts';
 import { cidrError } from '../util/cidr.ts';
 
-const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
+// The union messages are what load.ts shows (as "expected …, got X") for a value of the wrong type.
+const duration = z.union([z.string(), z.number()], { error: 'a duration such as 30s, 2m, 1h or 5d' }).transform((v, ctx) => {
   const ms = typeof v === 'number' ? v * 1000 : parseDuration(v);
   if (ms === undefined || !Number.isFinite(ms) || ms < 0) {
     ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a duration (use e.g. 500ms, 30s, 2m, 1h, 5d)` });
@@ -15,7 +16,7 @@ const duration = z.union([z.string(), z.number()]).transform((v, ctx) => {
   return ms;
 });
 
-const size = z.union([z.string(), z.number().int().nonnegative()]).transform((v, ctx) => {
+const size = z.union([z.string(), z.number().int().nonnegative()], { error: 'a size such as 64KB, 25MB or 1GB' }).transform((v, ctx) => {
   const bytes = typeof v === 'number' ? v : parseSize(v);
   if (bytes === undefined) {
     ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a size (use e.g. 64KB, 25MB, 1GB)` });
@@ -79,7 +80,7 @@ export const configSchema = z.strictObject({
       max_rcpts: z.number().int().positive().default(100),
       /** Text line in DATA, octets including CRLF (RFC 5321: 1000). */
       max_line_length: z.number().int().min(80).default(1000),
-      max_errors: z.number().int().positive().default(10),
+      max_errors: z.number().int().positive().default(20),
       command_timeout: duration.default(300_000),
       data_timeout: duration.default(180_000),
       max_connections: z.number().int().positive().default(1000),

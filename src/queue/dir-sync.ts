@@ -25,7 +25,10 @@ export class DirSync {
     this.running = true;
     fs.fsync(this.fd, (err) => {
       this.running = false;
-      for (const w of batch) (err ? w.reject(err) : w.resolve());
+      for (const w of batch) {
+        if (err) w.reject(err);
+        else w.resolve();
+      }
       if (this.waiters.length > 0) this.start();
     });
   }

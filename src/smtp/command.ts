@@ -137,7 +137,6 @@ export function parseMailbox(mailbox: string, allowBarePostmaster = false): Addr
   if (domain === '' || domain.length > 255) return 'Bad address syntax: domain';
   if (!DOMAIN.test(domain) && !ADDRESS_LITERAL.test(domain)) return 'Bad address syntax: domain';
   const lowerDomain = domain.toLowerCase();
-  // eslint-disable-next-line no-control-regex
   const utf8 = /[^\x00-\x7f]/.test(mailbox);
   return { address: `${local}@${lowerDomain}`, local, domain: lowerDomain, utf8 };
 }

@@ -1,0 +1,56 @@
+// Runs mxguard in the test process on a free port, with its data in a temporary directory.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { App } from '../../src/app.ts';
+import { configSchema, type Config, type ConfigInput } from '../../src/config/schema.ts';
+import { silentLogger } from '../../src/util/log.ts';
+
+export interface TestApp {
+  app: App;
+  port: number;
+  dir: string;
+  config: Config;
+  stop(): Promise<void>;
+  /** Files delivered into the default Maildir for a local part. */
+  maildir(local: string): string[];
+  /** Waits until `count` files are in that Maildir (bounded). */
+  waitMaildir(local: string, count: number, timeoutMs?: number): Promise<string[]>;
+}
+
+export async function startTestApp(overrides: Partial<ConfigInput> = {}): Promise<TestApp> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-test-'));
+  const config = configSchema.parse({
+    hostname: 'mx.example.test',
+    listen: ['127.0.0.1:0'],
+    local_domains: ['example.test', 'localhost'],
+    data_dir: dir,
+    deliver: `maildir:${path.join(dir, 'maildir')}`,
+    ...overrides,
+  });
+  const app = new App(config, silentLogger);
+  const bound = await app.start();
+  const maildir = (local: string) => {
+    const d = path.join(dir, 'maildir', local, 'new');
+    return fs.existsSync(d) ? fs.readdirSync(d).map((f) => path.join(d, f)) : [];
+  };
+  return {
+    app,
+    port: (bound[0] as { port: number }).port,
+    dir,
+    config,
+    maildir,
+    async waitMaildir(local, count, timeoutMs = 5000) {
+      const deadline = Date.now() + timeoutMs;
+      for (;;) {
+        const files = maildir(local);
+        if (files.length >= count || Date.now() > deadline) return files;
+        await new Promise((r) => setTimeout(r, 20));
+      }
+    },
+    async stop() {
+      await app.stop(2000);
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
