@@ -1,0 +1,108 @@
+// Nothing acknowledged is ever lost: mxguard (a real process) is killed with SIGKILL again and
+// again while clients send to it; it forwards to a real smtp-sink. Every Message-ID that got
+// "250 ... queued as" must arrive at the sink once mxguard has been restarted and drained the
+// spool. Duplicates are allowed (a crash between delivery and unlink), losses are not.
+import { test, after } from 'node:test';
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { freePort, startSmtpSink } from './harness/peers.ts';
+import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts';
+import { RawClient } from './harness/smtp-talk.ts';
+
+const CLIENTS = 8;
+const KILLS = 6;
+
+const cleanups: Array<() => Promise<unknown> | void> = [];
+after(async () => {
+  for (const c of cleanups.reverse()) await c();
+});
+
+/** One client: sends messages over one connection at a time until `stop`, reconnecting after failures. */
+async function client(n: number, port: number, acked: Set<string>, sent: { count: number }, stop: { now: boolean }): Promise<void> {
+  let seq = 0;
+  while (!stop.now) {
+    let c: RawClient | undefined;
+    try {
+      c = await RawClient.connect(port);
+      await c.reply(2000);
+      c.send('EHLO load.test\r\n');
+      await c.reply(2000);
+      for (let i = 0; i < 20 && !stop.now; i++) {
+        const id = `crash-${n}-${seq++}@load.test`;
+        sent.count++;
+        c.send(`MAIL FROM:<load@load.test>\r\nRCPT TO:<sink@example.test>\r\nDATA\r\n`);
+        const r = await c.replies(3, 2000);
+        if (!(r[2] as string).startsWith('354')) throw new Error(`unexpected ${JSON.stringify(r)}`);
+        c.send(`Message-ID: <${id}>\r\nSubject: crash test\r\n\r\n${'payload line\r\n'.repeat(20)}.\r\n`);
+        const final = await c.reply(5000);
+        if (/^250 2\.0\.0 Ok: queued as /.test(final)) acked.add(id);
+      }
+      c.send('QUIT\r\n');
+    } catch {
+      // mxguard died under us: whatever was not acknowledged may be lost, and that is allowed.
+      await new Promise((r) => setTimeout(r, 20));
+    } finally {
+      c?.close();
+    }
+  }
+}
+
+test('kill -9 under load loses no acknowledged message', { timeout: 120_000 }, async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-crash-'));
+  cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+  fs.chmodSync(dir, 0o755); // smtp-sink writes its dumps as nobody
+  const dumpDir = path.join(dir, 'sink');
+  const sink = await startSmtpSink({ dumpDir });
+  cleanups.push(() => sink.stop());
+  const port = await freePort();
+  const config = {
+    hostname: 'mx.example.test',
+    local_domains: ['example.test'],
+    data_dir: path.join(dir, 'var'),
+    deliver: `smtp://127.0.0.1:${sink.port}`,
+    queue: { retry: ['500ms'] },
+    log: { level: 'warn' },
+  };
+  let mx: MxguardProcess = await startMxguard(dir, config, port);
+  cleanups.push(() => mx.crash());
+
+  const acked = new Set<string>();
+  const sent = { count: 0 };
+  const stop = { now: false };
+  const clients = Array.from({ length: CLIENTS }, (_, i) => client(i, port, acked, sent, stop));
+
+  // A fixed pseudo-random kill schedule, so a failure can be replayed.
+  let seed = 12345;
+  const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  for (let k = 0; k < KILLS; k++) {
+    await new Promise((r) => setTimeout(r, 300 + rand() * 500));
+    await mx.crash();
+    mx = await startMxguard(dir, config, port);
+  }
+  await new Promise((r) => setTimeout(r, 500));
+  stop.now = true;
+  await Promise.all(clients);
+
+  // Let the last instance drain its spool into the sink.
+  const delivered = new Set<string>();
+  let copies = 0;
+  const deadline = Date.now() + 60_000;
+  while (Date.now() < deadline) {
+    delivered.clear();
+    copies = 0;
+    for (const f of sink.files()) {
+      for (const m of fs.readFileSync(f, 'latin1').matchAll(/^Message-ID: <([^>]+)>/gm)) {
+        delivered.add(m[1] as string);
+        copies++;
+      }
+    }
+    if ([...acked].every((id) => delivered.has(id))) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  const lost = [...acked].filter((id) => !delivered.has(id));
+  console.log(`crash test: ${KILLS} kills, ${sent.count} messages sent, ${acked.size} acknowledged, ${delivered.size} delivered (${copies - delivered.size} duplicate copies), ${lost.length} lost`);
+  assert.ok(acked.size > 100, `the load was too light to mean anything (${acked.size} acknowledged)`);
+  assert.deepEqual(lost, [], 'acknowledged messages never reached the downstream');
+});
