@@ -3,7 +3,8 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config/schema.ts';
-import { listQueue, readQueueFile, Spool, writeStateFile, type SpoolPaths } from '../queue/spool.ts';
+import { listQueue, readQueueFile, Spool, writeStateFile, type QueuedMessage, type SpoolPaths } from '../queue/spool.ts';
+import { listSegments, markDoneExternally, readSegment, segmentPath, type JournalRecord } from '../queue/journal.ts';
 
 function spoolPaths(config: Config): SpoolPaths {
   return Spool.at(path.join(config.data_dir, 'spool'));
@@ -20,14 +21,37 @@ async function signalServer(config: Config): Promise<string> {
   }
 }
 
+/** Messages still in the journal (on their first delivery attempt). */
+function journalRecords(paths: SpoolPaths): JournalRecord[] {
+  return listSegments(paths.journal).flatMap((seq) => {
+    try {
+      return readSegment(paths.journal, seq);
+    } catch {
+      return []; // removed while we looked
+    }
+  });
+}
+
+/** Every queued message's ID with a way to read it: queue files and journal records. */
+async function allMessages(paths: SpoolPaths): Promise<Array<{ id: string; read: () => Promise<QueuedMessage>; record?: JournalRecord }>> {
+  const files = (await listQueue(paths)).map((id) => ({ id, read: () => readQueueFile(paths, id) }));
+  const journaled = journalRecords(paths).map((record) => ({
+    id: record.envelope.id,
+    record,
+    read: async (): Promise<QueuedMessage> => ({ envelope: record.envelope, size: record.ref.size }),
+  }));
+  return [...files, ...journaled].sort((a, b) => (a.id < b.id ? -1 : 1));
+}
+
 export async function queueList(config: Config): Promise<string> {
   const paths = spoolPaths(config);
-  const ids = await listQueue(paths);
+  const messages = await allMessages(paths);
+  const ids = messages.map((m) => m.id);
   const lines = [`${'ID'.padEnd(14)}  ${'Size'.padStart(8)}  ${'Arrived'.padEnd(20)}  Tries  Sender → recipients`];
   let total = 0;
-  for (const id of ids) {
+  for (const { id, read } of messages) {
     try {
-      const q = await readQueueFile(paths, id);
+      const q = await read();
       total += q.size;
       const rcpts = q.state?.rcpts ?? q.envelope.rcpts;
       const arrived = new Date(q.envelope.receivedAt).toISOString().slice(0, 19).replace('T', ' ');
@@ -43,11 +67,15 @@ export async function queueList(config: Config): Promise<string> {
 
 export async function queueShow(config: Config, id: string): Promise<string> {
   const paths = spoolPaths(config);
-  const q = await readQueueFile(paths, id);
-  const fh = await fsp.open(path.join(paths.queue, id), 'r');
+  const found = (await allMessages(paths)).find((m) => m.id === id);
+  if (!found) throw new Error(`${id}: no such message in the queue`);
+  const q = await found.read();
+  const file = found.record ? segmentPath(paths.journal, found.record.ref.seq, 'log') : path.join(paths.queue, id);
+  const start = found.record?.ref.offset ?? 0;
+  const fh = await fsp.open(file, 'r');
   try {
     const head = Buffer.alloc(Math.min(q.size, 64 * 1024));
-    await fh.read(head, 0, head.length, 0);
+    await fh.read(head, 0, head.length, start);
     const text = head.toString('utf8');
     const end = text.indexOf('\r\n\r\n');
     return [
@@ -76,7 +104,12 @@ export async function queueFlush(config: Config): Promise<string> {
 
 export async function queueDelete(config: Config, id: string): Promise<string> {
   const paths = spoolPaths(config);
-  await fsp.access(path.join(paths.queue, id));
+  const found = (await allMessages(paths)).find((m) => m.id === id);
+  if (!found) throw new Error(`${id}: no such message in the queue`);
+  if (found.record) {
+    markDoneExternally(paths.journal, found.record.ref.seq, id);
+    return `${id} deleted; ${await signalServer(config)}`;
+  }
   await fsp.rm(path.join(paths.queue, id), { force: true });
   await fsp.rm(path.join(paths.queue, id + '.state'), { force: true });
   return `${id} deleted; ${await signalServer(config)}`;

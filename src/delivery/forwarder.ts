@@ -7,8 +7,9 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../util/log.ts';
-import { listQueue, messageBody, newQueueId, readQueueFile, type CommittedMessage, type Spool } from '../queue/spool.ts';
+import { IncompleteSpoolFile, listQueue, messageBody, newQueueId, readQueueFile, type CommittedMessage, type Spool } from '../queue/spool.ts';
 import type { DeliveryState, Envelope } from '../queue/envelope.ts';
+import { segmentPath, type JournalRef } from '../queue/journal.ts';
 import type { MessageBody, RcptResult, Transport } from './types.ts';
 import { buildBounce } from './dsn.ts';
 
@@ -21,6 +22,10 @@ interface Job {
   cached?: Buffer[];
   timer?: NodeJS.Timeout;
   nextAt: number;
+  /** A .state file exists beside the spool file. */
+  hasState: boolean;
+  /** Set while the message lives in the journal (first attempt); else it has a queue file. */
+  journal?: JournalRef;
 }
 
 /** Keep at most this many octets of queued messages in memory; the rest is read from disk. */
@@ -60,7 +65,7 @@ export class Forwarder {
     let cached = msg.cached;
     if (cached && this.cachedBytes + msg.size > CACHE_LIMIT) cached = undefined;
     if (cached) this.cachedBytes += msg.size;
-    const job: Job = { envelope: msg.envelope, size: msg.size, rcpts: [...msg.envelope.rcpts], attempts: 0, cached, nextAt: Date.now() };
+    const job: Job = { envelope: msg.envelope, size: msg.size, rcpts: [...msg.envelope.rcpts], attempts: 0, cached, nextAt: Date.now(), hasState: false, journal: msg.journal };
     this.jobs.set(job.envelope.id, job);
     this.makeReady(job);
   }
@@ -72,17 +77,31 @@ export class Forwarder {
    */
   async rescan(): Promise<void> {
     const ids = new Set(await listQueue(this.spool.paths));
+    const doneElsewhere = new Map<number, Set<string>>();
     for (const [id, job] of this.jobs) {
-      if (!ids.has(id) && job.cached === undefined) this.drop(job);
+      if (job.journal) {
+        // `mxguard queue delete` marks journaled messages done in the segment's .done file.
+        const seq = job.journal.seq;
+        if (!doneElsewhere.has(seq)) doneElsewhere.set(seq, this.spool.journal.doneElsewhere(seq));
+        if (doneElsewhere.get(seq)?.has(id)) this.drop(job);
+      } else if (!ids.has(id)) this.drop(job);
     }
     for (const id of ids) {
       const known = this.jobs.get(id);
       if (known && known.timer === undefined) continue; // ready or being delivered
+      if (this.spool.writing.has(id)) continue; // still being received
       let queued;
       try {
         queued = await readQueueFile(this.spool.paths, id);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
+        if (err instanceof IncompleteSpoolFile && !this.spool.writing.has(id)) {
+          // Left by a crash in the middle of DATA: never acknowledged, so never ours to deliver.
+          this.log.info({ id }, 'removed an incomplete spool file (its client never got a 250)');
+          this.spool.remove(id, true);
+          continue;
+        }
+        if (err instanceof IncompleteSpoolFile) continue;
         this.log.error({ id, err: (err as Error).message }, 'unreadable spool file moved aside');
         await this.quarantine(id);
         continue;
@@ -102,6 +121,7 @@ export class Forwarder {
         rcpts: queued.state?.rcpts ?? [...queued.envelope.rcpts],
         attempts: queued.state?.attempts ?? 0,
         nextAt,
+        hasState: queued.state !== undefined,
       };
       this.jobs.set(id, job);
       this.schedule(job, nextAt);
@@ -164,12 +184,23 @@ export class Forwarder {
   }
 
   private body(job: Job): MessageBody {
-    return messageBody(this.spool.queuePath(job.envelope.id), job.size, job.envelope.addHeaders, job.cached);
+    const j = job.journal;
+    if (j) return messageBody(segmentPath(this.spool.journal.dir, j.seq, 'log'), j.offset, job.size, job.envelope.addHeaders, job.cached);
+    return messageBody(this.spool.queuePath(job.envelope.id), 0, job.size, job.envelope.addHeaders, job.cached);
+  }
+
+  /** Message octets without the added headers, for moving a message out of the journal. */
+  private async rawBody(job: Job): Promise<Buffer[]> {
+    if (job.cached) return job.cached;
+    const parts: Buffer[] = [];
+    const j = job.journal as JournalRef;
+    for await (const chunk of messageBody(segmentPath(this.spool.journal.dir, j.seq, 'log'), j.offset, job.size, undefined).chunks()) parts.push(chunk);
+    return parts;
   }
 
   private async attempt(job: Job): Promise<void> {
     const env = job.envelope;
-    if (job.cached === undefined) {
+    if (job.cached === undefined && job.journal === undefined) {
       // Read from disk: make sure an administrator did not delete it meanwhile.
       const exists = await fsp.access(this.spool.queuePath(env.id)).then(
         () => true,
@@ -217,20 +248,33 @@ export class Forwarder {
     }
     if (failed.length > 0) await this.bounce(job, failed, expired);
 
-    if (job.cached) {
-      this.cachedBytes -= job.size;
-      job.cached = undefined;
-    }
     if (deferred.length === 0) {
+      this.release(job);
       this.jobs.delete(env.id);
-      await this.spool.remove(env.id);
+      if (job.journal) this.spool.journal.done(job.journal, env.id);
+      else this.spool.remove(env.id, job.hasState);
       return;
     }
+    if (job.journal) {
+      // A retry may be days away: give the message a queue file of its own, free the journal.
+      try {
+        await this.spool.moveOutOfJournal(env, await this.rawBody(job), job.size);
+      } catch (err) {
+        this.log.error({ id: env.id, err: (err as Error).message }, 'could not move the message out of the journal; it stays there');
+        this.release(job);
+        this.schedule(job, now + (this.config.queue.retry[0] as number));
+        return;
+      }
+      this.spool.journal.done(job.journal, env.id);
+      job.journal = undefined;
+    }
+    this.release(job);
     const retry = this.config.queue.retry;
     const wait = retry[Math.min(job.attempts - 1, retry.length - 1)] as number;
     job.rcpts = deferred.map((r) => r.rcpt);
     const state: DeliveryState = { attempts: job.attempts, nextAt: now + wait, rcpts: job.rcpts, lastError: `${deferred[0]?.code} ${deferred[0]?.text}` };
     for (const r of deferred) this.log.info({ id: env.id, rcpt: r.rcpt, relay: this.transport.name, reply: `${r.code} ${r.text}`, attempt: job.attempts, retryIn: wait / 1000 }, 'deferred');
+    job.hasState = true;
     await this.spool.writeState(env.id, state).catch((err: Error) => this.log.warn({ id: env.id, err: err.message }, 'could not write delivery state'));
     if (this.stopped) return;
     this.schedule(job, state.nextAt);
@@ -263,9 +307,18 @@ export class Forwarder {
     }
   }
 
+  /** Frees the in-memory copy: later attempts read the file. */
+  private release(job: Job): void {
+    if (job.cached) {
+      this.cachedBytes -= job.size;
+      job.cached = undefined;
+    }
+  }
+
   private drop(job: Job): void {
     if (job.timer) clearTimeout(job.timer);
-    if (job.cached) this.cachedBytes -= job.size;
+    this.release(job);
+    if (job.journal) this.spool.journal.done(job.journal, job.envelope.id);
     this.jobs.delete(job.envelope.id);
     this.log.info({ id: job.envelope.id }, 'removed from queue');
   }

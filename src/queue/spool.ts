@@ -1,15 +1,21 @@
-// The durable spool. A message is written to spool/incoming/<id>, fsynced, renamed into
-// spool/queue/<id>, and the queue directory is fsynced (grouped across sessions) before the
-// client gets its 250. A crash before the rename leaves only incoming/ files, which were never
-// acknowledged and are removed at start-up; a crash after it leaves a complete queue file.
+// The durable spool. Nothing is acknowledged before it is on disk and synced:
+// - a small message (up to MEMORY_LIMIT) is appended to the journal (journal.ts), whose
+//   fdatasync is shared by all sessions committing at the same moment;
+// - a large one streams into spool/queue/<id> while DATA arrives; at the end its trailer is
+//   written, the file fdatasynced and, in parallel, the queue directory fsynced (one directory
+//   fsync serves every session that commits meanwhile).
+// A message that needs a second delivery attempt, or that the journal held at a crash, moves
+// to a queue file of its own, so journal segments live only for seconds. A queue file without
+// a valid trailer was never acknowledged (crash in mid-DATA) and is removed.
 //
-// File layout: the message octets (CRLF lines, not dot-stuffed), then the envelope as one JSON
-// line, then a fixed 21-octet trailer "MXQ1 <15-digit message length>\n".
+// Queue file layout: the message octets (CRLF lines, not dot-stuffed), then the envelope as
+// one JSON line, then a fixed 21-octet trailer "MXQ1 <15-digit message length>\n".
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import crypto from 'node:crypto';
-import { DirSync } from './dir-sync.ts';
+import { promisify } from 'node:util';
+import { SyncGroup } from './sync-group.ts';
+import { Journal, listSegments, readSegment, removeSegment, type JournalRef } from './journal.ts';
 import { isEnvelope, type DeliveryState, type Envelope } from './envelope.ts';
 import type { MessageBody } from '../delivery/types.ts';
 
@@ -17,9 +23,17 @@ const TRAILER_LEN = 21;
 /** Messages up to this size stay in memory until committed (and are delivered from memory). */
 const MEMORY_LIMIT = 256 * 1024;
 
+// Creating, writing, closing and unlinking a small file touch only the page cache and take
+// microseconds: they run synchronously, because a thread-pool round trip per call costs more
+// (context switches) than the call itself. Only the calls that wait for the disk (fdatasync,
+// the directory fsync) and the writes of large messages go to the thread pool.
+const writev = promisify(fs.writev);
+const fdatasync = promisify(fs.fdatasync);
+const open = promisify(fs.open);
+
 export interface SpoolPaths {
-  incoming: string;
   queue: string;
+  journal: string;
 }
 
 export interface CommittedMessage {
@@ -27,6 +41,8 @@ export interface CommittedMessage {
   /** Message octets when small enough to keep; otherwise read back from the file. */
   readonly cached?: Buffer[];
   readonly size: number;
+  /** Where the journal holds it; undefined for a message with a queue file of its own. */
+  readonly journal?: JournalRef;
 }
 
 export interface QueuedMessage {
@@ -35,12 +51,15 @@ export interface QueuedMessage {
   readonly state?: DeliveryState;
 }
 
+/** A spool file whose trailer is missing or wrong: the write never finished. */
+export class IncompleteSpoolFile extends Error {}
+
 let idCounter = 0;
 
 /** Queue IDs sort by time: 8 base-36 digits of ms, then 2 of a counter and 4 random. */
 export function newQueueId(now = Date.now()): string {
   idCounter = (idCounter + 1) % 1296;
-  const rand = crypto.randomBytes(3).readUIntBE(0, 3) % 1679616;
+  const rand = Math.floor(Math.random() * 1679616);
   return (now.toString(36).padStart(8, '0') + idCounter.toString(36).padStart(2, '0') + rand.toString(36).padStart(4, '0')).toUpperCase();
 }
 
@@ -50,44 +69,74 @@ export function isQueueId(name: string): boolean {
 
 export class Spool {
   readonly paths: SpoolPaths;
-  private readonly dirSync: DirSync;
+  readonly dirSync: SyncGroup;
+  readonly journal: Journal;
+  /** IDs being written right now: a rescan must not take them for broken files. */
+  readonly writing = new Set<string>();
 
   private constructor(paths: SpoolPaths) {
     this.paths = paths;
-    this.dirSync = new DirSync(paths.queue);
+    this.dirSync = SyncGroup.forDirectory(paths.queue);
+    this.journal = new Journal(paths.journal);
   }
 
-  /** Opens (creating) the spool under `dir`; removes unacknowledged leftovers in incoming/. */
+  /**
+   * Opens (creating) the spool under `dir`. Messages a previous run left in the journal get
+   * queue files of their own first, so the forwarder finds everything in spool/queue.
+   */
   static async open(dir: string): Promise<Spool> {
-    const paths = { incoming: path.join(dir, 'incoming'), queue: path.join(dir, 'queue') };
-    await fsp.mkdir(paths.incoming, { recursive: true, mode: 0o700 });
+    const paths = Spool.at(dir);
     await fsp.mkdir(paths.queue, { recursive: true, mode: 0o700 });
-    for (const name of await fsp.readdir(paths.incoming)) await fsp.rm(path.join(paths.incoming, name), { force: true });
+    // Spools of earlier versions wrote into incoming/ first: nothing there was acknowledged.
+    await fsp.rm(path.join(dir, 'incoming'), { recursive: true, force: true });
+    const segments = listSegments(paths.journal);
+    if (segments.length > 0) {
+      const dirFd = fs.openSync(paths.queue, 'r');
+      for (const seq of segments) {
+        const data = fs.readFileSync(path.join(paths.journal, `${String(seq).padStart(10, '0')}.log`));
+        for (const rec of readSegment(paths.journal, seq)) {
+          const body = data.subarray(rec.ref.offset, rec.ref.offset + rec.ref.size);
+          const fd = fs.openSync(path.join(paths.queue, rec.envelope.id), 'w', 0o600);
+          fs.writevSync(fd, queueFileParts(rec.envelope, [body], rec.ref.size));
+          fs.fdatasyncSync(fd);
+          fs.closeSync(fd);
+        }
+        fs.fsyncSync(dirFd); // the new queue files are durable before the segment goes
+        removeSegment(paths.journal, seq);
+      }
+      fs.closeSync(dirFd);
+    }
     return new Spool(paths);
   }
 
-  /** Opens read-only views (for the CLI); does not clean incoming/. */
+  /** The spool's paths (for the CLI, which only reads). */
   static at(dir: string): SpoolPaths {
-    return { incoming: path.join(dir, 'incoming'), queue: path.join(dir, 'queue') };
+    return { queue: path.join(dir, 'queue'), journal: path.join(dir, 'journal') };
+  }
+
+  /** Gives a journaled message a queue file of its own (before a retry), durably. */
+  async moveOutOfJournal(envelope: Envelope, body: readonly Buffer[], size: number): Promise<void> {
+    const fd = await open(this.queuePath(envelope.id), 'w', 0o600);
+    try {
+      fs.writevSync(fd, queueFileParts(envelope, body, size));
+      await Promise.all([fdatasync(fd), this.dirSync.sync()]);
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   begin(id: string, prefix: Buffer): MessageWriter {
     return new MessageWriter(this, id, prefix);
   }
 
-  /** Durably moves a fully written incoming file into the queue. */
-  async publish(id: string): Promise<void> {
-    await fsp.rename(path.join(this.paths.incoming, id), path.join(this.paths.queue, id));
-    await this.dirSync.sync();
-  }
-
   queuePath(id: string): string {
     return path.join(this.paths.queue, id);
   }
 
-  async remove(id: string): Promise<void> {
-    await fsp.rm(path.join(this.paths.queue, id), { force: true });
-    await fsp.rm(path.join(this.paths.queue, id + '.state'), { force: true });
+  /** Removes a delivered message (and its delivery state, when one was written). */
+  remove(id: string, hasState: boolean): void {
+    fs.unlink(this.queuePath(id), () => undefined);
+    if (hasState) fs.unlink(this.queuePath(id) + '.state', () => undefined);
   }
 
   async writeState(id: string, state: DeliveryState): Promise<void> {
@@ -96,6 +145,20 @@ export class Spool {
 
   close(): void {
     this.dirSync.close();
+    this.journal.close();
+  }
+}
+
+/** A queue file's parts: message, envelope line, trailer. */
+function queueFileParts(envelope: Envelope, body: readonly Buffer[], size: number): Buffer[] {
+  return [...body, Buffer.from(JSON.stringify(envelope) + '\n'), Buffer.from(`MXQ1 ${String(size).padStart(15, '0')}\n`)];
+}
+
+function unlinkIfThere(file: string): void {
+  try {
+    fs.unlinkSync(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
   }
 }
 
@@ -109,18 +172,18 @@ export async function writeStateFile(paths: SpoolPaths, id: string, state: Deliv
 export class MessageWriter {
   readonly id: string;
   private readonly spool: Spool;
-  private readonly tmpPath: string;
+  private readonly file: string;
   private chunks: Buffer[] = [];
-  private buffered = 0;
   private size = 0;
-  private fh: fsp.FileHandle | undefined;
+  private fd: number | undefined;
   private failed: Error | undefined;
   private writing: Promise<void> = Promise.resolve();
 
   constructor(spool: Spool, id: string, prefix: Buffer) {
     this.spool = spool;
     this.id = id;
-    this.tmpPath = path.join(spool.paths.incoming, id);
+    this.file = spool.queuePath(id);
+    spool.writing.add(id);
     this.add([prefix]);
   }
 
@@ -128,19 +191,17 @@ export class MessageWriter {
   add(bufs: Buffer[]): Promise<void> | undefined {
     for (const b of bufs) {
       this.chunks.push(b);
-      this.buffered += b.length;
       this.size += b.length;
     }
-    if (this.fh === undefined && this.size <= MEMORY_LIMIT) return undefined;
+    if (this.fd === undefined && this.size <= MEMORY_LIMIT) return undefined;
     // Too big for memory: stream what we have to the file, one write at a time.
     const pending = this.chunks;
     this.chunks = [];
-    this.buffered = 0;
     this.writing = this.writing.then(async () => {
       if (this.failed) return;
       try {
-        this.fh ??= await fsp.open(this.tmpPath, 'wx', 0o600);
-        await this.fh.writev(pending);
+        this.fd ??= await open(this.file, 'wx', 0o600);
+        await writev(this.fd, pending);
       } catch (err) {
         this.failed = err as Error;
       }
@@ -148,33 +209,36 @@ export class MessageWriter {
     return this.writing;
   }
 
-  /** Writes the envelope, fsyncs, publishes into the queue. Throws on any I/O error (→ 451). */
+  /** Writes the envelope and trailer and makes it all durable. Throws on any I/O error (→ 451). */
   async commit(envelope: Envelope): Promise<CommittedMessage> {
     await this.writing;
     if (this.failed) throw this.failed;
-    const env = Buffer.from(JSON.stringify(envelope) + '\n');
-    const trailer = Buffer.from(`MXQ1 ${String(this.size).padStart(15, '0')}\n`);
-    const inMemory = this.fh === undefined;
-    const fh = (this.fh ??= await fsp.open(this.tmpPath, 'wx', 0o600));
-    try {
-      await fh.writev([...this.chunks, env, trailer]);
-      await fh.datasync();
-    } finally {
-      this.fh = undefined;
-      await fh.close();
+    if (this.fd === undefined) {
+      const journal = await this.spool.journal.append(envelope, this.chunks, this.size);
+      this.spool.writing.delete(this.id);
+      return { envelope, size: this.size, cached: this.chunks, journal };
     }
-    await this.spool.publish(this.id);
-    return { envelope, size: this.size, cached: inMemory ? this.chunks : undefined };
+    const fd = this.fd;
+    await writev(fd, queueFileParts(envelope, this.chunks, this.size));
+    // The directory fsync starts after the file was created, so it covers the new entry.
+    await Promise.all([fdatasync(fd), this.spool.dirSync.sync()]);
+    this.fd = undefined;
+    this.spool.writing.delete(this.id);
+    fs.closeSync(fd);
+    return { envelope, size: this.size };
   }
 
-  /** Drops the message (refused, or the session died before the end of DATA). */
+  /** Drops the message (refused, failed, or the session died before the end of DATA). */
   async abort(): Promise<void> {
     await this.writing;
-    const fh = this.fh;
-    this.fh = undefined;
-    if (fh) await fh.close().catch(() => undefined);
+    const fd = this.fd;
+    this.fd = undefined;
     this.chunks = [];
-    await fsp.rm(this.tmpPath, { force: true });
+    if (fd !== undefined) {
+      fs.closeSync(fd);
+      unlinkIfThere(this.file);
+    }
+    this.spool.writing.delete(this.id);
   }
 }
 
@@ -184,14 +248,14 @@ export async function readQueueFile(paths: SpoolPaths, id: string): Promise<Queu
   const fh = await fsp.open(file, 'r');
   try {
     const { size: fileSize } = await fh.stat();
-    if (fileSize < TRAILER_LEN) throw new Error(`${file}: truncated spool file`);
+    if (fileSize < TRAILER_LEN) throw new IncompleteSpoolFile(`${file}: no trailer`);
     const trailer = Buffer.alloc(TRAILER_LEN);
     await fh.read(trailer, 0, TRAILER_LEN, fileSize - TRAILER_LEN);
     const m = /^MXQ1 (\d{15})\n$/.exec(trailer.toString('latin1'));
-    if (!m || m[1] === undefined) throw new Error(`${file}: bad spool trailer`);
+    if (!m || m[1] === undefined) throw new IncompleteSpoolFile(`${file}: no trailer`);
     const size = Number(m[1]);
     const envLen = fileSize - TRAILER_LEN - size;
-    if (envLen <= 0) throw new Error(`${file}: bad spool layout`);
+    if (envLen <= 0) throw new IncompleteSpoolFile(`${file}: bad trailer`);
     const envBuf = Buffer.alloc(envLen);
     await fh.read(envBuf, 0, envLen, size);
     const envelope: unknown = JSON.parse(envBuf.toString('utf8'));
@@ -219,8 +283,8 @@ export async function listQueue(paths: SpoolPaths): Promise<string[]> {
   return names.filter(isQueueId).sort();
 }
 
-/** A message body that streams from memory or from the spool file. */
-export function messageBody(file: string, size: number, addHeaders: readonly string[] | undefined, cached?: Buffer[]): MessageBody {
+/** A message body that streams from memory or from a file (a queue file at 0, or a journal segment). */
+export function messageBody(file: string, start: number, size: number, addHeaders: readonly string[] | undefined, cached?: Buffer[]): MessageBody {
   const head = addHeaders && addHeaders.length > 0 ? Buffer.from(addHeaders.join('')) : undefined;
   return {
     size: size + (head?.length ?? 0),
@@ -231,7 +295,7 @@ export function messageBody(file: string, size: number, addHeaders: readonly str
         return;
       }
       if (size === 0) return;
-      const stream = fs.createReadStream(file, { start: 0, end: size - 1, highWaterMark: 256 * 1024 });
+      const stream = fs.createReadStream(file, { start, end: start + size - 1, highWaterMark: 256 * 1024 });
       for await (const chunk of stream) yield chunk as Buffer;
     },
   };

@@ -1,0 +1,771 @@
+// Our own small SMTP / LMTP client for forwarding downstream (see DESIGN.md: speed target).
+//
+// Speed: a pool of reused connections, no-delay sockets, MAIL+RCPT+DATA in one write with
+// PIPELINING, and the final "." in the same write as the last data. Safety: deliver() never
+// throws for downstream trouble; every failure becomes a per-recipient 'temp' result, while a
+// recipient the server refused keeps its own code.
+import net from 'node:net';
+import type { Socket } from 'node:net';
+import type { Logger } from '../util/log.ts';
+import type { MessageBody, OutgoingMessage, RcptResult, Transport } from './types.ts';
+import { dotStuffChunks } from './dotstuff.ts';
+
+export interface SmtpTransportOptions {
+  /** smtp://host:port or lmtp://host:port (LMTP: one reply per recipient after the dot). */
+  readonly url: string;
+  /** Our name in EHLO / LHLO. */
+  readonly heloName: string;
+  /** Upper bound on simultaneous connections to the downstream. */
+  readonly maxConnections: number;
+  readonly connectTimeoutMs: number;
+  /** Limit for each reply (greeting, EHLO, MAIL, RCPT, DATA, RSET). */
+  readonly commandTimeoutMs: number;
+  /** Limit for the reply to the final dot and for each stalled body write; default commandTimeoutMs. */
+  readonly dataTimeoutMs?: number;
+  /** Close a pooled connection after this long unused; default 30 s. */
+  readonly idleTimeoutMs?: number;
+  readonly log?: Logger;
+}
+
+/** One SMTP reply; lines hold the text after "250-" / "250 " of each line. */
+export interface SmtpReply {
+  readonly code: number;
+  readonly lines: readonly string[];
+}
+
+/** What the server offered in its EHLO / LHLO reply. size: null = not offered, 0 = no fixed limit. */
+export interface SmtpExtensions {
+  readonly pipelining: boolean;
+  readonly size: number | null;
+  readonly eightBitMime: boolean;
+  readonly smtputf8: boolean;
+  readonly keywords: ReadonlySet<string>;
+}
+
+export const NO_EXTENSIONS: SmtpExtensions = { pipelining: false, size: null, eightBitMime: false, smtputf8: false, keywords: new Set() };
+
+export class SmtpProtocolError extends Error {}
+
+/** A reply line longer than this without a line end is a protocol error (RFC 5321 allows 512). */
+const MAX_REPLY_LINE = 16 * 1024;
+const MAX_REPLY_LINES = 1000;
+const REPLY_LINE = /^([2-5][0-9][0-9])([ -]|$)(.*)$/s;
+
+/**
+ * Incremental reply parser: push() raw socket data split anywhere, get back the complete
+ * replies. Multi-line replies ("250-a", "250 b") come out as one reply. Tolerates bare-LF
+ * line ends; throws SmtpProtocolError on a line that is not a reply.
+ */
+export class ReplyParser {
+  #rest: Buffer | null = null;
+  #lines: string[] = [];
+
+  push(chunk: Buffer): SmtpReply[] {
+    const data = this.#rest === null ? chunk : Buffer.concat([this.#rest, chunk]);
+    this.#rest = null;
+    const out: SmtpReply[] = [];
+    let start = 0;
+    for (;;) {
+      const lf = data.indexOf(10, start);
+      if (lf === -1) break;
+      const end = lf > start && data[lf - 1] === 13 ? lf - 1 : lf;
+      const reply = this.#line(data.toString('utf8', start, end));
+      if (reply) out.push(reply);
+      start = lf + 1;
+    }
+    if (start < data.length) {
+      if (data.length - start > MAX_REPLY_LINE) throw new SmtpProtocolError('reply line too long');
+      // Copy, so a small remainder does not pin a large socket buffer.
+      this.#rest = Buffer.from(data.subarray(start));
+    }
+    return out;
+  }
+
+  /** True while part of a reply has been received. */
+  get pending(): boolean {
+    return this.#rest !== null || this.#lines.length > 0;
+  }
+
+  #line(line: string): SmtpReply | null {
+    const m = REPLY_LINE.exec(line);
+    if (!m) throw new SmtpProtocolError(`malformed reply line ${JSON.stringify(line.slice(0, 80))}`);
+    this.#lines.push(m[3] ?? '');
+    if (m[2] === '-') {
+      if (this.#lines.length > MAX_REPLY_LINES) throw new SmtpProtocolError('reply has too many lines');
+      return null;
+    }
+    // RFC 5321 wants one code on every line; if a server mixes them, the last line decides.
+    const reply: SmtpReply = { code: Number(m[1]), lines: this.#lines };
+    this.#lines = [];
+    return reply;
+  }
+}
+
+/** The reply as one printable line without its code, for RcptResult.text and logs. */
+export function replyText(r: SmtpReply): string {
+  return r.lines
+    .map((l) => l.trim())
+    .filter((l) => l.length > 0)
+    .join(' ')
+    .replace(/[\x00-\x1f\x7f]/g, ' ');
+}
+
+/** Reads the EHLO / LHLO reply's extension lines (the first line is the server's name). */
+export function parseEhloReply(r: SmtpReply): SmtpExtensions {
+  const keywords = new Set<string>();
+  let size: number | null = null;
+  for (const line of r.lines.slice(1)) {
+    const [kw = '', param] = line.trim().split(/\s+/, 2);
+    const key = kw.toUpperCase();
+    if (key === '') continue;
+    keywords.add(key);
+    if (key === 'SIZE') {
+      const n = param === undefined ? 0 : Number(param);
+      size = Number.isSafeInteger(n) && n >= 0 ? n : 0;
+    }
+  }
+  return {
+    pipelining: keywords.has('PIPELINING'),
+    size,
+    eightBitMime: keywords.has('8BITMIME'),
+    smtputf8: keywords.has('SMTPUTF8'),
+    keywords,
+  };
+}
+
+export interface Destination {
+  readonly protocol: 'smtp' | 'lmtp';
+  readonly host: string;
+  readonly port: number;
+}
+
+/** Parses smtp://host[:port] and lmtp://host[:port]; throws on anything else (a config error). */
+export function parseDestination(url: string): Destination {
+  let u: URL;
+  try {
+    u = new URL(url);
+  } catch {
+    throw new Error(`invalid downstream URL ${JSON.stringify(url)}`);
+  }
+  const protocol = u.protocol === 'smtp:' ? 'smtp' : u.protocol === 'lmtp:' ? 'lmtp' : null;
+  if (protocol === null) throw new Error(`downstream URL must be smtp:// or lmtp://, got ${JSON.stringify(url)}`);
+  if ((u.pathname !== '' && u.pathname !== '/') || u.search !== '' || u.username !== '') {
+    throw new Error(`downstream URL takes only host and port, got ${JSON.stringify(url)}`);
+  }
+  const host = u.hostname.startsWith('[') ? u.hostname.slice(1, -1) : u.hostname;
+  if (host === '') throw new Error(`downstream URL has no host: ${JSON.stringify(url)}`);
+  const port = u.port === '' ? (protocol === 'smtp' ? 25 : 24) : Number(u.port);
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw new Error(`downstream URL has a bad port: ${JSON.stringify(url)}`);
+  return { protocol, host, port };
+}
+
+/** Maps a reply to a recipient's result: 2xx ok, 4xx temp, 5xx perm (anything else: temp). */
+export function resultFromReply(rcpt: string, r: SmtpReply): RcptResult {
+  const status = r.code >= 200 && r.code < 300 ? 'ok' : r.code >= 500 && r.code < 600 ? 'perm' : 'temp';
+  return { rcpt, status, code: r.code, text: replyText(r) };
+}
+
+/** A failure of the connection or of our side: becomes a 'temp' result for every open recipient. */
+class DeliveryError extends Error {
+  readonly code: number;
+  readonly text: string;
+  /** True when the server itself said 421. */
+  readonly fromServer: boolean;
+  constructor(code: number, text: string, fromServer = false) {
+    super(text);
+    this.code = code;
+    this.text = text;
+    this.fromServer = fromServer;
+  }
+}
+
+// Address text goes into a command line: refuse anything that could end or bend it.
+const UNSAFE_ADDRESS = /[\x00-\x1f\x7f<>]/;
+const NON_ASCII = /[^\x00-\x7f]/;
+
+function errText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+interface Waiter {
+  resolve(r: SmtpReply): void;
+  reject(e: DeliveryError): void;
+}
+
+/** One downstream connection: a socket, its reply parser, and the replies not yet read. */
+class Connection {
+  readonly socket: Socket;
+  readonly label: string;
+  ext: SmtpExtensions = NO_EXTENSIONS;
+  /** Transactions run on it: a failure on a reused connection may be a stale socket. */
+  transactions = 0;
+  idle = false;
+  discarded = false;
+  idleTimer: NodeJS.Timeout | null = null;
+  /** Called when an idle connection closes or talks (e.g. a 421 on the server's idle timeout). */
+  onIdleEvent: (() => void) | null = null;
+  #parser = new ReplyParser();
+  #replies: SmtpReply[] = [];
+  #waiter: Waiter | null = null;
+  #drainWaiter: Waiter | null = null;
+  #connectWaiter: Waiter | null = null;
+  #failure: DeliveryError | null = null;
+  #connected = false;
+  readonly closed: Promise<void>;
+
+  constructor(socket: Socket, label: string) {
+    this.socket = socket;
+    this.label = label;
+    // Listeners go on at once: an unhandled 'error' would crash the process.
+    socket.on('error', (err) => {
+      const what = this.#connected ? `connection to ${label} failed` : `connect to ${label} failed`;
+      this.fail(new DeliveryError(421, `${this.#connected ? '4.4.2' : '4.4.1'} ${what}: ${err.message}`));
+    });
+    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
+    this.closed = new Promise((resolve) => {
+      socket.once('close', () => {
+        this.fail(new DeliveryError(421, `4.4.2 connection to ${label} closed by the server`));
+        resolve();
+      });
+    });
+  }
+
+  get alive(): boolean {
+    return this.#failure === null && !this.socket.destroyed && !this.socket.readableEnded && !this.#parser.pending && this.#replies.length === 0;
+  }
+
+  /** Resolves once connected; rejects on error or after timeoutMs. */
+  waitConnected(timeoutMs: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        const e = new DeliveryError(421, `4.4.1 connect to ${this.label} timed out after ${timeoutMs} ms`);
+        this.fail(e);
+      }, timeoutMs);
+      const onConnect = (): void => {
+        clearTimeout(timer);
+        this.#connected = true;
+        this.#connectWaiter = null;
+        resolve();
+      };
+      this.socket.once('connect', onConnect);
+      // fail() rejects it on error, close or timeout.
+      this.#connectWaiter = {
+        resolve: () => undefined,
+        reject: (e) => {
+          clearTimeout(timer);
+          this.socket.off('connect', onConnect);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** Marks the connection dead (first cause wins), wakes whoever waits, destroys the socket. */
+  fail(err: DeliveryError): void {
+    if (this.#failure === null) this.#failure = err;
+    const w = this.#waiter;
+    this.#waiter = null;
+    const d = this.#drainWaiter;
+    this.#drainWaiter = null;
+    const c = this.#connectWaiter;
+    this.#connectWaiter = null;
+    if (w) w.reject(this.#failure);
+    if (d) d.reject(this.#failure);
+    if (c) c.reject(this.#failure);
+    if (!this.socket.destroyed) this.socket.destroy();
+    if (this.idle) this.onIdleEvent?.();
+  }
+
+  #onData(chunk: Buffer): void {
+    let replies: SmtpReply[];
+    try {
+      replies = this.#parser.push(chunk);
+    } catch (err) {
+      this.fail(new DeliveryError(451, `4.5.0 protocol error from ${this.label}: ${errText(err)}`));
+      return;
+    }
+    for (const r of replies) {
+      const w = this.#waiter;
+      if (w) {
+        this.#waiter = null;
+        w.resolve(r);
+      } else {
+        this.#replies.push(r);
+      }
+    }
+    if (this.idle) this.onIdleEvent?.();
+  }
+
+  /** The next reply, in order; a timeout destroys the connection (its state is unknown then). */
+  read(timeoutMs: number, what: string): Promise<SmtpReply> {
+    const queued = this.#replies.shift();
+    if (queued) return Promise.resolve(queued);
+    if (this.#failure) return Promise.reject(this.#failure);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.fail(new DeliveryError(451, `4.4.2 timeout after ${timeoutMs} ms waiting for the reply to ${what} from ${this.label}`));
+      }, timeoutMs);
+      this.#waiter = {
+        resolve: (r) => {
+          clearTimeout(timer);
+          resolve(r);
+        },
+        reject: (e) => {
+          clearTimeout(timer);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** Writes; returns false when the caller should wait for drain (socket backpressure). */
+  write(data: string | Buffer): boolean {
+    if (this.#failure) throw this.#failure;
+    return this.socket.write(data);
+  }
+
+  waitDrain(timeoutMs: number): Promise<void> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    if (!this.socket.writableNeedDrain) return Promise.resolve();
+    return new Promise((resolve, reject) => {
+      const onDrain = (): void => {
+        clearTimeout(timer);
+        this.#drainWaiter = null;
+        resolve();
+      };
+      const timer = setTimeout(() => {
+        this.socket.off('drain', onDrain);
+        this.fail(new DeliveryError(451, `4.4.2 timeout after ${timeoutMs} ms sending the message to ${this.label}`));
+      }, timeoutMs);
+      this.socket.once('drain', onDrain);
+      this.#drainWaiter = {
+        resolve: () => undefined,
+        reject: (e) => {
+          clearTimeout(timer);
+          this.socket.off('drain', onDrain);
+          reject(e);
+        },
+      };
+    });
+  }
+
+  /** Polite close: QUIT, wait briefly for 221 and the server's close, then destroy. */
+  async quit(timeoutMs: number): Promise<void> {
+    if (this.#failure === null && !this.socket.destroyed) {
+      try {
+        this.write('QUIT\r\n');
+        await this.read(timeoutMs, 'QUIT');
+        this.socket.end();
+        await Promise.race([this.closed, new Promise((r) => setTimeout(r, timeoutMs).unref())]);
+      } catch {
+        // A failed QUIT changes nothing: the socket goes away below.
+      }
+    }
+    this.fail(new DeliveryError(421, `4.4.2 connection to ${this.label} closed`));
+  }
+}
+
+interface PoolWaiter {
+  resolve(v: { conn: Connection } | { slot: true }): void;
+  reject(e: DeliveryError): void;
+}
+
+interface OpenRcpt {
+  readonly index: number;
+  readonly addr: string;
+}
+
+interface TransactionOutcome {
+  readonly reusable: boolean;
+  /** The failure hit a reused connection before any reply: probably stale, try a fresh one. */
+  readonly retry: boolean;
+}
+
+const QUIT_TIMEOUT_MS = 2000;
+
+class SmtpTransport implements Transport {
+  readonly name: string;
+  readonly #dest: Destination;
+  readonly #lmtp: boolean;
+  readonly #helo: string;
+  readonly #max: number;
+  readonly #connectTimeout: number;
+  readonly #cmdTimeout: number;
+  readonly #dataTimeout: number;
+  readonly #idleTimeout: number;
+  readonly #log: Logger | undefined;
+  readonly #label: string;
+  #idle: Connection[] = [];
+  #total = 0;
+  #waiters: PoolWaiter[] = [];
+  #closed = false;
+
+  constructor(opts: SmtpTransportOptions) {
+    this.#dest = parseDestination(opts.url);
+    this.#lmtp = this.#dest.protocol === 'lmtp';
+    const hostPart = this.#dest.host.includes(':') ? `[${this.#dest.host}]` : this.#dest.host;
+    this.#label = `${hostPart}:${this.#dest.port}`;
+    this.name = `${this.#dest.protocol}://${this.#label}`;
+    if (/[\s\x00-\x1f\x7f]/.test(opts.heloName) || opts.heloName === '') throw new Error(`invalid heloName ${JSON.stringify(opts.heloName)}`);
+    this.#helo = opts.heloName;
+    this.#max = Math.max(1, Math.floor(opts.maxConnections));
+    this.#connectTimeout = opts.connectTimeoutMs;
+    this.#cmdTimeout = opts.commandTimeoutMs;
+    this.#dataTimeout = opts.dataTimeoutMs ?? opts.commandTimeoutMs;
+    this.#idleTimeout = opts.idleTimeoutMs ?? 30_000;
+    this.#log = opts.log;
+  }
+
+  async deliver(msg: OutgoingMessage): Promise<RcptResult[]> {
+    const results = await this.#deliver(msg);
+    const log = this.#log;
+    if (log) {
+      for (const r of results) {
+        log[r.status === 'ok' ? 'info' : 'warn']({ id: msg.id, relay: this.name, rcpt: r.rcpt, status: r.status, code: r.code, text: r.text }, 'delivery');
+      }
+    }
+    return results;
+  }
+
+  async #deliver(msg: OutgoingMessage): Promise<RcptResult[]> {
+    const all = (code: number, text: string, status: RcptResult['status']): RcptResult[] =>
+      msg.rcpts.map((rcpt) => ({ rcpt, status, code, text }));
+    if (this.#closed) return all(421, '4.3.2 transport is closed', 'temp');
+    if (UNSAFE_ADDRESS.test(msg.mailFrom)) return all(501, '5.1.7 bad sender address syntax', 'perm');
+
+    const fixed: (RcptResult | undefined)[] = new Array<RcptResult | undefined>(msg.rcpts.length);
+    const open: OpenRcpt[] = [];
+    msg.rcpts.forEach((addr, index) => {
+      if (addr === '' || UNSAFE_ADDRESS.test(addr)) fixed[index] = { rcpt: addr, status: 'perm', code: 501, text: '5.1.3 bad recipient address syntax' };
+      else open.push({ index, addr });
+    });
+    if (open.length === 0) return fixed as RcptResult[];
+
+    for (let attempt = 0; ; attempt++) {
+      const results = [...fixed];
+      let conn: Connection;
+      try {
+        conn = await this.#acquire();
+      } catch (err) {
+        const e = err instanceof DeliveryError ? err : new DeliveryError(451, `4.3.0 ${errText(err)}`);
+        for (const r of open) results[r.index] = { rcpt: r.addr, status: 'temp', code: e.code, text: e.text };
+        return results as RcptResult[];
+      }
+      const outcome = await this.#transaction(conn, msg, open, results);
+      this.#release(conn, outcome.reusable);
+      if (outcome.retry && attempt === 0) {
+        this.#log?.debug({ id: msg.id, relay: this.name }, 'stale pooled connection, retrying on a new one');
+        continue;
+      }
+      return results as RcptResult[];
+    }
+  }
+
+  /** One mail transaction on conn; fills results for every open recipient. Never throws. */
+  async #transaction(conn: Connection, msg: OutgoingMessage, open: readonly OpenRcpt[], results: (RcptResult | undefined)[]): Promise<TransactionOutcome> {
+    const ext = conn.ext;
+    const setAll = (rs: readonly OpenRcpt[], code: number, text: string, status: RcptResult['status']): void => {
+      for (const r of rs) results[r.index] = { rcpt: r.addr, status, code, text };
+    };
+    // Non-ASCII addresses need SMTPUTF8 as much as a message that asked for it.
+    const wantUtf8 = msg.smtputf8 === true || NON_ASCII.test(msg.mailFrom) || open.some((r) => NON_ASCII.test(r.addr));
+    if (wantUtf8 && !ext.smtputf8) {
+      setAll(open, 550, `5.6.7 ${this.#label} does not support SMTPUTF8, which the message needs`, 'perm');
+      return { reusable: true, retry: false };
+    }
+    if (ext.size !== null && ext.size > 0 && msg.body.size > ext.size) {
+      setAll(open, 552, `5.3.4 message size ${msg.body.size} exceeds the limit of ${ext.size} of ${this.#label}`, 'perm');
+      return { reusable: true, retry: false };
+    }
+    let mailCmd = `MAIL FROM:<${msg.mailFrom}>`;
+    if (ext.size !== null) mailCmd += ` SIZE=${msg.body.size}`;
+    if (msg.eightBit === true && ext.eightBitMime) mailCmd += ' BODY=8BITMIME';
+    if (wantUtf8) mailCmd += ' SMTPUTF8';
+
+    conn.transactions += 1;
+    const reused = conn.transactions > 1;
+    let gotReply = false;
+    let needRset = false;
+    const t = this.#cmdTimeout;
+    // A 421 means the server is closing this connection: everything still open is temp.
+    const check = (r: SmtpReply): SmtpReply => {
+      if (r.code === 421) throw new DeliveryError(421, replyText(r), true);
+      gotReply = true;
+      return r;
+    };
+    try {
+      const accepted: OpenRcpt[] = [];
+      if (ext.pipelining) {
+        let batch = mailCmd + '\r\n';
+        for (const r of open) batch += `RCPT TO:<${r.addr}>\r\n`;
+        conn.write(batch + 'DATA\r\n');
+        const mail = check(await conn.read(t, 'MAIL FROM'));
+        const mailOk = mail.code >= 200 && mail.code < 300;
+        for (const r of open) {
+          const rr = check(await conn.read(t, 'RCPT TO'));
+          if (!mailOk) continue;
+          if (rr.code >= 200 && rr.code < 300) accepted.push(r);
+          else results[r.index] = resultFromReply(r.addr, rr);
+        }
+        const data = check(await conn.read(t, 'DATA'));
+        if (data.code === 354 && (!mailOk || accepted.length === 0)) {
+          // A server that opens DATA without recipients: never send it a message, drop the connection.
+          throw new DeliveryError(451, `4.5.0 ${this.#label} accepted DATA without recipients`);
+        }
+        if (!mailOk) {
+          setAll(open, mail.code, replyText(mail), resultFromReply('', mail).status);
+          needRset = true;
+          return await this.#finish(conn, needRset);
+        }
+        if (accepted.length === 0) return await this.#finish(conn, true);
+        if (data.code !== 354) {
+          const res = resultFromReply('', data);
+          setAll(accepted, data.code, res.text, res.status === 'ok' ? 'temp' : res.status);
+          return await this.#finish(conn, true);
+        }
+      } else {
+        conn.write(mailCmd + '\r\n');
+        const mail = check(await conn.read(t, 'MAIL FROM'));
+        if (mail.code < 200 || mail.code >= 300) {
+          setAll(open, mail.code, replyText(mail), resultFromReply('', mail).status);
+          return await this.#finish(conn, true);
+        }
+        for (const r of open) {
+          conn.write(`RCPT TO:<${r.addr}>\r\n`);
+          const rr = check(await conn.read(t, 'RCPT TO'));
+          if (rr.code >= 200 && rr.code < 300) accepted.push(r);
+          else results[r.index] = resultFromReply(r.addr, rr);
+        }
+        if (accepted.length === 0) return await this.#finish(conn, true);
+        conn.write('DATA\r\n');
+        const data = check(await conn.read(t, 'DATA'));
+        if (data.code !== 354) {
+          const res = resultFromReply('', data);
+          setAll(accepted, data.code, res.text, res.status === 'ok' ? 'temp' : res.status);
+          return await this.#finish(conn, true);
+        }
+      }
+
+      await this.#sendBody(conn, msg.id, msg.body);
+
+      if (this.#lmtp) {
+        for (const r of accepted) {
+          const rr = check(await conn.read(this.#dataTimeout, 'end of data'));
+          results[r.index] = resultFromReply(r.addr, rr);
+          if (rr.code < 200 || rr.code >= 300) needRset = true;
+        }
+      } else {
+        const rr = check(await conn.read(this.#dataTimeout, 'end of data'));
+        const res = resultFromReply('', rr);
+        setAll(accepted, rr.code, res.text, res.status);
+        if (res.status !== 'ok') needRset = true;
+      }
+      return await this.#finish(conn, needRset);
+    } catch (err) {
+      const e = err instanceof DeliveryError ? err : new DeliveryError(451, `4.3.0 delivery to ${this.#label} failed: ${errText(err)}`);
+      conn.fail(e);
+      for (const r of open) {
+        if (results[r.index] === undefined) results[r.index] = { rcpt: r.addr, status: 'temp', code: e.code, text: e.text };
+      }
+      if (!e.fromServer || e.code !== 421) this.#log?.warn({ id: msg.id, relay: this.name, err: e.text }, 'downstream connection failed');
+      return { reusable: false, retry: reused && !gotReply };
+    }
+  }
+
+  /** Ends a transaction: RSET after a failed one (a connection that cannot RSET is not reused). */
+  async #finish(conn: Connection, rset: boolean): Promise<TransactionOutcome> {
+    if (!rset) return { reusable: true, retry: false };
+    try {
+      conn.write('RSET\r\n');
+      const r = await conn.read(this.#cmdTimeout, 'RSET');
+      if (r.code >= 200 && r.code < 300) return { reusable: true, retry: false };
+      conn.fail(new DeliveryError(421, `4.4.2 ${this.#label} refused RSET`));
+    } catch {
+      // The results already stand; only the connection is lost.
+    }
+    return { reusable: false, retry: false };
+  }
+
+  /** Streams the dot-stuffed body with backpressure; the final dot rides with the last chunk. */
+  async #sendBody(conn: Connection, id: string, body: MessageBody): Promise<void> {
+    const sock = conn.socket;
+    let corked = 0;
+    let done = false;
+    const it = dotStuffChunks(body.chunks());
+    sock.cork();
+    try {
+      for (;;) {
+        let step: IteratorResult<Buffer, void>;
+        try {
+          step = await it.next();
+        } catch (err) {
+          // Never send the final dot for a partial message: the connection is dropped instead.
+          throw new DeliveryError(451, `4.3.0 cannot read message ${id} from the queue: ${errText(err)}`);
+        }
+        if (step.done) {
+          done = true;
+          break;
+        }
+        const ok = conn.write(step.value);
+        corked += step.value.length;
+        if (!ok || corked >= 64 * 1024) {
+          sock.uncork();
+          corked = 0;
+          if (!ok) await conn.waitDrain(this.#dataTimeout);
+          sock.cork();
+        }
+      }
+    } finally {
+      sock.uncork();
+      // On failure, close the body's source (e.g. a spool file handle) instead of leaving it to GC.
+      if (!done) await it.return(undefined).catch(() => undefined);
+    }
+  }
+
+  // --- the pool ---
+
+  async #acquire(): Promise<Connection> {
+    for (;;) {
+      const c = this.#idle.pop();
+      if (!c) break;
+      this.#unidle(c);
+      if (c.alive) return c;
+      this.#discard(c);
+    }
+    if (this.#closed) throw new DeliveryError(421, '4.3.2 transport is closed');
+    if (this.#total < this.#max) {
+      this.#total += 1;
+      return this.#open();
+    }
+    const got = await new Promise<{ conn: Connection } | { slot: true }>((resolve, reject) => this.#waiters.push({ resolve, reject }));
+    if ('conn' in got) return got.conn;
+    return this.#open(); // the slot was counted in #total by whoever handed it over
+  }
+
+  /** Opens a connection for a slot already counted in #total. */
+  async #open(): Promise<Connection> {
+    try {
+      return await this.#connect();
+    } catch (err) {
+      this.#total -= 1;
+      const e = err instanceof DeliveryError ? err : new DeliveryError(421, `4.4.1 connect to ${this.#label} failed: ${errText(err)}`);
+      if (this.#total === 0) {
+        // Nothing else is connected: those waiting would fail the same way, so tell them now.
+        for (const w of this.#waiters.splice(0)) w.reject(e);
+      } else {
+        this.#wakeNext();
+      }
+      throw e;
+    }
+  }
+
+  async #connect(): Promise<Connection> {
+    const socket = net.connect({ host: this.#dest.host, port: this.#dest.port });
+    socket.setNoDelay(true);
+    const conn = new Connection(socket, this.#label);
+    await conn.waitConnected(this.#connectTimeout);
+    try {
+      const greeting = await conn.read(this.#cmdTimeout, 'the greeting');
+      if (greeting.code !== 220) {
+        throw new DeliveryError(421, `4.4.2 ${this.#label} refused to talk to us: ${greeting.code} ${replyText(greeting)}`);
+      }
+      conn.write(`${this.#lmtp ? 'LHLO' : 'EHLO'} ${this.#helo}\r\n`);
+      const ehlo = await conn.read(this.#cmdTimeout, this.#lmtp ? 'LHLO' : 'EHLO');
+      if (ehlo.code >= 200 && ehlo.code < 300) {
+        conn.ext = parseEhloReply(ehlo);
+      } else if (!this.#lmtp && ehlo.code >= 500 && ehlo.code < 600) {
+        // An old server without ESMTP (RFC 5321 3.2): plain HELO, no extensions.
+        conn.write(`HELO ${this.#helo}\r\n`);
+        const helo = await conn.read(this.#cmdTimeout, 'HELO');
+        if (helo.code < 200 || helo.code >= 300) {
+          throw new DeliveryError(421, `4.4.2 ${this.#label} refused HELO: ${helo.code} ${replyText(helo)}`);
+        }
+      } else {
+        throw new DeliveryError(421, `4.4.2 ${this.#label} refused ${this.#lmtp ? 'LHLO' : 'EHLO'}: ${ehlo.code} ${replyText(ehlo)}`);
+      }
+    } catch (err) {
+      const e = err instanceof DeliveryError ? err : new DeliveryError(421, `4.4.2 ${errText(err)}`);
+      conn.fail(e);
+      throw e;
+    }
+    this.#log?.debug({ relay: this.name, ext: [...conn.ext.keywords] }, 'connected');
+    return conn;
+  }
+
+  #release(conn: Connection, reusable: boolean): void {
+    if (!reusable || !conn.alive || this.#closed) {
+      this.#discard(conn);
+      if (conn.alive) void conn.quit(QUIT_TIMEOUT_MS);
+      else conn.fail(new DeliveryError(421, '4.4.2 connection discarded'));
+      return;
+    }
+    const w = this.#waiters.shift();
+    if (w) {
+      w.resolve({ conn });
+      return;
+    }
+    conn.idle = true;
+    conn.socket.unref(); // an idle pooled connection must not keep the process alive
+    conn.onIdleEvent = () => {
+      // Closed or spoke while idle (a 421 on the server's timeout): drop it.
+      const i = this.#idle.indexOf(conn);
+      if (i !== -1) this.#idle.splice(i, 1);
+      this.#unidle(conn);
+      this.#discard(conn);
+      conn.fail(new DeliveryError(421, '4.4.2 idle connection dropped'));
+    };
+    conn.idleTimer = setTimeout(() => {
+      const i = this.#idle.indexOf(conn);
+      if (i !== -1) this.#idle.splice(i, 1);
+      this.#unidle(conn);
+      this.#discard(conn);
+      void conn.quit(QUIT_TIMEOUT_MS);
+    }, this.#idleTimeout);
+    conn.idleTimer.unref();
+    this.#idle.push(conn);
+  }
+
+  #unidle(conn: Connection): void {
+    conn.idle = false;
+    conn.onIdleEvent = null;
+    if (conn.idleTimer) clearTimeout(conn.idleTimer);
+    conn.idleTimer = null;
+    conn.socket.ref();
+  }
+
+  /** Forgets a connection exactly once and lets a waiter have its slot. */
+  #discard(conn: Connection): void {
+    if (conn.discarded) return;
+    conn.discarded = true;
+    this.#total -= 1;
+    this.#wakeNext();
+  }
+
+  #wakeNext(): void {
+    if (this.#closed) return;
+    if (this.#waiters.length > 0 && this.#total < this.#max) {
+      const w = this.#waiters.shift();
+      if (w) {
+        this.#total += 1;
+        w.resolve({ slot: true });
+      }
+    }
+  }
+
+  async close(): Promise<void> {
+    this.#closed = true;
+    const closing = new DeliveryError(421, '4.3.2 transport is closed');
+    for (const w of this.#waiters.splice(0)) w.reject(closing);
+    const idle = this.#idle.splice(0);
+    for (const c of idle) {
+      this.#unidle(c);
+      this.#discard(c);
+    }
+    await Promise.all(idle.map((c) => c.quit(QUIT_TIMEOUT_MS)));
+  }
+}
+
+/** A Transport that forwards over SMTP or LMTP with a pool of reused connections. */
+export function createSmtpTransport(opts: SmtpTransportOptions): Transport {
+  return new SmtpTransport(opts);
+}
