@@ -294,3 +294,16 @@ test('STARTTLS: offered with a certificate, pipelined plaintext after it is disc
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a graceful stop says 421 at once to a client idle inside a transaction', async () => {
+  const app = await startTestApp();
+  const c = await greeted(app.port);
+  c.send('EHLO x.test\r\nMAIL FROM:<a@b.test>\r\nRCPT TO:<x@example.test>\r\n');
+  await c.replies(3);
+  const started = Date.now();
+  const stopping = app.stop();
+  assert.match(await c.reply(2000), /^421 4\.3\.2 /);
+  assert.ok(await c.closed());
+  await stopping;
+  assert.ok(Date.now() - started < 2000, `stop took ${Date.now() - started} ms`);
+});

@@ -149,11 +149,13 @@ export class DataDecoder {
     return -1;
   }
 
-  /** Takes the decoded octets produced so far. */
+  /**
+   * Takes the decoded octets produced so far. A partly used block is copied out and reused, so
+   * a small message keeps only its own octets alive, not a 64 KiB block.
+   */
   take(): Buffer[] {
     if (this.used > 0) {
-      this.done.push(this.block.subarray(0, this.used));
-      this.block = Buffer.allocUnsafe(BLOCK);
+      this.done.push(Buffer.from(this.block.subarray(0, this.used)));
       this.used = 0;
     }
     return this.done.splice(0);

@@ -103,6 +103,7 @@ export class SmtpServer {
       for (const s of this.sessions) s.shutdown();
       const timer = new Promise<void>((r) => setTimeout(r, graceMs).unref());
       await Promise.race([done, timer]);
+      for (const s of this.sessions) s.forceClose();
     }
   }
 }

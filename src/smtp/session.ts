@@ -129,13 +129,27 @@ export class Session {
     void this.pump();
   }
 
-  /** Graceful stop: idle sessions get 421 now, busy ones after their current transaction. */
+  /**
+   * Graceful stop. A session waiting for its next command gets 421 now, even inside a
+   * transaction (nothing of it was acknowledged, the client will try again later); one that is
+   * busy gets it right after the reply it is working on, and a message being received is
+   * finished and acknowledged first.
+   */
   shutdown(): void {
     this.shuttingDown = true;
-    if (this.mode === 'command' && !this.tx && !this.pumping) {
-      this.reply(`421 4.3.2 ${this.config.hostname} Service shutting down, closing transmission channel`);
-      this.close();
-    }
+    if (this.mode === 'command' && !this.pumping) this.sayGoodbye();
+  }
+
+  /** The grace period is over: close whatever is still open. */
+  forceClose(): void {
+    if (this.closed) return;
+    this.sayGoodbye();
+    this.socket.destroy();
+  }
+
+  private sayGoodbye(): void {
+    this.reply(`421 4.3.2 ${this.config.hostname} Service shutting down, closing transmission channel`);
+    this.close();
   }
 
   // --- input ---------------------------------------------------------------------------
@@ -172,6 +186,7 @@ export class Session {
       this.close();
     } finally {
       this.pumping = false;
+      if (this.shuttingDown && this.mode === 'command') this.sayGoodbye();
       this.flush();
       if (this.socket.isPaused() && this.buf.length < INPUT_HIGH_WATER && this.mode !== 'closed') this.socket.resume();
     }
@@ -431,10 +446,7 @@ export class Session {
 
   private finishTransaction(reply: string): void {
     this.reply(reply);
-    if (this.shuttingDown) {
-      this.reply(`421 4.3.2 ${this.config.hostname} Service shutting down, closing transmission channel`);
-      this.close();
-    }
+    if (this.shuttingDown) this.sayGoodbye();
   }
 
   private startTls(arg: string): Promise<void> | void {
