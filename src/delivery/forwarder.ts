@@ -296,7 +296,7 @@ export class Forwarder {
     });
     const id = newQueueId();
     const writer = this.spool.begin(id, dsn.raw);
-    const envelope: Envelope = { id, mailFrom: '', rcpts: dsn.rcpts, receivedAt: Date.now(), client: { ip: '127.0.0.1', helo: this.config.hostname, tls: false } };
+    const envelope: Envelope = { id, mailFrom: '', rcpts: dsn.rcpts, receivedAt: Date.now(), client: { ip: '127.0.0.1', helo: this.config.hostname, tls: false }, eightBit: dsn.eightBit || undefined };
     try {
       const committed = await writer.commit(envelope);
       this.log.info({ id: env.id, bounce: id, to: env.mailFrom }, 'sender non-delivery notification');

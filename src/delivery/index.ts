@@ -7,7 +7,7 @@ import { createMaildirTransport } from './maildir.ts';
 
 export function createTransport(config: Config, log: Logger): Transport {
   const deliver = config.deliver ?? `maildir:${config.data_dir}/maildir`;
-  if (deliver.startsWith('maildir:')) return createMaildirTransport({ dir: deliver.slice('maildir:'.length), log });
+  if (deliver.startsWith('maildir:')) return createMaildirTransport({ dir: deliver.slice('maildir:'.length) });
   return createSmtpTransport({
     url: deliver,
     heloName: config.hostname,

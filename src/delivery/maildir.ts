@@ -7,13 +7,11 @@
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { Logger } from '../util/log.ts';
 import type { MessageBody, OutgoingMessage, RcptResult, Transport } from './types.ts';
 
 export interface MaildirTransportOptions {
   /** Base directory; each mailbox is <dir>/<mailbox>/{tmp,new,cur}. */
   readonly dir: string;
-  readonly log?: Logger;
 }
 
 /**
@@ -59,22 +57,19 @@ async function fsyncDir(dir: string): Promise<void> {
 class MaildirTransport implements Transport {
   readonly name: string;
   readonly #dir: string;
-  readonly #log: Logger | undefined;
   /** Mailboxes whose tmp/new/cur are known to exist. */
   readonly #ready = new Set<string>();
 
   constructor(opts: MaildirTransportOptions) {
     this.#dir = path.resolve(opts.dir);
     this.name = `maildir:${this.#dir}`;
-    this.#log = opts.log;
   }
 
   async deliver(msg: OutgoingMessage): Promise<RcptResult[]> {
     const results: RcptResult[] = [];
     for (const rcpt of msg.rcpts) {
-      const r = await this.#deliverOne(rcpt, msg.body);
-      this.#log?.[r.status === 'ok' ? 'info' : 'warn']({ id: msg.id, relay: this.name, rcpt, status: r.status, code: r.code, text: r.text }, 'delivery');
-      results.push(r);
+      // Outcomes are logged once, by the forwarder.
+      results.push(await this.#deliverOne(rcpt, msg.body));
     }
     return results;
   }

@@ -416,15 +416,9 @@ class SmtpTransport implements Transport {
     this.#log = opts.log;
   }
 
-  async deliver(msg: OutgoingMessage): Promise<RcptResult[]> {
-    const results = await this.#deliver(msg);
-    const log = this.#log;
-    if (log) {
-      for (const r of results) {
-        log[r.status === 'ok' ? 'info' : 'warn']({ id: msg.id, relay: this.name, rcpt: r.rcpt, status: r.status, code: r.code, text: r.text }, 'delivery');
-      }
-    }
-    return results;
+  /** Outcomes are logged once, by the forwarder (delivered / deferred / bounced). */
+  deliver(msg: OutgoingMessage): Promise<RcptResult[]> {
+    return this.#deliver(msg);
   }
 
   async #deliver(msg: OutgoingMessage): Promise<RcptResult[]> {
@@ -508,16 +502,14 @@ class SmtpTransport implements Transport {
           else results[r.index] = resultFromReply(r.addr, rr);
         }
         const data = check(await conn.read(t, 'DATA'));
-        if (data.code === 354 && (!mailOk || accepted.length === 0)) {
-          // A server that opens DATA without recipients: never send it a message, drop the connection.
-          throw new DeliveryError(451, `4.5.0 ${this.#label} accepted DATA without recipients`);
+        if (!mailOk) setAll(open, mail.code, replyText(mail), resultFromReply('', mail).status);
+        if (!mailOk || accepted.length === 0) {
+          if (data.code === 354) {
+            // A server that opens DATA without recipients: send it nothing, drop the connection.
+            throw new DeliveryError(451, `4.5.0 ${this.#label} accepted DATA without recipients`);
+          }
+          return await this.#finish(conn, true);
         }
-        if (!mailOk) {
-          setAll(open, mail.code, replyText(mail), resultFromReply('', mail).status);
-          needRset = true;
-          return await this.#finish(conn, needRset);
-        }
-        if (accepted.length === 0) return await this.#finish(conn, true);
         if (data.code !== 354) {
           const res = resultFromReply('', data);
           setAll(accepted, data.code, res.text, res.status === 'ok' ? 'temp' : res.status);
@@ -631,6 +623,7 @@ class SmtpTransport implements Transport {
       this.#unidle(c);
       if (c.alive) return c;
       this.#discard(c);
+      c.fail(new DeliveryError(421, '4.4.2 stale idle connection dropped'));
     }
     if (this.#closed) throw new DeliveryError(421, '4.3.2 transport is closed');
     if (this.#total < this.#max) {

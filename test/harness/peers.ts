@@ -1,0 +1,641 @@
+// Real peers for integration tests and the benchmark: smtp-sink, a private Postfix, Dovecot LMTP,
+// and swaks. Each runs on a free loopback port in its own temp dir, waits for its "220" banner
+// (bounded), and is stopped by PID. A process 'exit' / signal handler kills whatever is still
+// running, so a crashed test leaves nothing behind. See PEERS.md for how each peer is set up.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+/** A started peer: stop() ends it (by PID) and removes its own temp dir; safe to call twice. */
+export interface Peer {
+  readonly name: string;
+  readonly port: number;
+  readonly pid: number;
+  stop(): Promise<void>;
+}
+
+export interface SmtpSinkPeer extends Peer {
+  readonly dumpDir: string | undefined;
+  /** Dump files written so far (one per mail transaction), sorted by name, full paths. */
+  files(): string[];
+}
+
+export interface MailStorePeer extends Peer {
+  /** The Maildir (holding new/ cur/ tmp/) where mail for addr lands. */
+  maildirFor(addr: string): string;
+  /** The peer's log so far (for assertions and failure messages). */
+  log(): string;
+  /** Its private directory (config, queue, mail). */
+  readonly dir: string;
+}
+
+export interface SwaksResult {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+  readonly timedOut: boolean;
+}
+
+const READY_TIMEOUT_MS = 15_000;
+const STOP_TIMEOUT_MS = 10_000;
+const NOBODY_UID = 65534;
+const NOBODY_GID = 65534;
+
+// --- process bookkeeping -------------------------------------------------------------------
+
+/** Last-resort killers for everything still running, keyed by a unique token. */
+const live = new Map<number, () => void>();
+let liveSeq = 0;
+let handlersInstalled = false;
+
+function killQuietly(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(pid, signal);
+  } catch {
+    // Already gone.
+  }
+}
+
+/** Kills a detached child's whole process group (it leads one), then the PID itself. */
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  killQuietly(-pid, signal);
+  killQuietly(pid, signal);
+}
+
+function killAllLive(): void {
+  for (const kill of live.values()) kill();
+  live.clear();
+}
+
+function track(kill: () => void): number {
+  if (!handlersInstalled) {
+    handlersInstalled = true;
+    process.on('exit', killAllLive);
+    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
+      process.once(sig, () => {
+        killAllLive();
+        process.exit(128 + (os.constants.signals[sig] ?? 1));
+      });
+    }
+  }
+  liveSeq += 1;
+  live.set(liveSeq, kill);
+  return liveSeq;
+}
+
+function untrack(token: number): void {
+  live.delete(token);
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+// --- small helpers -------------------------------------------------------------------------
+
+/** A port that was free a moment ago on 127.0.0.1 (the kernel picks it). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.unref();
+    srv.on('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const addr = srv.address();
+      const port = typeof addr === 'object' && addr !== null ? addr.port : 0;
+      srv.close(() => (port > 0 ? resolve(port) : reject(new Error('no port'))));
+    });
+  });
+}
+
+/** A fresh directory under the system temp dir, mode 0755 so unprivileged daemons can traverse it. */
+export async function makeTempDir(prefix: string): Promise<string> {
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), `mxg-${prefix}-`));
+  await fsp.chmod(dir, 0o755);
+  return dir;
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+/** A bound for Promise.race that does not keep the process alive once the race is won. */
+function deadline(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms).unref());
+}
+
+/** Polls cond until it is true or timeoutMs passes; returns whether it became true. */
+export async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs: number, intervalMs = 25): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    if (await cond()) return true;
+    if (Date.now() >= deadline) return false;
+    await sleep(intervalMs);
+  }
+}
+
+/** Files in a Maildir's new/ and cur/ (full paths, sorted); [] if it does not exist yet. */
+export function maildirFiles(maildir: string): string[] {
+  const out: string[] = [];
+  for (const sub of ['new', 'cur']) {
+    let names: string[];
+    try {
+      names = fs.readdirSync(path.join(maildir, sub));
+    } catch {
+      continue;
+    }
+    for (const n of names) out.push(path.join(maildir, sub, n));
+  }
+  return out.sort();
+}
+
+function readTail(file: string, max = 8000): string {
+  try {
+    const s = fs.readFileSync(file, 'utf8');
+    return s.length > max ? s.slice(-max) : s;
+  } catch {
+    return '';
+  }
+}
+
+/** Connects and reads the first reply line; true when it is a 220 banner. */
+function probeBanner(port: number, timeoutMs = 1000): Promise<boolean> {
+  return new Promise((resolve) => {
+    const sock = net.connect({ host: '127.0.0.1', port });
+    let buf = '';
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      sock.removeAllListeners('data');
+      if (ok) sock.end('QUIT\r\n');
+      sock.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), timeoutMs);
+    sock.setEncoding('latin1');
+    sock.on('error', () => done(false));
+    sock.on('data', (d: string) => {
+      buf += d;
+      const nl = buf.indexOf('\n');
+      if (nl !== -1) done(buf.startsWith('220'));
+    });
+    sock.on('close', () => done(false));
+  });
+}
+
+interface Spawned {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly output: () => string;
+  readonly exited: Promise<void>;
+  hasExited(): boolean;
+}
+
+/** Spawns a daemon in its own process group, capturing stdout+stderr (bounded). */
+function spawnDaemon(cmd: string, args: readonly string[], opts: { cwd?: string } = {}): Spawned {
+  const child = spawn(cmd, args, { cwd: opts.cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  const collect = (d: Buffer): void => {
+    out += d.toString('utf8');
+    if (out.length > 64_000) out = out.slice(-32_000);
+  };
+  child.stdout?.on('data', collect);
+  child.stderr?.on('data', collect);
+  let exited = false;
+  const exitedP = new Promise<void>((resolve) => {
+    child.once('exit', () => {
+      exited = true;
+      resolve();
+    });
+    child.once('error', (err) => {
+      out += `\nspawn error: ${err.message}`;
+      exited = true;
+      resolve();
+    });
+  });
+  if (child.pid === undefined) {
+    // spawn failed synchronously-ish (ENOENT arrives as 'error'); keep a sentinel PID.
+    return { child, pid: -1, output: () => out, exited: exitedP, hasExited: () => true };
+  }
+  return { child, pid: child.pid, output: () => out, exited: exitedP, hasExited: () => exited };
+}
+
+/** Waits for the 220 banner on port while the child lives; throws with the peer's log otherwise. */
+async function waitReady(name: string, port: number, sp: Spawned, logOf: () => string): Promise<void> {
+  const deadline = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < deadline) {
+    if (sp.hasExited()) break;
+    if (await probeBanner(port)) return;
+    await sleep(50);
+  }
+  const why = sp.hasExited() ? `exited with ${sp.child.exitCode ?? sp.child.signalCode}` : `not ready after ${READY_TIMEOUT_MS} ms`;
+  const log = `${sp.output()}\n${logOf()}`.trim();
+  console.error(`--- ${name} on port ${port} ${why}; its log:\n${log}\n---`);
+  throw new Error(`${name} on 127.0.0.1:${port} ${why}${log ? `: ${log.slice(-1500)}` : ''}`);
+}
+
+/** Stops a spawned daemon: polite signal, bounded wait, then SIGKILL to its group. */
+async function stopDaemon(sp: Spawned, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  if (sp.pid <= 0) return;
+  if (!sp.hasExited()) {
+    killQuietly(sp.pid, signal);
+    await Promise.race([sp.exited, deadline(STOP_TIMEOUT_MS)]);
+  }
+  // Children of the daemon may linger in its group; the group is ours alone.
+  killGroup(sp.pid, 'SIGKILL');
+  await Promise.race([sp.exited, deadline(2000)]);
+}
+
+/** Starts with a fresh port, retrying when another process grabbed the port in between. */
+async function withPortRetry<T>(start: (port: number) => Promise<T>): Promise<T> {
+  let lastErr: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      return await start(await freePort());
+    } catch (err) {
+      lastErr = err;
+      if (!/in use|EADDRINUSE|bind/i.test(String(err))) throw err;
+    }
+  }
+  throw lastErr;
+}
+
+function lookupId(file: string, name: string): number {
+  const line = fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .find((l) => l.startsWith(`${name}:`));
+  const id = line === undefined ? NaN : Number(line.split(':')[2]);
+  if (!Number.isInteger(id)) throw new Error(`no ${name} in ${file}`);
+  return id;
+}
+
+// --- smtp-sink -----------------------------------------------------------------------------
+
+/**
+ * smtp-sink on a free port: `smtp-sink -u nobody -c 127.0.0.1:PORT 128`, plus, with dumpDir,
+ * `-d DIR/%Y%m%d%H%M%S.` (smtp-sink appends a random hex suffix: one file per transaction).
+ * The readiness probe is one session: mind that with -n (terminate after count sessions).
+ */
+export async function startSmtpSink(opts: { dumpDir?: string; extraArgs?: readonly string[] } = {}): Promise<SmtpSinkPeer> {
+  const dumpDir = opts.dumpDir;
+  if (dumpDir !== undefined) {
+    await fsp.mkdir(dumpDir, { recursive: true });
+    await fsp.chown(dumpDir, NOBODY_UID, NOBODY_GID); // smtp-sink writes as nobody
+  }
+  return withPortRetry(async (port) => {
+    const args = ['-u', 'nobody', '-c'];
+    if (dumpDir !== undefined) args.push('-d', `${dumpDir}/%Y%m%d%H%M%S.`);
+    args.push(...(opts.extraArgs ?? []), `127.0.0.1:${port}`, '128');
+    const sp = spawnDaemon('smtp-sink', args);
+    const token = track(() => killGroup(sp.pid, 'SIGKILL'));
+    try {
+      await waitReady('smtp-sink', port, sp, () => '');
+    } catch (err) {
+      await stopDaemon(sp, 'SIGKILL');
+      untrack(token);
+      throw err;
+    }
+    let stopped = false;
+    return {
+      name: 'smtp-sink',
+      port,
+      pid: sp.pid,
+      dumpDir,
+      files: () => {
+        if (dumpDir === undefined) return [];
+        return fs
+          .readdirSync(dumpDir)
+          .map((n) => path.join(dumpDir, n))
+          .sort();
+      },
+      stop: async () => {
+        if (stopped) return;
+        stopped = true;
+        await stopDaemon(sp, 'SIGTERM');
+        untrack(token);
+      },
+    };
+  });
+}
+
+export interface SinkDump {
+  readonly mailArgs: string;
+  readonly rcptArgs: string[];
+  readonly helo: string | undefined;
+  /** The message as received, CRLF turned into LF by smtp-sink, dots already un-stuffed. */
+  readonly body: Buffer;
+}
+
+/** Parses one smtp-sink dump file (see smtp-sink(1), "DUMP FILE FORMAT"). */
+export function parseSinkDump(file: string): SinkDump {
+  const raw = fs.readFileSync(file);
+  const text = raw.toString('latin1');
+  const rcptArgs: string[] = [];
+  let mailArgs = '';
+  let helo: string | undefined;
+  let pos = 0;
+  for (;;) {
+    const nl = text.indexOf('\n', pos);
+    if (nl === -1) throw new Error(`${file}: no Received: line`);
+    const line = text.slice(pos, nl);
+    pos = nl + 1;
+    if (line.startsWith('X-Mail-Args: ')) mailArgs = line.slice(13);
+    else if (line.startsWith('X-Rcpt-Args: ')) rcptArgs.push(line.slice(13));
+    else if (line.startsWith('X-Helo-Args: ')) helo = line.slice(13);
+    else if (line.startsWith('Received: ')) break;
+  }
+  // Received: is three lines (two continuations), then the message, then one empty line.
+  for (let i = 0; i < 2; i++) pos = text.indexOf('\n', pos) + 1;
+  let end = raw.length;
+  if (end > pos && raw[end - 1] === 10) end -= 1;
+  return { mailArgs, rcptArgs, helo, body: raw.subarray(pos, end) };
+}
+
+// --- Postfix -------------------------------------------------------------------------------
+
+export interface PostfixOptions {
+  /** virtual_mailbox_domains. */
+  readonly domains: readonly string[];
+  /** Local parts with a mailbox in every domain; default alice, bob, carol, dave, postmaster. */
+  readonly users?: readonly string[];
+  /** Extra main.cf lines ("name = value"). */
+  readonly mainCf?: readonly string[];
+}
+
+const POSTFIX_SERVICES = [
+  'pickup unix n - n 60 1 pickup',
+  'cleanup unix n - n - 0 cleanup',
+  'qmgr unix n - n 300 1 qmgr',
+  'rewrite unix - - n - - trivial-rewrite',
+  'bounce unix - - n - 0 bounce',
+  'defer unix - - n - 0 bounce',
+  'trace unix - - n - 0 bounce',
+  'verify unix - - n - 1 verify',
+  'flush unix n - n 1000? 0 flush',
+  'proxymap unix - - n - - proxymap',
+  'proxywrite unix - - n - 1 proxymap',
+  'smtp unix - - n - - smtp',
+  'relay unix - - n - - smtp',
+  'showq unix n - n - - showq',
+  'error unix - - n - - error',
+  'retry unix - - n - - error',
+  'discard unix - - n - - discard',
+  'virtual unix - n n - - virtual',
+  'anvil unix - - n - 1 anvil',
+  'scache unix - - n - 1 scache',
+  'postlog unix-dgram n - n - 1 postlogd',
+];
+
+/** Creates the queue tree as post-install would, so `start-fg` can skip its slow check (quick-start). */
+async function makePostfixQueue(queue: string, data: string): Promise<void> {
+  const postfixUid = lookupId('/etc/passwd', 'postfix');
+  const postdropGid = lookupId('/etc/group', 'postdrop');
+  await fsp.mkdir(queue, { mode: 0o755 });
+  const dirs: [string, number, number][] = [
+    ['active', 0o700, 0],
+    ['bounce', 0o700, 0],
+    ['corrupt', 0o700, 0],
+    ['defer', 0o700, 0],
+    ['deferred', 0o700, 0],
+    ['flush', 0o700, 0],
+    ['hold', 0o700, 0],
+    ['incoming', 0o700, 0],
+    ['private', 0o700, 0],
+    ['saved', 0o700, 0],
+    ['trace', 0o700, 0],
+    ['maildrop', 0o730, postdropGid],
+    ['public', 0o710, postdropGid],
+  ];
+  for (const [name, mode, gid] of dirs) {
+    const d = path.join(queue, name);
+    await fsp.mkdir(d);
+    await fsp.chown(d, postfixUid, gid);
+    await fsp.chmod(d, mode);
+  }
+  await fsp.mkdir(path.join(queue, 'pid'), { mode: 0o755 });
+  await fsp.mkdir(data, { mode: 0o700 });
+  await fsp.chown(data, postfixUid, 0);
+  await fsp.writeFile(path.join(queue, 'quick-start'), '');
+}
+
+/**
+ * A private Postfix that accepts mail for users@domains into Maildirs under its own dir and
+ * rejects unknown users (550 5.1.1). Started with `postfix -c DIR start-fg`, stopped with
+ * `postfix -c DIR stop` and, if needed, by killing the master's process group.
+ */
+export async function startPostfix(opts: PostfixOptions): Promise<MailStorePeer> {
+  const users = opts.users ?? ['alice', 'bob', 'carol', 'dave', 'postmaster'];
+  const domains = opts.domains.map((d) => d.toLowerCase());
+  return withPortRetry(async (port) => {
+    const dir = await makeTempDir('postfix');
+    const etc = path.join(dir, 'etc');
+    const queue = path.join(dir, 'queue');
+    const logDir = path.join(dir, 'log');
+    const vmail = path.join(dir, 'vmail');
+    const maillog = path.join(logDir, 'maillog');
+    await fsp.mkdir(etc);
+    await fsp.mkdir(logDir);
+    await fsp.mkdir(vmail);
+    await fsp.chown(vmail, NOBODY_UID, NOBODY_GID);
+    await makePostfixQueue(queue, path.join(dir, 'data'));
+    const mapLines = domains.flatMap((d) => users.map((u) => `${u.toLowerCase()}@${d} ${d}/${u.toLowerCase()}/`));
+    await fsp.writeFile(path.join(etc, 'vmailbox'), mapLines.join('\n') + '\n');
+    const main = [
+      'compatibility_level = 3.6',
+      `queue_directory = ${queue}`,
+      `data_directory = ${path.join(dir, 'data')}`,
+      `maillog_file = ${maillog}`,
+      `maillog_file_prefixes = ${logDir}`,
+      'mail_owner = postfix',
+      'setgid_group = postdrop',
+      'myhostname = postfix.mxguard.test',
+      'mydestination =',
+      'inet_interfaces = 127.0.0.1',
+      'inet_protocols = ipv4',
+      'mynetworks = 127.0.0.0/8',
+      `virtual_mailbox_domains = ${domains.join(', ')}`,
+      `virtual_mailbox_maps = texthash:${path.join(etc, 'vmailbox')}`,
+      `virtual_mailbox_base = ${vmail}`,
+      `virtual_uid_maps = static:${NOBODY_UID}`,
+      `virtual_gid_maps = static:${NOBODY_GID}`,
+      'default_transport = error:nope',
+      'smtputf8_enable = no',
+      'alias_maps =',
+      'alias_database =',
+      'biff = no',
+      'smtpd_banner = $myhostname ESMTP',
+      ...(opts.mainCf ?? []),
+    ];
+    await fsp.writeFile(path.join(etc, 'main.cf'), main.join('\n') + '\n');
+    const master = [`127.0.0.1:${port} inet n - n - - smtpd`, ...POSTFIX_SERVICES];
+    await fsp.writeFile(path.join(etc, 'master.cf'), master.join('\n') + '\n');
+    // Postfix re-reads a config file modified within the last second until it settles (~2 s):
+    // date the files back so it starts at once.
+    const past = new Date(Date.now() - 60_000);
+    for (const f of ['main.cf', 'master.cf', 'vmailbox']) await fsp.utimes(path.join(etc, f), past, past);
+
+    const sp = spawnDaemon('postfix', ['-c', etc, 'start-fg'], { cwd: dir });
+    const masterPid = (): number | undefined => {
+      try {
+        const n = Number(fs.readFileSync(path.join(queue, 'pid', 'master.pid'), 'utf8').trim());
+        return Number.isInteger(n) && n > 0 ? n : undefined;
+      } catch {
+        return undefined;
+      }
+    };
+    const hardKill = (): void => {
+      const m = masterPid();
+      if (m !== undefined) killGroup(m, 'SIGKILL');
+      killGroup(sp.pid, 'SIGKILL');
+    };
+    const token = track(hardKill);
+    let stopped = false;
+    const stop = async (): Promise<void> => {
+      if (stopped) return;
+      stopped = true;
+      const m = masterPid();
+      spawnSync('postfix', ['-c', etc, 'stop'], { timeout: STOP_TIMEOUT_MS, stdio: 'ignore' });
+      await Promise.race([sp.exited, deadline(STOP_TIMEOUT_MS)]);
+      if (m !== undefined) {
+        await waitUntil(() => !isAlive(m), 5000);
+        killGroup(m, 'SIGKILL');
+      }
+      await stopDaemon(sp, 'SIGTERM');
+      untrack(token);
+      await fsp.rm(dir, { recursive: true, force: true });
+    };
+    try {
+      await waitReady('postfix', port, sp, () => readTail(maillog));
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+    return {
+      name: 'postfix',
+      port,
+      get pid(): number {
+        return masterPid() ?? sp.pid;
+      },
+      dir,
+      maildirFor: (addr: string) => {
+        const at = addr.lastIndexOf('@');
+        return path.join(vmail, addr.slice(at + 1).toLowerCase(), addr.slice(0, at).toLowerCase());
+      },
+      log: () => readTail(maillog, 1_000_000),
+      stop,
+    };
+  });
+}
+
+// --- Dovecot LMTP --------------------------------------------------------------------------
+
+export interface DovecotOptions {
+  /**
+   * Full addresses with a mailbox; unknown ones are refused at RCPT (550 5.1.1).
+   * Default: a static userdb with allow_all_users=yes (every recipient accepted).
+   */
+  readonly users?: readonly string[];
+}
+
+/** Dovecot's LMTP service alone (`dovecot -c FILE -F`), delivering to <dir>/mail/<domain>/<user>/Maildir. */
+export async function startDovecotLmtp(opts: DovecotOptions = {}): Promise<MailStorePeer> {
+  return withPortRetry(async (port) => {
+    const dir = await makeTempDir('dovecot');
+    const mail = path.join(dir, 'mail');
+    const logFile = path.join(dir, 'dovecot.log');
+    for (const d of ['run', 'state']) await fsp.mkdir(path.join(dir, d));
+    await fsp.mkdir(mail);
+    await fsp.chown(mail, NOBODY_UID, NOBODY_GID);
+    let userdb: string;
+    if (opts.users === undefined) {
+      userdb = `userdb {\n  driver = static\n  args = uid=${NOBODY_UID} gid=${NOBODY_GID} home=${mail}/%d/%n allow_all_users=yes\n}`;
+    } else {
+      const lines = opts.users.map((a) => {
+        const addr = a.toLowerCase();
+        const at = addr.lastIndexOf('@');
+        return `${addr}::${NOBODY_UID}:${NOBODY_GID}::${mail}/${addr.slice(at + 1)}/${addr.slice(0, at)}::`;
+      });
+      await fsp.writeFile(path.join(dir, 'users'), lines.join('\n') + '\n');
+      userdb = `userdb {\n  driver = passwd-file\n  args = ${path.join(dir, 'users')}\n}`;
+    }
+    const conf = [
+      'protocols = lmtp',
+      'ssl = no',
+      'listen = 127.0.0.1',
+      `base_dir = ${path.join(dir, 'run')}`,
+      `state_dir = ${path.join(dir, 'state')}`,
+      `log_path = ${logFile}`,
+      'mail_location = maildir:~/Maildir',
+      'postmaster_address = postmaster@mxguard.test',
+      'passdb {\n  driver = static\n  args = nopassword=y\n}',
+      userdb,
+      `service lmtp {\n  inet_listener lmtp {\n    address = 127.0.0.1\n    port = ${port}\n  }\n}`,
+    ];
+    const confFile = path.join(dir, 'dovecot.conf');
+    await fsp.writeFile(confFile, conf.join('\n') + '\n');
+    const sp = spawnDaemon('dovecot', ['-c', confFile, '-F'], { cwd: dir });
+    const token = track(() => killGroup(sp.pid, 'SIGKILL'));
+    let stopped = false;
+    const stop = async (): Promise<void> => {
+      if (stopped) return;
+      stopped = true;
+      await stopDaemon(sp, 'SIGTERM');
+      untrack(token);
+      await fsp.rm(dir, { recursive: true, force: true });
+    };
+    try {
+      await waitReady('dovecot', port, sp, () => readTail(logFile));
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+    return {
+      name: 'dovecot',
+      port,
+      pid: sp.pid,
+      dir,
+      maildirFor: (addr: string) => {
+        const a = addr.toLowerCase();
+        const at = a.lastIndexOf('@');
+        return path.join(mail, a.slice(at + 1), a.slice(0, at), 'Maildir');
+      },
+      log: () => readTail(logFile, 1_000_000),
+      stop,
+    };
+  });
+}
+
+// --- swaks ---------------------------------------------------------------------------------
+
+/** Runs swaks with args; never throws for a non-zero exit; killed after timeoutMs (default 30 s). */
+export function runSwaks(args: readonly string[], opts: { timeoutMs?: number; input?: string | Buffer } = {}): Promise<SwaksResult> {
+  const timeoutMs = opts.timeoutMs ?? 30_000;
+  return new Promise((resolve) => {
+    const child = spawn('swaks', args, { stdio: [opts.input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    let timedOut = false;
+    child.stdout?.on('data', (d: Buffer) => (stdout += d.toString('utf8')));
+    child.stderr?.on('data', (d: Buffer) => (stderr += d.toString('utf8')));
+    if (opts.input !== undefined) child.stdin?.end(opts.input);
+    const token = child.pid === undefined ? 0 : track(() => killQuietly(child.pid as number, 'SIGKILL'));
+    const timer = setTimeout(() => {
+      timedOut = true;
+      child.kill('SIGKILL');
+    }, timeoutMs);
+    const finish = (code: number | null, extra = ''): void => {
+      clearTimeout(timer);
+      untrack(token);
+      resolve({ code, stdout, stderr: stderr + extra, timedOut });
+    };
+    child.once('error', (err) => finish(null, `\nspawn error: ${err.message}`));
+    child.once('close', (code) => finish(code));
+  });
+}
