@@ -107,3 +107,21 @@ test('large messages stream to a queue file of their own', async () => {
   spool.close();
   fs.rmSync(dir, { recursive: true });
 });
+
+test('an idle journal whose messages are all done keeps no segment file', async (t) => {
+  t.mock.timers.enable({ apis: ['setTimeout'] });
+  const dir = tmp();
+  const j = new Journal(dir);
+  assert.deepEqual(listSegments(dir), [], 'no segment before the first message');
+  const env = envelope();
+  const ref = await j.append(env, [Buffer.from('x')], 1);
+  j.done(ref, env.id);
+  assert.deepEqual(listSegments(dir), [ref.seq], 'kept for a moment, in case more mail comes');
+  t.mock.timers.tick(2500);
+  assert.deepEqual(listSegments(dir), [], 'deleted once idle');
+  const env2 = envelope();
+  const ref2 = await j.append(env2, [Buffer.from('y')], 1);
+  assert.equal(ref2.seq, ref.seq + 1, 'a new segment on demand');
+  j.close();
+  fs.rmSync(dir, { recursive: true });
+});

@@ -17,6 +17,8 @@ import { isEnvelope, type Envelope } from './envelope.ts';
 
 /** Start a new segment past this size. */
 const SEGMENT_LIMIT = 16 * 1024 * 1024;
+/** A segment whose messages are all done is closed and deleted after this long without new ones. */
+const IDLE_CLOSE_MS = 2000;
 
 export interface JournalRef {
   readonly seq: number;
@@ -118,7 +120,10 @@ export class Journal {
   readonly dir: string;
   private readonly dirSync: SyncGroup;
   private readonly segments = new Map<number, Segment>();
-  private active: Segment;
+  /** The segment appends go to; created on demand, so an idle server keeps no journal file. */
+  private active: Segment | undefined;
+  private nextSeq: number;
+  private idleTimer: NodeJS.Timeout | undefined;
 
   /** Opens the journal for appending. Existing segments are left for recovery to read. */
   constructor(dir: string) {
@@ -126,10 +131,11 @@ export class Journal {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.dirSync = SyncGroup.forDirectory(dir);
     const existing = listSegments(dir);
-    this.active = this.newSegment((existing[existing.length - 1] ?? 0) + 1);
+    this.nextSeq = (existing[existing.length - 1] ?? 0) + 1;
   }
 
-  private newSegment(seq: number): Segment {
+  private newSegment(): Segment {
+    const seq = this.nextSeq++;
     const fd = fs.openSync(segmentPath(this.dir, seq, 'log'), 'wx', 0o600);
     const segment: Segment = { seq, fd, doneFd: undefined, size: 0, records: 0, done: 0, closed: false, sync: new SyncGroup(fd, true), created: this.dirSync.sync() };
     segment.created.catch(() => undefined); // reported to the appenders that await it
@@ -139,12 +145,8 @@ export class Journal {
 
   /** Appends one message; resolves once it is durable. */
   async append(envelope: Envelope, chunks: readonly Buffer[], size: number): Promise<JournalRef> {
-    if (this.active.size >= SEGMENT_LIMIT) {
-      this.active.closed = true;
-      this.maybeRemove(this.active);
-      this.active = this.newSegment(this.active.seq + 1);
-    }
-    const segment = this.active;
+    if (this.active && this.active.size >= SEGMENT_LIMIT) this.retire(this.active);
+    const segment = (this.active ??= this.newSegment());
     const env = Buffer.from(JSON.stringify(envelope));
     const header = Buffer.from(`MXR1 ${envelope.id} ${env.length} ${size}\n`);
     const offset = segment.size + header.length + env.length;
@@ -166,6 +168,22 @@ export class Journal {
     segment.doneFd ??= fs.openSync(segmentPath(this.dir, segment.seq, 'done'), 'a', 0o600);
     fs.writeSync(segment.doneFd, `${id}\n`);
     segment.done++;
+    if (segment === this.active && segment.done >= segment.records) {
+      // All delivered: if nothing new comes for a moment, close and delete the segment.
+      clearTimeout(this.idleTimer);
+      const records = segment.records;
+      this.idleTimer = setTimeout(() => {
+        if (this.active === segment && segment.records === records && segment.done >= records) this.retire(segment);
+      }, IDLE_CLOSE_MS);
+      this.idleTimer.unref();
+    }
+    this.maybeRemove(segment);
+  }
+
+  /** No more appends to this segment; it goes once its last record is done. */
+  private retire(segment: Segment): void {
+    segment.closed = true;
+    if (this.active === segment) this.active = undefined;
     this.maybeRemove(segment);
   }
 
@@ -183,6 +201,7 @@ export class Journal {
   }
 
   close(): void {
+    clearTimeout(this.idleTimer);
     for (const segment of this.segments.values()) {
       segment.closed = true;
       if (segment.done >= segment.records) this.maybeRemove(segment);

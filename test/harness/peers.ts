@@ -19,6 +19,8 @@ export interface Peer {
 
 export interface SmtpSinkPeer extends Peer {
   readonly dumpDir: string | undefined;
+  /** Messages received so far (smtp-sink's own -c counter, "mesg=N"). */
+  received(): number;
   /** Dump files written so far (one per mail transaction), sorted by name, full paths. */
   files(): string[];
 }
@@ -308,6 +310,11 @@ export async function startSmtpSink(opts: { dumpDir?: string; extraArgs?: readon
       port,
       pid: sp.pid,
       dumpDir,
+      received: () => {
+        const out = sp.output();
+        const at = out.lastIndexOf('mesg=');
+        return at === -1 ? 0 : parseInt(out.slice(at + 5), 10);
+      },
       files: () => {
         if (dumpDir === undefined) return [];
         return fs
