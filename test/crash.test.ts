@@ -10,6 +10,7 @@ import path from 'node:path';
 import { freePort, startSmtpSink } from './harness/peers.ts';
 import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts';
 import { RawClient } from './harness/smtp-talk.ts';
+import { prng } from './harness/prng.ts';
 
 const CLIENTS = 8;
 const KILLS = 6;
@@ -74,8 +75,7 @@ test('kill -9 under load loses no acknowledged message', { timeout: 120_000 }, a
   const clients = Array.from({ length: CLIENTS }, (_, i) => client(i, port, acked, sent, stop));
 
   // A fixed pseudo-random kill schedule, so a failure can be replayed.
-  let seed = 12345;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const rand = prng(12345);
   for (let k = 0; k < KILLS; k++) {
     await new Promise((r) => setTimeout(r, 300 + rand() * 500));
     await mx.crash();

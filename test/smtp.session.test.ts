@@ -8,13 +8,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { startTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
+import { SMUGGLING_SEQUENCES } from './fixtures/smuggling.ts';
 
-const smuggling = JSON.parse(fs.readFileSync(new URL('./fixtures/smtp-smuggling-eod-sequences.json', import.meta.url), 'utf8')) as {
-  the_login_inbound: string[];
-  the_login_outbound: string[];
-  hannob_smtpsmug: Record<string, string>;
-};
-const SEQUENCES = [...new Set([...smuggling.the_login_inbound, ...smuggling.the_login_outbound, ...Object.values(smuggling.hannob_smtpsmug)])];
+const SEQUENCES = SMUGGLING_SEQUENCES;
 
 let t: TestApp;
 before(async () => {

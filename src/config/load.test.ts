@@ -18,6 +18,7 @@ import {
   type ConfigMessage,
   type LoadedConfig,
 } from './load.ts';
+import { prng } from '../../test/harness/prng.ts';
 
 const EXAMPLE = fileURLToPath(new URL('../../docs/mxguard.example.yaml', import.meta.url));
 
@@ -416,17 +417,6 @@ describe('docs/mxguard.example.yaml', () => {
   });
 });
 
-/** mulberry32: a small seeded PRNG, so that a failure can be replayed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const TOKENS = [
   '[', ']', '{', '}', ':', ': ', '- ', '\n', '\t', '  ', '#', ',', '&a ', '*a', '*b', '!!str ', '!!int ', '!!map ', '!!seq ', '!!binary ',

@@ -1,24 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { DotStuffer, dotStuff, dotStuffChunks, dotUnstuff } from './dotstuff.ts';
+import { prng } from '../../test/harness/prng.ts';
+import { SMUGGLING_SEQUENCES } from '../../test/fixtures/smuggling.ts';
 
 const EOD = '\r\n.\r\n';
-
-function loadSmugglingSequences(): string[] {
-  const file = path.join(import.meta.dirname, '..', '..', 'test', 'fixtures', 'smtp-smuggling-eod-sequences.json');
-  const data: unknown = JSON.parse(readFileSync(file, 'utf8'));
-  const out = new Set<string>();
-  const visit = (v: unknown, key: string): void => {
-    if (key === 'sources' || key === 'note') return;
-    if (typeof v === 'string') out.add(v);
-    else if (Array.isArray(v)) for (const x of v) visit(x, '');
-    else if (v !== null && typeof v === 'object') for (const [k, x] of Object.entries(v)) visit(x, k);
-  };
-  visit(data, '');
-  return [...out];
-}
 
 function stuffInChunks(input: Buffer, cuts: readonly number[]): Buffer {
   const st = new DotStuffer();
@@ -78,7 +64,7 @@ test('bare CR, bare LF and NUL are normalised', () => {
 });
 
 test('every smuggling sequence at every split position yields exactly one end-of-data', () => {
-  const seqs = loadSmugglingSequences();
+  const seqs = SMUGGLING_SEQUENCES;
   assert.ok(seqs.length >= 10, `expected the fixture's sequences, got ${seqs.length}`);
   let cases = 0;
   for (const seq of seqs) {
@@ -107,17 +93,6 @@ test('every smuggling sequence at every split position yields exactly one end-of
   assert.ok(cases > 500);
 });
 
-/** mulberry32: small seeded PRNG so failures reproduce. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 test('property: un-stuffing gives back the CRLF-normalised input (seeded, bounded)', () => {
   const alphabet = [13, 10, 46, 0, 97, 98, 32, 13, 10, 46];

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { parseCommandLine, parseHeloArg, parseMailbox, parseParams, parsePath } from './command.ts';
+import { prng } from '../../test/harness/prng.ts';
 
 test('command verbs are case-insensitive; unknown ones are reported', () => {
   assert.deepEqual(parseCommandLine('ehlo client.test'), { ok: true, command: { verb: 'EHLO', arg: 'client.test' } });
@@ -52,8 +53,7 @@ test('mailbox and params helpers', () => {
 });
 
 test('random command lines never throw', () => {
-  let seed = 7;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const rand = prng(7);
   const pieces = ['MAIL', 'RCPT', 'FROM:', 'TO:', '<', '>', '@', '"', '\\', ' ', 'a', '.', ',', ':', '=', 'SIZE', '\u00e9', '[', ']', 'IPv6:', '\0'];
   for (let n = 0; n < 5000; n++) {
     let line = '';

@@ -1,14 +1,10 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import { DataDecoder } from './data-decoder.ts';
+import { SMUGGLING_SEQUENCES } from '../../test/fixtures/smuggling.ts';
+import { prng } from '../../test/harness/prng.ts';
 
-const smuggling = JSON.parse(fs.readFileSync(new URL('../../test/fixtures/smtp-smuggling-eod-sequences.json', import.meta.url), 'utf8')) as {
-  the_login_inbound: string[];
-  the_login_outbound: string[];
-  hannob_smtpsmug: Record<string, string>;
-};
-const SEQUENCES = [...new Set([...smuggling.the_login_inbound, ...smuggling.the_login_outbound, ...Object.values(smuggling.hannob_smtpsmug)])];
+const SEQUENCES = SMUGGLING_SEQUENCES;
 
 function decoder(normalize = false, maxSize = 1 << 20, maxLineLength = 1000): DataDecoder {
   return new DataDecoder({ normalize, maxLineLength, maxSize });
@@ -108,8 +104,7 @@ test('large messages cross the 64 KiB output block boundary intact', () => {
 });
 
 test('random input never throws and never ends before a real CRLF.CRLF', () => {
-  let seed = 42;
-  const rand = () => ((seed = (seed * 1103515245 + 12345) & 0x7fffffff) / 0x7fffffff);
+  const rand = prng(42);
   const alphabet = [13, 10, 46, 0, 97, 32];
   for (let n = 0; n < 3000; n++) {
     const len = Math.floor(rand() * 60);
