@@ -303,3 +303,37 @@ test('a graceful stop says 421 at once to a client idle inside a transaction', a
   await stopping;
   assert.ok(Date.now() - started < 2000, `stop took ${Date.now() - started} ms`);
 });
+
+test('limits.tarpit_start: past it, each RCPT is answered later, and other sessions are not held up', async () => {
+  const tar = await startTestApp({ limits: { tarpit_start: 2, tarpit_delay: '500ms', tarpit_except: [] } });
+  try {
+    const c = await greeted(tar.port);
+    c.send('EHLO bulk.test\r\nMAIL FROM:<a@b.test>\r\n');
+    await c.replies(2);
+    const timings: number[] = [];
+    for (let i = 1; i <= 4; i++) {
+      const t0 = Date.now();
+      c.send(`RCPT TO:<r${i}@example.test>\r\n`);
+      assert.equal(await c.reply(3000), '250 2.1.5 Ok');
+      timings.push(Date.now() - t0);
+    }
+    // Recipients 1 and 2 at once; 3 after 500 ms; 4 after 1000 ms.
+    assert.ok((timings[0] as number) < 450 && (timings[1] as number) < 450, `first two: ${timings}`);
+    assert.ok((timings[2] as number) >= 490, `third: ${timings}`);
+    assert.ok((timings[3] as number) >= 990, `fourth: ${timings}`);
+    // While this session waits 1500 ms for its fifth answer, another one is served first.
+    const order: string[] = [];
+    c.send('RCPT TO:<r5@example.test>\r\n');
+    const held = c.reply(3000).then((r) => order.push(`held ${r}`));
+    const other = await greeted(tar.port);
+    other.send('EHLO other.test\r\n');
+    await other.reply();
+    order.push('other');
+    await held;
+    assert.deepEqual(order, ['other', 'held 250 2.1.5 Ok']);
+    c.close();
+    other.close();
+  } finally {
+    await tar.stop();
+  }
+});

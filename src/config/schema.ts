@@ -85,6 +85,12 @@ export const configSchema = z.strictObject({
       data_timeout: duration.default(180_000),
       max_connections: z.number().int().positive().default(1000),
       max_connections_per_ip: z.number().int().positive().default(20),
+      /** DMail tarpit_start: from this many recipients in a session on, each RCPT is answered more slowly (0 = off). */
+      tarpit_start: z.number().int().nonnegative().default(0),
+      /** How much slower each further recipient is answered (capped at one minute). */
+      tarpit_delay: duration.default(1000),
+      /** DMail tarpit_except: clients never tarpitted. */
+      tarpit_except: z.array(cidr).default(['127.0.0.0/8', '::1']),
     })
     .prefault({}),
   relay: z

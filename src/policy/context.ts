@@ -16,6 +16,8 @@ export interface SessionInfo {
   earlyTalker: boolean;
   /** Authenticated user (a later issue fills this in). */
   authUser?: string;
+  /** Recipients accepted in this session so far, over all its transactions. */
+  rcptCount: number;
 }
 
 export interface TransactionInfo {

@@ -13,6 +13,8 @@ export interface PhaseResult {
   headers: string[];
   /** Names of the checks that tagged, for the trace. */
   tags: string[];
+  /** Hold the reply back this long (sum of the verdicts' delayMs). */
+  delayMs: number;
 }
 
 export class PolicyEngine {
@@ -29,7 +31,7 @@ export class PolicyEngine {
   }
 
   async run<P extends Phase>(phase: P, ctx: PhaseContexts[P]): Promise<PhaseResult> {
-    const result: PhaseResult = { score: 0, headers: [], tags: [] };
+    const result: PhaseResult = { score: 0, headers: [], tags: [], delayMs: 0 };
     for (const check of this.byPhase[phase] as Check<P>[]) {
       let verdict: Verdict;
       try {
@@ -38,6 +40,10 @@ export class PolicyEngine {
       } catch (err) {
         this.log.error({ check: check.name, phase, err }, 'check failed');
         verdict = { kind: 'tempfail', check: check.name, code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later' };
+      }
+      if (verdict.delayMs) {
+        result.delayMs += verdict.delayMs;
+        this.log.info({ phase, check: verdict.check ?? check.name, delayMs: verdict.delayMs }, verdict.log ?? 'reply delayed');
       }
       if (verdict.kind === 'continue') continue;
       if (verdict.kind === 'tag') {

@@ -1,14 +1,16 @@
 // The policy model (DESIGN.md): every check returns a Verdict; the first final verdict of a
-// phase wins, `tag` adds score and headers and lets the phase go on.
+// phase wins, `tag` adds score and headers and lets the phase go on. Any verdict may ask that
+// the reply be held back (`delayMs`, the tarpit); the delays of a phase add up.
 
 export type Phase = 'connect' | 'helo' | 'mail' | 'rcpt' | 'data';
 
-export type Verdict =
-  | { kind: 'continue' }
+export type Verdict = (
+  | { kind: 'continue'; check?: string; log?: string }
   | { kind: 'accept'; check: string; log?: string }
   | { kind: 'reject' | 'tempfail'; check: string; code: number; enhanced: string; text: string; setting?: string; log?: string }
   | { kind: 'tag'; check: string; score: number; headers?: string[]; log?: string }
-  | { kind: 'discard'; check: string; log?: string };
+  | { kind: 'discard'; check: string; log?: string }
+) & { delayMs?: number };
 
 export type FinalVerdict = Exclude<Verdict, { kind: 'continue' } | { kind: 'tag' }>;
 export type RefusalVerdict = Extract<Verdict, { kind: 'reject' | 'tempfail' }>;

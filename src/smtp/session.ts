@@ -81,6 +81,7 @@ export class Session {
       tls: false,
       esmtp: false,
       earlyTalker: false,
+      rcptCount: 0,
     };
     this.log = deps.log.child({ sid: this.info.sid, ip: this.info.remoteIp });
     this.attach(socket);
@@ -114,6 +115,7 @@ export class Session {
       this.log.info({ check: 'early_talker', bytes: this.buf.length }, 'client talked before greeting');
     }
     const result = await this.deps.policy.run('connect', { session: this.info });
+    await this.hold(result);
     if (this.closed) return;
     const refusal = this.refusalOf('connect', result);
     if (refusal) {
@@ -284,6 +286,7 @@ export class Session {
     if (!parsed.ok) return this.error(`501 5.5.4 ${parsed.text}`);
     this.resetTransaction();
     const result = await this.deps.policy.run('helo', { session: this.info, helo: parsed.name });
+    await this.hold(result);
     const refusal = this.refusalOf('helo', result);
     if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
     if (refusal) this.delayed ??= refusal;
@@ -316,6 +319,7 @@ export class Session {
     }
     if (address.utf8 && params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
     const result = await this.deps.policy.run('mail', { session: this.info, mailFrom: address, params });
+    await this.hold(result);
     const refusal = this.refusalOf('mail', result);
     if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
     this.tx = { mailFrom: address, params, rcpts: [], delayed: refusal, score: result.score, headers: result.headers };
@@ -341,12 +345,14 @@ export class Session {
       return this.error(refusalReply(delayed));
     }
     const result = await this.deps.policy.run('rcpt', { session: this.info, tx, rcpt });
+    await this.hold(result);
     const final = result.final;
     if (final) this.logDecision('rcpt', final, rcpt);
     if (final && (final.kind === 'reject' || final.kind === 'tempfail')) return this.error(refusalReply(final));
     tx.score += result.score;
     tx.headers.push(...result.headers);
     if (!tx.rcpts.some((r) => r.address === rcpt.address)) tx.rcpts.push(rcpt);
+    this.info.rcptCount++;
     this.reply('250 2.1.5 Ok');
   }
 
@@ -410,6 +416,7 @@ export class Session {
       return this.finishTransaction(refused);
     }
     const result = await this.deps.policy.run('data', { session: this.info, tx, size: decoder.size });
+    await this.hold(result);
     const final = result.final;
     if (final) this.logDecision('data', final);
     if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
@@ -486,6 +493,16 @@ export class Session {
 
   private get closed(): boolean {
     return this.mode === 'closed';
+  }
+
+  /**
+   * Holds this session's next reply back as long as the policy asked (the tarpit). The replies
+   * already due go out first; other sessions are not held up.
+   */
+  private async hold(result: PhaseResult): Promise<void> {
+    if (result.delayMs <= 0 || this.closed) return;
+    this.flush();
+    await new Promise((r) => setTimeout(r, result.delayMs));
   }
 
   private refusalOf(phase: 'connect' | 'helo' | 'mail', result: PhaseResult): RefusalVerdict | undefined {
