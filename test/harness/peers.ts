@@ -255,7 +255,8 @@ async function stopDaemon(sp: Spawned, signal: NodeJS.Signals = 'SIGTERM'): Prom
 }
 
 /** Starts with a fresh port, retrying when another process grabbed the port in between. */
-async function withPortRetry<T>(start: (port: number) => Promise<T>): Promise<T> {
+async function withPortRetry<T>(start: (port: number) => Promise<T>, fixedPort?: number): Promise<T> {
+  if (fixedPort !== undefined) return start(fixedPort);
   let lastErr: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
@@ -285,7 +286,7 @@ function lookupId(file: string, name: string): number {
  * `-d DIR/%Y%m%d%H%M%S.` (smtp-sink appends a random hex suffix: one file per transaction).
  * The readiness probe is one session: mind that with -n (terminate after count sessions).
  */
-export async function startSmtpSink(opts: { dumpDir?: string; extraArgs?: readonly string[] } = {}): Promise<SmtpSinkPeer> {
+export async function startSmtpSink(opts: { dumpDir?: string; extraArgs?: readonly string[]; port?: number } = {}): Promise<SmtpSinkPeer> {
   const dumpDir = opts.dumpDir;
   if (dumpDir !== undefined) {
     await fsp.mkdir(dumpDir, { recursive: true });
@@ -329,7 +330,7 @@ export async function startSmtpSink(opts: { dumpDir?: string; extraArgs?: readon
         untrack(token);
       },
     };
-  });
+  }, opts.port);
 }
 
 export interface SinkDump {
