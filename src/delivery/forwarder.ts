@@ -224,6 +224,11 @@ export class Forwarder {
       this.log.error({ id: env.id, err }, 'transport failed');
       results = job.rcpts.map((rcpt) => ({ rcpt, status: 'temp', code: 451, text: `4.3.0 local error: ${(err as Error).message}` }));
     }
+    if (this.jobs.get(env.id) !== job) {
+      // Deleted (`mxguard queue delete`) while this attempt was under way: nothing more to do.
+      if (job.journal) this.spool.journal.done(job.journal, env.id);
+      return;
+    }
     job.attempts++;
     const now = Date.now();
     const failed: RcptResult[] = [];

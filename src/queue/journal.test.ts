@@ -125,3 +125,24 @@ test('an idle journal whose messages are all done keeps no segment file', async 
   j.close();
   fs.rmSync(dir, { recursive: true });
 });
+
+test('the same ID reported done twice counts once: the segment is not deleted early', async () => {
+  const dir = tmp();
+  const j = new Journal(dir);
+  const big = Buffer.alloc(9 * 1024 * 1024, 98);
+  const e1 = envelope();
+  const r1 = await j.append(e1, [big], big.length);
+  const e2 = envelope();
+  const r2 = await j.append(e2, [big], big.length);
+  assert.equal(r2.seq, r1.seq, 'both fit before the 16 MiB limit is reached');
+  const e3 = envelope();
+  await j.append(e3, [Buffer.from('w')], 1); // rotates: r1's segment is now closed
+  j.done(r1, e1.id);
+  j.done(r1, e1.id); // e.g. deleted by the CLI while its delivery was in flight
+  assert.ok(fs.existsSync(segmentPath(dir, r1.seq, 'log')), 'e2 is still pending in it');
+  assert.deepEqual(readSegment(dir, r1.seq).map((r) => r.envelope.id), [e2.id]);
+  j.done(r2, e2.id);
+  assert.ok(!fs.existsSync(segmentPath(dir, r1.seq, 'log')));
+  j.close();
+  fs.rmSync(dir, { recursive: true });
+});

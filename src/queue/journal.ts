@@ -38,7 +38,8 @@ interface Segment {
   doneFd: number | undefined;
   size: number;
   records: number;
-  done: number;
+  /** IDs marked done (a set: the same ID may be reported twice, e.g. deleted while in flight). */
+  readonly done: Set<string>;
   closed: boolean;
   readonly sync: SyncGroup;
   /** Resolves when the segment's directory entry is durable. */
@@ -137,7 +138,7 @@ export class Journal {
   private newSegment(): Segment {
     const seq = this.nextSeq++;
     const fd = fs.openSync(segmentPath(this.dir, seq, 'log'), 'wx', 0o600);
-    const segment: Segment = { seq, fd, doneFd: undefined, size: 0, records: 0, done: 0, closed: false, sync: new SyncGroup(fd, true), created: this.dirSync.sync() };
+    const segment: Segment = { seq, fd, doneFd: undefined, size: 0, records: 0, done: new Set(), closed: false, sync: new SyncGroup(fd, true), created: this.dirSync.sync() };
     segment.created.catch(() => undefined); // reported to the appenders that await it
     this.segments.set(seq, segment);
     return segment;
@@ -152,12 +153,20 @@ export class Journal {
     const offset = segment.size + header.length + env.length;
     const bufs = [header, env, ...chunks, NEWLINE];
     const total = header.length + env.length + size + 1;
-    // Reserve the space first: the position is ours even if the write were to fail midway.
+    const start = segment.size;
     segment.size += total;
     segment.records++;
-    const written = fs.writevSync(segment.fd, bufs, offset - header.length - env.length);
-    if (written !== total) throw new Error(`short journal write (${written} of ${total})`);
-    await Promise.all([segment.sync.sync(), segment.created]);
+    try {
+      const written = fs.writevSync(segment.fd, bufs, start);
+      if (written !== total) throw new Error(`short journal write (${written} of ${total} octets)`);
+      await Promise.all([segment.sync.sync(), segment.created]);
+    } catch (err) {
+      // A torn record would hide every record after it from recovery: append nothing more to
+      // this segment. The record stays counted, so the segment is kept (and read at the next
+      // start, up to the torn record) until a restart.
+      this.retire(segment);
+      throw err;
+    }
     return { seq: segment.seq, offset, size };
   }
 
@@ -165,15 +174,16 @@ export class Journal {
   done(ref: JournalRef, id: string): void {
     const segment = this.segments.get(ref.seq);
     if (!segment) return;
+    if (segment.done.has(id)) return;
     segment.doneFd ??= fs.openSync(segmentPath(this.dir, segment.seq, 'done'), 'a', 0o600);
     fs.writeSync(segment.doneFd, `${id}\n`);
-    segment.done++;
-    if (segment === this.active && segment.done >= segment.records) {
+    segment.done.add(id);
+    if (segment === this.active && segment.done.size >= segment.records) {
       // All delivered: if nothing new comes for a moment, close and delete the segment.
       clearTimeout(this.idleTimer);
       const records = segment.records;
       this.idleTimer = setTimeout(() => {
-        if (this.active === segment && segment.records === records && segment.done >= records) this.retire(segment);
+        if (this.active === segment && segment.records === records && segment.done.size >= records) this.retire(segment);
       }, IDLE_CLOSE_MS);
       this.idleTimer.unref();
     }
@@ -193,7 +203,7 @@ export class Journal {
   }
 
   private maybeRemove(segment: Segment): void {
-    if (!segment.closed || segment.done < segment.records) return;
+    if (!segment.closed || segment.done.size < segment.records) return;
     fs.closeSync(segment.fd);
     if (segment.doneFd !== undefined) fs.closeSync(segment.doneFd);
     this.segments.delete(segment.seq);
@@ -204,7 +214,7 @@ export class Journal {
     clearTimeout(this.idleTimer);
     for (const segment of this.segments.values()) {
       segment.closed = true;
-      if (segment.done >= segment.records) this.maybeRemove(segment);
+      if (segment.done.size >= segment.records) this.maybeRemove(segment);
       else {
         fs.closeSync(segment.fd);
         if (segment.doneFd !== undefined) fs.closeSync(segment.doneFd);
