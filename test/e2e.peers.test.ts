@@ -696,3 +696,37 @@ test('`mxguard check -c FILE`: 0 for a good file, 1 with FILE:LINE:COL for an un
   assert.match(no.stderr, new RegExp(`^${bad.replace(/[.]/g, '\\.')}:3:1: local_domain: unknown key "local_domain", did you mean "local_domains"\\?$`, 'm'), no.stderr);
   assert.doesNotMatch(no.stdout, /OK/);
 });
+
+test('SMTP smuggling probes sent byte for byte by swaks: refused, or kept inside the one message', async (t) => {
+  const { SMUGGLING_SEQUENCES } = await import('./fixtures/smuggling.ts');
+  for (const mode of ['reject', 'normalize'] as const) {
+    const dir = await caseDir(`smuggle-${mode}`);
+    const mx = await mxguard(t, dir, baseConfig(dir, { deliver: `smtp://127.0.0.1:${sink.port}`, smtp: { bare_lf: mode } }));
+    for (const [i, sequence] of SMUGGLING_SEQUENCES.entries()) {
+      const tag = `smug-${mode}-${i}-${Date.now()}`;
+      const file = path.join(dir, `${tag}.eml`);
+      // The probe: an outer message, a fake end of data, then a whole second transaction.
+      const probe = `From: <outer@src.test>\r\nSubject: outer ${tag}\r\n\r\nouter${sequence}MAIL FROM:<evil@attacker.test>\r\nRCPT TO:<victim@example.test>\r\nDATA\r\nSubject: smuggled\r\n\r\n${tag}\r\n\r\n.\r\n`;
+      await fsp.writeFile(file, probe, 'latin1');
+      const r = await swaks(mx.port, ['--from', 'outer@src.test', '--to', 'outer@example.test', '--data', `@${file}`, '--no-data-fixup']);
+      if (mode === 'reject') {
+        assert.match(r.stdout, /<\*\* +550 5\.(5\.2|6\.0) /, `${JSON.stringify(sequence)}: ${transcript(r)}`);
+      } else {
+        queuedId(r);
+        await waitUntil(() => sink.files().some((f) => fs.readFileSync(f, 'latin1').includes(tag)), 10_000);
+      }
+    }
+    await new Promise((resolve) => setTimeout(resolve, 300));
+    const dumps = sink.files().map((f) => ({ f, text: fs.readFileSync(f, 'latin1') }));
+    const mine = dumps.filter((d) => d.text.includes(`smug-${mode}-`));
+    if (mode === 'reject') {
+      assert.equal(mine.length, 0, 'nothing of a refused probe reaches the downstream');
+    } else {
+      assert.equal(mine.length, SMUGGLING_SEQUENCES.length, 'one message per probe');
+      for (const d of mine) {
+        assert.equal(parseSinkDump(d.f).mailArgs.includes('evil@attacker.test'), false, 'no smuggled transaction');
+        assert.match(d.text, /^MAIL FROM:<evil@attacker\.test>$/m, 'the smuggled commands are plain body lines');
+      }
+    }
+  }
+});
