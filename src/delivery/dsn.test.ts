@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildBounce, rfc5322Date, shouldBounce, statusOf } from './dsn.ts';
+import { buildBounce, shouldBounce, statusOf } from './dsn.ts';
+import { rfc5322Date } from '../util/date.ts';
 import type { RcptResult } from './types.ts';
 
 interface Part {

@@ -3,6 +3,7 @@
 // message's header block (text/rfc822-headers). CRLF line ends, lines of at most 998 octets.
 import { randomBytes } from 'node:crypto';
 import type { RcptResult } from './types.ts';
+import { rfc5322Date } from '../util/date.ts';
 
 export interface BounceInput {
   /** Our host name: Reporting-MTA, From: MAILER-DAEMON@<it>, the Message-ID's domain. */
@@ -51,16 +52,8 @@ export function statusOf(r: Pick<RcptResult, 'code' | 'text'>): string {
   return cls === 2 ? '2.0.0' : cls === 4 ? '4.0.0' : '5.0.0';
 }
 
-const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
-const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
 
 /** RFC 5322 date-time in UTC: "Sat, 22 Nov 2025 02:55:00 +0000". */
-export function rfc5322Date(ms: number): string {
-  const d = new Date(ms);
-  const p = (n: number): string => String(n).padStart(2, '0');
-  return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000`;
-}
-
 /** Header / field values are one line: control characters would forge new fields. */
 function oneLine(s: string): string {
   return s.replace(/[\x00-\x1f\x7f]+/g, ' ').trim();

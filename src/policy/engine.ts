@@ -26,10 +26,6 @@ export class PolicyEngine {
     for (const c of checks) (this.byPhase[c.phase] as AnyCheck[]).push(c);
   }
 
-  checks(phase: Phase): readonly string[] {
-    return this.byPhase[phase].map((c) => c.name);
-  }
-
   async run<P extends Phase>(phase: P, ctx: PhaseContexts[P]): Promise<PhaseResult> {
     const result: PhaseResult = { score: 0, headers: [], tags: [], delayMs: 0 };
     for (const check of this.byPhase[phase] as Check<P>[]) {

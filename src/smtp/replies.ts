@@ -1,5 +1,7 @@
 // Reply texts in one place, so the wording stays consistent and greppable.
 
+import { rfc5322Date } from '../util/date.ts';
+
 export function receivedHeader(opts: {
   helo: string | undefined;
   ip: string;
@@ -12,16 +14,7 @@ export function receivedHeader(opts: {
   const from = `${opts.helo ?? 'unknown'} ([${opts.ip}])`;
   // Name the recipient only when there is one, so a Bcc list is not disclosed.
   const forPart = opts.rcpts.length === 1 ? `\r\n\tfor <${opts.rcpts[0]}>` : '';
-  return `Received: from ${from}\r\n\tby ${opts.hostname} (mxguard) with ${opts.protocol} id ${opts.id}${forPart};\r\n\t${rfc5322Date(opts.date)}\r\n`;
-}
-
-const DAYS = ['Sun', 'Mon', 'Tue', 'Wed', 'Thu', 'Fri', 'Sat'];
-const MONTHS = ['Jan', 'Feb', 'Mar', 'Apr', 'May', 'Jun', 'Jul', 'Aug', 'Sep', 'Oct', 'Nov', 'Dec'];
-
-/** "Sun, 22 Nov 2026 03:04:05 +0000". */
-export function rfc5322Date(d: Date): string {
-  const p = (n: number) => String(n).padStart(2, '0');
-  return `${DAYS[d.getUTCDay()]}, ${d.getUTCDate()} ${MONTHS[d.getUTCMonth()]} ${d.getUTCFullYear()} ${p(d.getUTCHours())}:${p(d.getUTCMinutes())}:${p(d.getUTCSeconds())} +0000`;
+  return `Received: from ${from}\r\n\tby ${opts.hostname} (mxguard) with ${opts.protocol} id ${opts.id}${forPart};\r\n\t${rfc5322Date(opts.date.getTime())}\r\n`;
 }
 
 /** Multi-line reply: "250-a\r\n250-b\r\n250 c\r\n". */
