@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian peers the tests drive (swaks, Postfix's smtp-source/smtp-sink and a
-# private Postfix, Dovecot LMTP, openssl) when they are missing. Runs as `npm test`'s pretest
+# private Postfix, Dovecot LMTP, redis-server, openssl) when they are missing. Runs as `npm test`'s pretest
 # step, so a fresh Debian 12 machine needs nothing else. Quick when all is there already.
 set -euo pipefail
 
@@ -9,6 +9,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks libnet-ssleay-perl libio-socket
 { [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ] && [ -x /usr/sbin/postfix ]; } || need+=(postfix)
 { [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/lmtp ]; } || need+=(dovecot-core dovecot-lmtpd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

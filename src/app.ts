@@ -10,6 +10,7 @@ import { buildChecks } from './policy/index.ts';
 import { Spool } from './queue/spool.ts';
 import { Forwarder } from './delivery/forwarder.ts';
 import { createTransport } from './delivery/index.ts';
+import { openStore, type Store } from './store/index.ts';
 import type { Logger } from './util/log.ts';
 
 export class App {
@@ -18,6 +19,7 @@ export class App {
   private server: SmtpServer | undefined;
   private forwarder: Forwarder | undefined;
   private spool: Spool | undefined;
+  private store: Store | undefined;
   private current: Config;
 
   constructor(config: Config, log: Logger) {
@@ -34,6 +36,7 @@ export class App {
     const config = this.config;
     await fsp.mkdir(config.data_dir, { recursive: true });
     this.spool = await Spool.open(path.join(config.data_dir, 'spool'));
+    this.store = await openStore(config, this.log);
     const transport = createTransport(config, this.log);
     this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });
     await this.forwarder.rescan();
@@ -48,7 +51,7 @@ export class App {
     const forwarder = this.forwarder as Forwarder;
     return {
       config,
-      policy: new PolicyEngine(buildChecks(config), this.log),
+      policy: new PolicyEngine(buildChecks(config, this.store), this.log),
       spool: this.spool as Spool,
       log: this.log,
       tls: loadTlsContext(config),
@@ -62,7 +65,7 @@ export class App {
    */
   reload(next: Config): void {
     const deps = this.sessionDeps(next); // throws (e.g. unreadable TLS key) before anything changes
-    for (const key of ['listen', 'data_dir', 'deliver'] as const) {
+    for (const key of ['listen', 'data_dir', 'deliver', 'store'] as const) {
       if (JSON.stringify(next[key]) !== JSON.stringify(this.current[key])) this.log.warn({ key }, 'setting changes on restart only');
     }
     this.server?.reload(deps);
@@ -81,6 +84,7 @@ export class App {
     await this.server?.close(graceMs);
     await this.forwarder?.stop(graceMs);
     this.spool?.close();
+    await this.store?.close();
     await fsp.rm(this.pidFile, { force: true });
     this.log.info('stopped');
   }

@@ -5,6 +5,7 @@ import type { Config } from '../config/schema.ts';
 import { App } from '../app.ts';
 import { createLogger } from '../util/log.ts';
 import { queueDelete, queueFlush, queueList, queueShow } from './queue.ts';
+import { relayCommand } from './relay.ts';
 
 // Spool fsyncs run in libuv's thread pool; the default 4 threads would serialise them.
 process.env.UV_THREADPOOL_SIZE ??= '16';
@@ -105,5 +106,21 @@ queue.command('list').description('list queued messages').action(withQueueConfig
 queue.command('show <id>').description('show one message: envelope, delivery state, headers').action(withQueueConfig(queueShow));
 queue.command('flush').description('retry every deferred message now').action(withQueueConfig(queueFlush));
 queue.command('delete <id>').description('remove a message from the queue').action(withQueueConfig(queueDelete));
+
+program
+  .command('relay')
+  .description('POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .argument('<command>', 'add, delete, expire, list, dump or load')
+  .argument('[args...]', 'IP addresses, ticks (epoch seconds) or minutes')
+  .action(async (command: string, args: string[], opts: { config?: string }) => {
+    try {
+      const out = await relayCommand(await loadConfig(opts.config), command, args);
+      if (out !== '') console.log(out);
+    } catch (err) {
+      console.error(`mxguard relay: ${(err as Error).message}`);
+      process.exitCode = 1;
+    }
+  });
 
 await program.parseAsync(process.argv);

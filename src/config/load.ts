@@ -194,6 +194,7 @@ function finish(parsed: Config, baseDir: string): Config {
     config.tls.key = path.resolve(baseDir, config.tls.key);
   }
   if (config.log.file !== undefined) config.log.file = path.resolve(baseDir, config.log.file);
+  config.store.path = config.store.path === undefined ? path.join(config.data_dir, 'state.db') : path.resolve(baseDir, config.store.path);
   if (config.deliver === undefined) {
     config.deliver = `maildir:${path.join(config.data_dir, 'maildir')}`;
   } else if (config.deliver.startsWith('maildir:')) {

@@ -97,6 +97,29 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** DMail forward_from_ip: clients that may relay. Default: loopback only. */
       forward_from_ip: z.array(cidr).default(['127.0.0.0/8', '::1']),
+      /** DMail forward_from: sender domains that may relay (a hole for anyone who forges them). */
+      forward_from: z.array(domain).default([]),
+      /** DMail relay_to: recipient domains we relay to (backup MX, partners). */
+      relay_to: z.array(domain).default([]),
+      /** DMail forward_user: clients that logged in to POP/IMAP lately may relay (POP-before-SMTP). */
+      forward_user: z.boolean().default(false),
+      /** DMail forward_window: how long after a POP/IMAP login. */
+      forward_window: duration.default(120_000),
+      /** How long a POP/IMAP login stays in the relayers table before it expires by itself. */
+      relayers_keep: duration.default(86_400_000),
+    })
+    .prefault({}),
+  store: z
+    .strictObject({
+      /** sqlite: one file on this host (zero set-up); redis: shared by several mxguard hosts. */
+      backend: z.enum(['sqlite', 'redis']).default('sqlite'),
+      /** The SQLite file. Default: <data_dir>/state.db. */
+      path: z.string().min(1).optional(),
+      redis_url: z.string().regex(/^rediss?:\/\/.+/, 'not a redis:// URL').default('redis://127.0.0.1:6379'),
+      /** Prefix of every key, so several installations can share one Redis. */
+      redis_prefix: z.string().default('mxguard:'),
+      /** While the store is unreachable: false = checks that need it answer 451 4.3.0; true = they let mail pass. */
+      fail_open: z.boolean().default(false),
     })
     .prefault({}),
   queue: z

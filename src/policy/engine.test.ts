@@ -21,7 +21,8 @@ function rcptCtx(ip: string, rcpt: string, accepted = 0, rcptCount = 0): RcptCon
   return { session: session(ip, rcptCount), tx: { mailFrom: addr('s@x.test'), params: {}, rcpts: Array.from({ length: accepted }, (_, i) => addr(`r${i}@example.test`)) }, rcpt: addr(rcpt) };
 }
 
-const standard = (forward: string[] = ['127.0.0.0/8', '::1']): AnyCheck[] => [maxRcptsCheck(3), localDomainsCheck(['example.test']), relayCheck(forward)];
+const relaySettings = (forward_from_ip: string[]) => ({ forward_from_ip, forward_from: [], relay_to: [], forward_user: false, forward_window: 120_000, relayers_keep: 86_400_000 });
+const standard = (forward: string[] = ['127.0.0.0/8', '::1']): AnyCheck[] => [maxRcptsCheck(3), localDomainsCheck(['example.test']), relayCheck(relaySettings(forward), undefined)];
 
 test('local recipients are accepted, foreign ones relayed only for forward_from_ip', async () => {
   const engine = new PolicyEngine(standard(['192.0.2.0/24', '2001:db8::/32']), silentLogger);

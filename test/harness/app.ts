@@ -4,7 +4,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { App } from '../../src/app.ts';
 import { configSchema, type Config, type ConfigInput } from '../../src/config/schema.ts';
-import { silentLogger } from '../../src/util/log.ts';
+import { Writable } from 'node:stream';
+import { pino } from 'pino';
 
 export interface TestApp {
   app: App;
@@ -16,6 +17,8 @@ export interface TestApp {
   maildir(local: string): string[];
   /** Waits until `count` files are in that Maildir (bounded). */
   waitMaildir(local: string, count: number, timeoutMs?: number): Promise<string[]>;
+  /** Every log line so far, parsed (the test app logs at info level into memory). */
+  logs(): Array<Record<string, unknown>>;
 }
 
 export async function startTestApp(overrides: Partial<ConfigInput> = {}): Promise<TestApp> {
@@ -28,7 +31,14 @@ export async function startTestApp(overrides: Partial<ConfigInput> = {}): Promis
     deliver: `maildir:${path.join(dir, 'maildir')}`,
     ...overrides,
   });
-  const app = new App(config, silentLogger);
+  const lines: string[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _enc, done) {
+      lines.push(...chunk.toString('utf8').split('\n').filter(Boolean));
+      done();
+    },
+  });
+  const app = new App(config, pino({ level: 'info' }, sink));
   const bound = await app.start();
   const maildir = (local: string) => {
     const d = path.join(dir, 'maildir', local, 'new');
@@ -40,6 +50,7 @@ export async function startTestApp(overrides: Partial<ConfigInput> = {}): Promis
     dir,
     config,
     maildir,
+    logs: () => lines.map((l) => JSON.parse(l) as Record<string, unknown>),
     async waitMaildir(local, count, timeoutMs = 5000) {
       const deadline = Date.now() + timeoutMs;
       for (;;) {

@@ -229,11 +229,11 @@ function spawnDaemon(cmd: string, args: readonly string[], opts: { cwd?: string 
 }
 
 /** Waits for the 220 banner on port while the child lives; throws with the peer's log otherwise. */
-async function waitReady(name: string, port: number, sp: Spawned, logOf: () => string): Promise<void> {
+async function waitReady(name: string, port: number, sp: Spawned, logOf: () => string, probe: (port: number) => Promise<boolean> = probeBanner): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (sp.hasExited()) break;
-    if (await probeBanner(port)) return;
+    if (await probe(port)) return;
     await sleep(50);
   }
   const why = sp.hasExited() ? `exited with ${sp.child.exitCode ?? sp.child.signalCode}` : `not ready after ${READY_TIMEOUT_MS} ms`;
@@ -646,4 +646,59 @@ export function runSwaks(args: readonly string[], opts: { timeoutMs?: number; in
     child.once('error', (err) => finish(null, `\nspawn error: ${err.message}`));
     child.once('close', (code) => finish(code));
   });
+}
+
+// --- redis-server ---------------------------------------------------------------------------
+
+export interface RedisPeer extends Peer {
+  readonly url: string;
+}
+
+/** PING → +PONG: Redis is up and answering. */
+function probeRedis(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect({ host: '127.0.0.1', port });
+    let buf = '';
+    const done = (ok: boolean): void => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve(ok);
+    };
+    const timer = setTimeout(() => done(false), 1000);
+    s.on('connect', () => s.write('PING\r\n'));
+    s.on('data', (d: Buffer) => {
+      buf += d.toString('latin1');
+      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
+    });
+    s.on('error', () => done(false));
+  });
+}
+
+/** A throwaway redis-server on loopback, nothing saved to disk (PEERS.md); `port` to reuse one. */
+export async function startRedis(opts: { port?: number } = {}): Promise<RedisPeer> {
+  return withPortRetry(async (port) => {
+    const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no'];
+    const sp = spawnDaemon('redis-server', args);
+    const token = track(() => killGroup(sp.pid, 'SIGKILL'));
+    try {
+      await waitReady('redis-server', port, sp, () => '', probeRedis);
+    } catch (err) {
+      await stopDaemon(sp, 'SIGKILL');
+      untrack(token);
+      throw err;
+    }
+    let stopped = false;
+    return {
+      name: 'redis-server',
+      port,
+      pid: sp.pid,
+      url: `redis://127.0.0.1:${port}`,
+      stop: async () => {
+        if (stopped) return;
+        stopped = true;
+        await stopDaemon(sp, 'SIGTERM');
+        untrack(token);
+      },
+    };
+  }, opts.port);
 }

@@ -1,18 +1,42 @@
-// Relaying (DMail relay.forward_from_ip): a recipient outside local_domains is relayed only for
-// clients listed in forward_from_ip (default: loopback). Everyone else: 554 5.7.1, so a fresh
-// install is never an open relay. Runs after local_domains, so it only sees foreign recipients.
+// Relaying, as DMail defines it (settings under relay:). Runs after local_domains, so it only
+// sees recipients outside our domains; each rule that allows relaying logs DMail's own line:
+//   relay_to          recipient domain we relay to      "Command RCPT OK (relay_to allowed)"
+//   forward_from_ip   client network                    "Command RCPT OK (relaying allowed)"
+//   forward_from      sender domain (forgeable!)        "Command RCPT OK (forward_from allowed)"
+//   forward_user      POP/IMAP login within forward_window (relayers table)   "(x.x.x.x) is recent"
+// Nothing covers it: 554 5.7.1 Relay access denied. The store is asked last, only when the
+// cheap rules did not decide. An unreachable store throws (→ 451 4.3.0), or with
+// store.fail_open the POP-before-SMTP rule simply does not grant: it never opens the relay.
 import type { Check } from '../check.ts';
 import { reject } from '../verdict.ts';
 import { AddressList } from '../../util/cidr.ts';
+import type { Config } from '../../config/schema.ts';
+import type { Store } from '../../store/store.ts';
 
-export function relayCheck(forwardFromIp: readonly string[]): Check<'rcpt'> {
-  const allowed = new AddressList(forwardFromIp);
+export function relayCheck(relay: Config['relay'], store: Store | undefined, failOpen = false): Check<'rcpt'> {
+  const allowedIps = new AddressList(relay.forward_from_ip);
+  const relayTo = new Set(relay.relay_to);
+  const forwardFrom = new Set(relay.forward_from);
+  const windowS = relay.forward_window / 1000;
   return {
     name: 'relay',
     phase: 'rcpt',
-    run: (ctx) =>
-      allowed.has(ctx.session.remoteIp)
-        ? { kind: 'accept', check: 'relay', log: 'Command RCPT OK (relaying allowed)' }
-        : reject('relay', 554, '5.7.1', `<${ctx.rcpt.address}>: Relay access denied`, 'relay.forward_from_ip'),
+    async run(ctx) {
+      const ok = (log: string) => ({ kind: 'accept' as const, check: 'relay', log });
+      if (relayTo.has(ctx.rcpt.domain)) return ok('Command RCPT OK (relay_to allowed)');
+      if (allowedIps.has(ctx.session.remoteIp)) return ok('Command RCPT OK (relaying allowed)');
+      if (ctx.tx.mailFrom.domain !== '' && forwardFrom.has(ctx.tx.mailFrom.domain)) return ok('Command RCPT OK (forward_from allowed)');
+      if (relay.forward_user && store) {
+        let at: number | undefined;
+        try {
+          at = await store.relayerGet(ctx.session.remoteIp);
+        } catch (err) {
+          if (!failOpen) throw err;
+        }
+        const now = Date.now() / 1000;
+        if (at !== undefined && at <= now + 1 && now - at <= windowS) return ok(`(${ctx.session.remoteIp}) is recent`);
+      }
+      return reject('relay', 554, '5.7.1', `<${ctx.rcpt.address}>: Relay access denied`, 'relay.forward_from_ip');
+    },
   };
 }

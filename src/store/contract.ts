@@ -1,0 +1,79 @@
+// The Store contract: one suite that every backend must pass (sqlite.test.ts runs it on SQLite,
+// test/store.redis.test.ts on a real redis-server).
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { Store } from './store.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+export function storeContract(name: string, open: () => Promise<Store>): void {
+  const withStore = (title: string, fn: (store: Store) => Promise<void>) =>
+    test(`${name}: ${title}`, async () => {
+      const store = await open();
+      try {
+        await fn(store);
+      } finally {
+        await store.close();
+      }
+    });
+
+  withStore('relayers: add, get, overwrite, delete', async (s) => {
+    await s.relayerAdd('192.0.2.1', 1000, 60_000);
+    await s.relayerAdd('2001:db8::1', 2000, 60_000);
+    assert.equal(await s.relayerGet('192.0.2.1'), 1000);
+    assert.equal(await s.relayerGet('2001:db8::1'), 2000);
+    assert.equal(await s.relayerGet('192.0.2.2'), undefined);
+    await s.relayerAdd('192.0.2.1', 1500, 60_000);
+    assert.equal(await s.relayerGet('192.0.2.1'), 1500, 'a new login replaces the old time');
+    assert.equal(await s.relayerDelete(['192.0.2.1', '192.0.2.99']), 1);
+    assert.equal(await s.relayerGet('192.0.2.1'), undefined);
+  });
+
+  withStore('relayers: list is sorted and includes future-dated entries; expire keeps them', async (s) => {
+    const now = Math.floor(Date.now() / 1000);
+    await s.relayerAdd('198.51.100.9', now - 7200, 3_600_000);
+    await s.relayerAdd('198.51.100.10', now, 3_600_000);
+    await s.relayerAdd('198.51.100.11', now + 86_400, 3_600_000);
+    assert.deepEqual(await s.relayerList(), [
+      { ip: '198.51.100.10', at: now },
+      { ip: '198.51.100.11', at: now + 86_400 },
+      { ip: '198.51.100.9', at: now - 7200 },
+    ]);
+    assert.equal(await s.relayerExpire(now - 60), 1, 'only the one older than the cut-off');
+    assert.deepEqual((await s.relayerList()).map((r) => r.ip), ['198.51.100.10', '198.51.100.11']);
+  });
+
+  withStore('relayers expire by themselves after keepMs', async (s) => {
+    await s.relayerAdd('203.0.113.5', 1, 150);
+    assert.equal(await s.relayerGet('203.0.113.5'), 1);
+    await sleep(300);
+    assert.equal(await s.relayerGet('203.0.113.5'), undefined);
+    assert.deepEqual(await s.relayerList(), []);
+  });
+
+  withStore('counters count within their window, then start again', async (s) => {
+    assert.equal(await s.counterGet('auth:192.0.2.7'), 0);
+    assert.equal(await s.counterIncr('auth:192.0.2.7', 300), 1);
+    assert.equal(await s.counterIncr('auth:192.0.2.7', 300), 2);
+    assert.equal(await s.counterIncr('auth:192.0.2.8', 300), 1, 'keys are separate');
+    assert.equal(await s.counterGet('auth:192.0.2.7'), 2);
+    await sleep(450);
+    assert.equal(await s.counterGet('auth:192.0.2.7'), 0, 'expired');
+    assert.equal(await s.counterIncr('auth:192.0.2.7', 300), 1, 'a new window');
+    await s.counterReset('auth:192.0.2.7');
+    assert.equal(await s.counterGet('auth:192.0.2.7'), 0);
+  });
+
+  withStore('the window is fixed from the first hit, not extended by later ones', async (s) => {
+    await s.counterIncr('rate:x', 400);
+    await sleep(250);
+    assert.equal(await s.counterIncr('rate:x', 400), 2);
+    await sleep(250); // 500 ms after the first hit: the window is over
+    assert.equal(await s.counterGet('rate:x'), 0);
+  });
+
+  withStore('concurrent increments are all counted', async (s) => {
+    const values = await Promise.all(Array.from({ length: 50 }, () => s.counterIncr('race', 10_000)));
+    assert.deepEqual([...values].sort((a, b) => a - b), Array.from({ length: 50 }, (_, i) => i + 1));
+  });
+}

@@ -1,0 +1,15 @@
+// Opens the Store the config names.
+import type { Config } from '../config/schema.ts';
+import type { Logger } from '../util/log.ts';
+import { RedisStore } from './redis.ts';
+import { SqliteStore } from './sqlite.ts';
+import type { Store } from './store.ts';
+
+export type { Relayer, Store } from './store.ts';
+export { StoreUnavailable } from './store.ts';
+
+export async function openStore(config: Config, log?: Logger): Promise<Store> {
+  const s = config.store;
+  if (s.backend === 'redis') return RedisStore.open(s.redis_url, s.redis_prefix, log);
+  return new SqliteStore(s.path ?? `${config.data_dir}/state.db`);
+}
