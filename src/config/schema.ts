@@ -107,6 +107,41 @@ export const configSchema = z.strictObject({
       forward_window: duration.default(120_000),
       /** How long a POP/IMAP login stays in the relayers table before it expires by itself. */
       relayers_keep: duration.default(86_400_000),
+      /** DMail auth_allow relay: clients that authenticated with SMTP AUTH may relay. */
+      auth_allow_relay: z.boolean().default(false),
+      /** DMail hide_auth: do not offer AUTH to these clients (recentpop: recent POP/IMAP users, who may relay anyway). */
+      hide_auth: z.array(z.enum(['recentpop'])).default([]),
+      /** POP/IMAP server logs to follow: every successful login adds its client IP to the relayers table. */
+      pop_logs: z.array(z.string().min(1)).default([]),
+      /** A regular expression with a named group (?<ip>…) for a successful login line; default: Dovecot's and Courier's. */
+      pop_log_pattern: z
+        .string()
+        .superRefine((v, ctx) => {
+          try {
+            if (!/\(\?<ip>/.test(v)) ctx.addIssue({ code: 'custom', message: 'needs a named group (?<ip>...) for the client address' });
+            new RegExp(v);
+          } catch (err) {
+            ctx.addIssue({ code: 'custom', message: `not a regular expression: ${(err as Error).message}` });
+          }
+        })
+        .optional(),
+    })
+    .prefault({}),
+  auth: z
+    .strictObject({
+      /** Offer SMTP AUTH (PLAIN, LOGIN). */
+      enabled: z.boolean().default(true),
+      /** AUTH only over TLS (after STARTTLS); loopback clients may authenticate in plaintext. */
+      require_tls: z.boolean().default(true),
+      /** The password file that `mxguard user add|delete|list` manages (scrypt hashes). Default: <data_dir>/users. */
+      users_file: z.string().min(1).optional(),
+      /** Check passwords with Dovecot's auth service instead: its auth client socket, a path or host:port. */
+      dovecot_socket: z.string().min(1).optional(),
+      /** Failed AUTH attempts from one IP within failure_window before AUTH is refused to it. */
+      max_failures: z.number().int().positive().default(5),
+      failure_window: duration.default(900_000),
+      /** Each failed attempt is answered this much later (times the failures so far), to slow guessing. */
+      failure_delay: duration.default(1000),
     })
     .prefault({}),
   store: z

@@ -8,6 +8,7 @@ import { maxRcptsCheck } from './checks/max_rcpts.ts';
 import { relayCheck } from './checks/relay.ts';
 import { tarpitCheck } from './checks/tarpit.ts';
 import { silentLogger } from '../util/log.ts';
+import { configSchema } from '../config/schema.ts';
 import type { Address } from '../smtp/command.ts';
 
 function session(ip: string, rcptCount = 0): SessionInfo {
@@ -21,7 +22,7 @@ function rcptCtx(ip: string, rcpt: string, accepted = 0, rcptCount = 0): RcptCon
   return { session: session(ip, rcptCount), tx: { mailFrom: addr('s@x.test'), params: {}, rcpts: Array.from({ length: accepted }, (_, i) => addr(`r${i}@example.test`)) }, rcpt: addr(rcpt) };
 }
 
-const relaySettings = (forward_from_ip: string[]) => ({ forward_from_ip, forward_from: [], relay_to: [], forward_user: false, forward_window: 120_000, relayers_keep: 86_400_000 });
+const relaySettings = (forward_from_ip: string[]) => configSchema.parse({ relay: { forward_from_ip } }).relay;
 const standard = (forward: string[] = ['127.0.0.0/8', '::1']): AnyCheck[] => [maxRcptsCheck(3), localDomainsCheck(['example.test']), relayCheck(relaySettings(forward), undefined)];
 
 test('local recipients are accepted, foreign ones relayed only for forward_from_ip', async () => {
