@@ -11,6 +11,7 @@ import { Spool } from './queue/spool.ts';
 import { Forwarder } from './delivery/forwarder.ts';
 import { createTransport } from './delivery/index.ts';
 import { openStore, type Store } from './store/index.ts';
+import { createAuthenticator, type Authenticator } from './auth/index.ts';
 import type { Logger } from './util/log.ts';
 
 export class App {
@@ -20,6 +21,7 @@ export class App {
   private forwarder: Forwarder | undefined;
   private spool: Spool | undefined;
   private store: Store | undefined;
+  private authenticator: Authenticator | undefined;
   private current: Config;
 
   constructor(config: Config, log: Logger) {
@@ -56,7 +58,18 @@ export class App {
       log: this.log,
       tls: loadTlsContext(config),
       enqueue: (msg) => forwarder.enqueue(msg),
+      store: this.store,
+      authenticator: this.authenticatorFor(config),
     };
+  }
+
+  /** The password checker; a new one when the auth settings change (SIGHUP). */
+  private authenticatorFor(config: Config): Authenticator {
+    if (!this.authenticator || JSON.stringify(config.auth) !== JSON.stringify(this.current.auth)) {
+      this.authenticator?.close();
+      this.authenticator = createAuthenticator(config);
+    }
+    return this.authenticator;
   }
 
   /**
@@ -85,6 +98,7 @@ export class App {
     await this.forwarder?.stop(graceMs);
     this.spool?.close();
     await this.store?.close();
+    this.authenticator?.close();
     await fsp.rm(this.pidFile, { force: true });
     this.log.info('stopped');
   }

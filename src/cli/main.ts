@@ -6,6 +6,7 @@ import { App } from '../app.ts';
 import { createLogger } from '../util/log.ts';
 import { queueDelete, queueFlush, queueList, queueShow } from './queue.ts';
 import { relayCommand } from './relay.ts';
+import { userCommand } from './user.ts';
 
 // Spool fsyncs run in libuv's thread pool; the default 4 threads would serialise them.
 process.env.UV_THREADPOOL_SIZE ??= '16';
@@ -119,6 +120,22 @@ program
       if (out !== '') console.log(out);
     } catch (err) {
       console.error(`mxguard relay: ${(err as Error).message}`);
+      process.exitCode = 1;
+    }
+  });
+
+program
+  .command('user')
+  .description('SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .argument('<command>', 'add, delete or list')
+  .argument('[users...]', 'user names')
+  .action(async (command: string, users: string[], opts: { config?: string }) => {
+    try {
+      const out = await userCommand(await loadConfig(opts.config), command, users);
+      if (out !== '') console.log(out);
+    } catch (err) {
+      console.error(`mxguard user: ${(err as Error).message}`);
       process.exitCode = 1;
     }
   });

@@ -131,8 +131,10 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** Offer SMTP AUTH (PLAIN, LOGIN). */
       enabled: z.boolean().default(true),
-      /** AUTH only over TLS (after STARTTLS); loopback clients may authenticate in plaintext. */
+      /** AUTH only over TLS (after STARTTLS), except for the clients in plaintext_from. */
       require_tls: z.boolean().default(true),
+      /** Clients that may authenticate without TLS (default: loopback, e.g. a local webmail). */
+      plaintext_from: z.array(cidr).default(['127.0.0.0/8', '::1']),
       /** The password file that `mxguard user add|delete|list` manages (scrypt hashes). Default: <data_dir>/users. */
       users_file: z.string().min(1).optional(),
       /** Check passwords with Dovecot's auth service instead: its auth client socket, a path or host:port. */

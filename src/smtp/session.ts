@@ -7,6 +7,7 @@ import type net from 'node:net';
 import { parseCommandLine, parseHeloArg, parsePath, type Address, type PathParams } from './command.ts';
 import { DataDecoder } from './data-decoder.ts';
 import { multiline, receivedHeader } from './replies.ts';
+import { saslContinue, saslStart, type SaslState, type SaslStep } from './sasl.ts';
 import type { Config } from '../config/schema.ts';
 import type { PolicyEngine, PhaseResult } from '../policy/engine.ts';
 import type { SessionInfo } from '../policy/context.ts';
@@ -14,7 +15,9 @@ import { refusalReply, type FinalVerdict, type RefusalVerdict } from '../policy/
 import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
 import type { Envelope } from '../queue/envelope.ts';
 import type { Logger } from '../util/log.ts';
-import { plainIp } from '../util/cidr.ts';
+import { AddressList, plainIp } from '../util/cidr.ts';
+import type { Store } from '../store/store.ts';
+import type { Authenticator } from '../auth/index.ts';
 
 /** What a session needs from the server around it. */
 export interface SessionDeps {
@@ -25,10 +28,18 @@ export interface SessionDeps {
   readonly tls: tls.SecureContext | undefined;
   /** Hands a committed message to the forwarder. */
   readonly enqueue: (msg: CommittedMessage) => void;
+  /** Shared policy state (AUTH failure counters, recent POP users). */
+  readonly store?: Store;
+  /** Checks AUTH credentials; no authenticator, no AUTH. */
+  readonly authenticator?: Authenticator;
 }
 
 /** Command line limit (RFC 5321 4.5.3.1.4), including CRLF. */
 const MAX_COMMAND_LINE = 512;
+/** AUTH lines may be longer (RFC 4954 4). */
+const MAX_AUTH_LINE = 12288;
+/** The slowest answer to a failed AUTH (auth.failure_delay times the failures so far). */
+const MAX_AUTH_DELAY_MS = 30_000;
 /** Pause reading when this much unprocessed input has piled up. */
 const INPUT_HIGH_WATER = 256 * 1024;
 
@@ -43,6 +54,14 @@ interface Transaction {
 }
 
 type Mode = 'greeting' | 'command' | 'data' | 'closed';
+
+/** auth.plaintext_from as a matcher, built once per configuration (EHLO asks on every session). */
+const plaintextFrom = new WeakMap<Config, AddressList>();
+function plaintextAllowed(config: Config, ip: string): boolean {
+  let list = plaintextFrom.get(config);
+  if (!list) plaintextFrom.set(config, (list = new AddressList(config.auth.plaintext_from)));
+  return list.has(ip);
+}
 
 let sessionCounter = 0;
 
@@ -63,6 +82,8 @@ export class Session {
   private writer: MessageWriter | undefined;
   private decoder: DataDecoder | undefined;
   private discardingLongLine = false;
+  /** An AUTH exchange waiting for the client's next line. */
+  private sasl: SaslState | undefined;
   private shuttingDown = false;
   private readonly onClosed: () => void;
   private closeTimer: NodeJS.Timeout | undefined;
@@ -196,9 +217,10 @@ export class Session {
 
   /** Takes one command line off the buffer; undefined when no complete line is there. */
   private nextLine(): { text: string; bareLf: boolean; tooLong: boolean } | undefined {
+    const limit = this.sasl || /^auth /i.test(this.buf.toString('latin1', 0, 5)) ? MAX_AUTH_LINE : MAX_COMMAND_LINE;
     const lf = this.buf.indexOf(10);
     if (lf === -1) {
-      if (this.buf.length > MAX_COMMAND_LINE) {
+      if (this.buf.length > limit) {
         // Throw the excess away now, answer once the line finally ends.
         this.discardingLongLine = true;
         this.buf = Buffer.alloc(0);
@@ -207,7 +229,7 @@ export class Session {
     }
     const bareLf = lf === 0 || this.buf[lf - 1] !== 13;
     const end = bareLf ? lf : lf - 1;
-    const tooLong = this.discardingLongLine || lf + 1 > MAX_COMMAND_LINE;
+    const tooLong = this.discardingLongLine || lf + 1 > limit;
     const text = tooLong ? '' : this.buf.toString('utf8', 0, end);
     this.buf = this.buf.subarray(lf + 1);
     this.discardingLongLine = false;
@@ -240,8 +262,19 @@ export class Session {
   // --- commands ------------------------------------------------------------------------
 
   private handleLine(line: { text: string; bareLf: boolean; tooLong: boolean }): Promise<void> | void {
-    if (line.tooLong) return this.error('500 5.5.2 Error: line too long');
-    if (line.bareLf && this.config.smtp.bare_lf === 'reject') return this.error('500 5.5.2 Error: bare <LF> received');
+    if (line.tooLong) {
+      this.sasl = undefined;
+      return this.error('500 5.5.2 Error: line too long');
+    }
+    if (line.bareLf && this.config.smtp.bare_lf === 'reject') {
+      this.sasl = undefined;
+      return this.error('500 5.5.2 Error: bare <LF> received');
+    }
+    if (this.sasl) {
+      const state = this.sasl;
+      this.sasl = undefined;
+      return this.authStep(saslContinue(state, line.text));
+    }
     const parsed = parseCommandLine(line.text);
     if (!parsed.ok) {
       this.log.debug({ cmd: parsed.unknown }, 'unknown command');
@@ -275,7 +308,7 @@ export class Session {
       case 'STARTTLS':
         return this.startTls(arg);
       case 'AUTH':
-        return this.error('502 5.5.1 Error: authentication not enabled');
+        return this.auth(arg);
       case 'BDAT':
         return this.error('502 5.5.1 Error: command not implemented');
     }
@@ -295,6 +328,7 @@ export class Session {
     if (verb === 'HELO') return this.reply(`250 ${this.config.hostname}`);
     const lines = [this.config.hostname, 'PIPELINING', `SIZE ${this.config.limits.max_message_size}`];
     if (this.deps.tls && !this.info.tls) lines.push('STARTTLS');
+    if (await this.authOffered()) lines.push('AUTH PLAIN LOGIN');
     lines.push('ENHANCEDSTATUSCODES', '8BITMIME', 'SMTPUTF8');
     this.reply(multiline(250, lines));
   }
@@ -312,6 +346,9 @@ export class Session {
         if (value !== '7BIT' && value !== '8BITMIME' && value !== '7bit' && value !== '8bitmime') return this.error('501 5.5.4 Unsupported BODY parameter');
       } else if (key === 'SMTPUTF8') {
         if (value !== true) return this.error('501 5.5.4 SMTPUTF8 takes no value');
+      } else if (key === 'AUTH') {
+        // RFC 4954 5: the submitter's identity as another server saw it; we trust our own AUTH only.
+        if (value === true) return this.error('501 5.5.4 AUTH= needs a value');
       } else {
         return this.error(`555 5.5.4 Unsupported option: ${key}`);
       }
@@ -362,7 +399,8 @@ export class Session {
     if (!tx) return this.error('503 5.5.1 Error: need MAIL command');
     if (tx.rcpts.length === 0) return this.error('554 5.5.1 Error: no valid recipients');
     const id = newQueueId();
-    const protocol = (tx.params.SMTPUTF8 ? 'UTF8' : '') + (this.info.esmtp ? 'ESMTP' : 'SMTP') + (this.info.tls ? 'S' : '');
+    // RFC 3848: ESMTPS with TLS, ESMTPA / ESMTPSA after AUTH.
+    const protocol = (tx.params.SMTPUTF8 ? 'UTF8' : '') + (this.info.esmtp ? 'ESMTP' : 'SMTP') + (this.info.tls ? 'S' : '') + (this.info.authUser !== undefined && this.info.esmtp ? 'A' : '');
     const received = receivedHeader({
       helo: this.info.helo,
       ip: this.info.remoteIp,
@@ -456,6 +494,86 @@ export class Session {
     if (this.shuttingDown) this.sayGoodbye();
   }
 
+  /** May this client authenticate over this connection (TLS, or listed in auth.plaintext_from)? */
+  private authSecured(): boolean {
+    return this.info.tls || !this.config.auth.require_tls || plaintextAllowed(this.config, this.info.remoteIp);
+  }
+
+  /** Whether EHLO lists AUTH: enabled, secured, and not hidden from a recent POP user (relay.hide_auth). */
+  private async authOffered(): Promise<boolean> {
+    if (!this.config.auth.enabled || !this.deps.authenticator || this.info.authUser !== undefined || !this.authSecured()) return false;
+    const relay = this.config.relay;
+    if (relay.hide_auth.includes('recentpop') && relay.forward_user && this.deps.store) {
+      try {
+        const at = await this.deps.store.relayerGet(this.info.remoteIp);
+        if (at !== undefined && Date.now() / 1000 - at <= relay.forward_window / 1000) return false;
+      } catch {
+        // Store unreachable: offer AUTH, which works without it.
+      }
+    }
+    return true;
+  }
+
+  private async auth(arg: string): Promise<void> {
+    if (!this.config.auth.enabled || !this.deps.authenticator) return this.error('502 5.5.1 Error: authentication not enabled');
+    if (!this.info.esmtp) return this.error('503 5.5.1 Error: send EHLO first');
+    if (this.info.authUser !== undefined) return this.error('503 5.5.1 Error: already authenticated');
+    if (this.tx) return this.error('503 5.5.1 Error: AUTH not allowed in a mail transaction');
+    if (!this.authSecured()) return this.error('538 5.7.11 Encryption required for requested authentication mechanism');
+    let failures: number;
+    try {
+      failures = (await this.deps.store?.counterGet(this.authKey())) ?? 0;
+    } catch {
+      return this.error('454 4.7.0 Temporary authentication failure');
+    }
+    if (failures >= this.config.auth.max_failures) {
+      this.log.info({ check: 'auth', failures, setting: 'auth.max_failures' }, 'AUTH refused: too many failures');
+      await this.hold({ delayMs: this.authDelay(failures) });
+      return this.error('454 4.7.0 Too many failed authentication attempts, try again later');
+    }
+    return this.authStep(saslStart(arg));
+  }
+
+  private authKey(): string {
+    return `auth-fail:${this.info.remoteIp}`;
+  }
+
+  private authDelay(failures: number): number {
+    return Math.min(failures * this.config.auth.failure_delay, MAX_AUTH_DELAY_MS);
+  }
+
+  /** Advances an AUTH exchange: a challenge, credentials to check, or an error. */
+  private async authStep(step: SaslStep): Promise<void> {
+    if (step.kind === 'error') return this.error(step.reply);
+    if (step.kind === 'challenge') {
+      this.sasl = step.state;
+      return this.reply(`334 ${step.text}`);
+    }
+    const authenticator = this.deps.authenticator as Authenticator;
+    let ok: boolean;
+    try {
+      ok = await authenticator.verify(step.user, step.password, { ip: this.info.remoteIp, localIp: this.info.localIp, secured: this.authSecured() });
+    } catch (err) {
+      this.log.warn({ check: 'auth', err: (err as Error).message }, 'AUTH backend unavailable');
+      return this.error('454 4.7.0 Temporary authentication failure');
+    }
+    if (ok) {
+      this.info.authUser = step.user;
+      this.log.info({ check: 'auth', user: step.user }, 'authenticated');
+      return this.reply('235 2.7.0 Authentication successful');
+    }
+    // The same answer for an unknown user and a wrong password, a little later each time.
+    let failures = 1;
+    try {
+      failures = (await this.deps.store?.counterIncr(this.authKey(), this.config.auth.failure_window)) ?? 1;
+    } catch {
+      // counting is best effort; the answer stays the same
+    }
+    this.log.info({ check: 'auth', failures }, 'authentication failed');
+    await this.hold({ delayMs: this.authDelay(failures) });
+    return this.error('535 5.7.8 Authentication credentials invalid');
+  }
+
   private startTls(arg: string): Promise<void> | void {
     const context = this.deps.tls;
     if (!context) return this.error('502 5.5.1 Error: command not implemented');
@@ -480,6 +598,7 @@ export class Session {
           this.info.tls = true;
           this.info.helo = undefined;
           this.info.esmtp = false;
+          this.info.authUser = undefined;
           this.resetTransaction();
           this.log.info({ protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'TLS established');
           resolve();
@@ -499,7 +618,7 @@ export class Session {
    * Holds this session's next reply back as long as the policy asked (the tarpit). The replies
    * already due go out first; other sessions are not held up.
    */
-  private async hold(result: PhaseResult): Promise<void> {
+  private async hold(result: Pick<PhaseResult, 'delayMs'>): Promise<void> {
     if (result.delayMs <= 0 || this.closed) return;
     this.flush();
     await new Promise((r) => setTimeout(r, result.delayMs));

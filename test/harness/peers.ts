@@ -702,3 +702,58 @@ export async function startRedis(opts: { port?: number } = {}): Promise<RedisPee
     };
   }, opts.port);
 }
+
+// --- Dovecot's auth service -------------------------------------------------------------------
+
+export interface DovecotAuthPeer extends Peer {
+  /** The auth client socket (Dovecot's SASL protocol), for auth.dovecot_socket. */
+  readonly socket: string;
+  log(): string;
+}
+
+/**
+ * A real Dovecot whose passdb is a passwd-file with these users and plain passwords, with its
+ * auth client socket in its own directory. (Its LMTP listener only serves the readiness probe.)
+ */
+export async function startDovecotAuth(users: Readonly<Record<string, string>>): Promise<DovecotAuthPeer> {
+  return withPortRetry(async (port) => {
+    const dir = await makeTempDir('dovecot-auth');
+    const logFile = path.join(dir, 'dovecot.log');
+    for (const d of ['run', 'state', 'home']) await fsp.mkdir(path.join(dir, d), { mode: 0o755 });
+    const passwd = path.join(dir, 'passwd');
+    await fsp.writeFile(passwd, Object.entries(users).map(([u, p]) => `${u}:{PLAIN}${p}::::::`).join('\n') + '\n', { mode: 0o644 });
+    const conf = [
+      'protocols = lmtp',
+      'ssl = no',
+      'listen = 127.0.0.1',
+      `base_dir = ${path.join(dir, 'run')}`,
+      `state_dir = ${path.join(dir, 'state')}`,
+      `log_path = ${logFile}`,
+      'auth_mechanisms = plain login',
+      'auth_verbose = yes',
+      `passdb {\n  driver = passwd-file\n  args = ${passwd}\n}`,
+      `userdb {\n  driver = static\n  args = uid=${NOBODY_UID} gid=${NOBODY_GID} home=${path.join(dir, 'home')}/%u\n}`,
+      'service auth {\n  unix_listener auth-client {\n    mode = 0666\n  }\n}',
+      `service lmtp {\n  inet_listener lmtp {\n    address = 127.0.0.1\n    port = ${port}\n  }\n}`,
+    ];
+    const confFile = path.join(dir, 'dovecot.conf');
+    await fsp.writeFile(confFile, conf.join('\n') + '\n');
+    const sp = spawnDaemon('dovecot', ['-c', confFile, '-F'], { cwd: dir });
+    const token = track(() => killGroup(sp.pid, 'SIGKILL'));
+    let stopped = false;
+    const stop = async (): Promise<void> => {
+      if (stopped) return;
+      stopped = true;
+      await stopDaemon(sp, 'SIGTERM');
+      untrack(token);
+      await fsp.rm(dir, { recursive: true, force: true });
+    };
+    try {
+      await waitReady('dovecot', port, sp, () => readTail(logFile));
+    } catch (err) {
+      await stop();
+      throw err;
+    }
+    return { name: 'dovecot-auth', port, pid: sp.pid, socket: path.join(dir, 'run', 'auth-client'), log: () => readTail(logFile, 1_000_000), stop };
+  });
+}

@@ -1,5 +1,6 @@
 // Relaying, as DMail defines it (settings under relay:). Runs after local_domains, so it only
 // sees recipients outside our domains; each rule that allows relaying logs DMail's own line:
+//   auth_allow_relay  the client did SMTP AUTH          "Command RCPT OK (authenticated channel)"
 //   relay_to          recipient domain we relay to      "Command RCPT OK (relay_to allowed)"
 //   forward_from_ip   client network                    "Command RCPT OK (relaying allowed)"
 //   forward_from      sender domain (forgeable!)        "Command RCPT OK (forward_from allowed)"
@@ -23,6 +24,7 @@ export function relayCheck(relay: Config['relay'], store: Store | undefined, fai
     phase: 'rcpt',
     async run(ctx) {
       const ok = (log: string) => ({ kind: 'accept' as const, check: 'relay', log });
+      if (relay.auth_allow_relay && ctx.session.authUser !== undefined) return ok('Command RCPT OK (authenticated channel)');
       if (relayTo.has(ctx.rcpt.domain)) return ok('Command RCPT OK (relay_to allowed)');
       if (allowedIps.has(ctx.session.remoteIp)) return ok('Command RCPT OK (relaying allowed)');
       if (ctx.tx.mailFrom.domain !== '' && forwardFrom.has(ctx.tx.mailFrom.domain)) return ok('Command RCPT OK (forward_from allowed)');

@@ -1,0 +1,27 @@
+// Who may authenticate: the password file, or Dovecot's auth service (auth.dovecot_socket).
+import type { Config } from '../config/schema.ts';
+import { DovecotAuth } from './dovecot.ts';
+import { PasswordFile } from './passwords.ts';
+
+export interface AuthClient {
+  readonly ip: string;
+  readonly localIp: string;
+  /** TLS is on, or the client may authenticate in plaintext. */
+  readonly secured: boolean;
+}
+
+export interface Authenticator {
+  /** true: the password is right; false: wrong user or password (never says which); throws: backend down. */
+  verify(user: string, password: string, client: AuthClient): Promise<boolean>;
+  close(): void;
+}
+
+export function createAuthenticator(config: Config): Authenticator {
+  const socket = config.auth.dovecot_socket;
+  if (socket !== undefined) {
+    const dovecot = new DovecotAuth(socket);
+    return { verify: (u, p, c) => dovecot.verify(u, p, c), close: () => dovecot.close() };
+  }
+  const file = new PasswordFile(config.auth.users_file ?? `${config.data_dir}/users`);
+  return { verify: (u, p) => file.verify(u, p), close: () => undefined };
+}
