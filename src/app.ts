@@ -12,6 +12,7 @@ import { Forwarder } from './delivery/forwarder.ts';
 import { createTransport } from './delivery/index.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createAuthenticator, type Authenticator } from './auth/index.ts';
+import { startAdmin } from './admin/server.ts';
 import type { Logger } from './util/log.ts';
 
 export class App {
@@ -22,12 +23,18 @@ export class App {
   private spool: Spool | undefined;
   private store: Store | undefined;
   private authenticator: Authenticator | undefined;
+  private admin: { port: number; close(): Promise<void> } | undefined;
   private current: Config;
 
   constructor(config: Config, log: Logger) {
     this.config = config;
     this.current = config;
     this.log = log;
+  }
+
+  /** The admin API's port (admin.listen may say port 0), when it runs. */
+  get adminPort(): number | undefined {
+    return this.admin?.port;
   }
 
   get pidFile(): string {
@@ -45,6 +52,7 @@ export class App {
     this.log.info({ queued: this.forwarder.queued, deliver: transport.name }, 'queue loaded');
     this.server = new SmtpServer(this.sessionDeps(config));
     const bound = await this.server.listen();
+    this.admin = await startAdmin(config, this.store, this.log);
     await fsp.writeFile(this.pidFile, `${process.pid}\n`);
     return bound;
   }
@@ -95,6 +103,7 @@ export class App {
   async stop(graceMs = 30_000): Promise<void> {
     this.log.info('stopping');
     await this.server?.close(graceMs);
+    await this.admin?.close();
     await this.forwarder?.stop(graceMs);
     this.spool?.close();
     await this.store?.close();

@@ -526,3 +526,12 @@ describe('fuzz', () => {
     assert.ok(errors > 100, `only ${errors} documents were refused`);
   });
 });
+
+test('relay.forward_from is accepted with a warning that it is a relaying hole; admin.listen needs a token', () => {
+  const { warnings } = parseConfigText('relay:\n  forward_from: [example.com]\n', 'f.yaml', os.tmpdir());
+  assert.equal(warnings.length, 1);
+  assert.equal(warnings[0]?.key, 'relay.forward_from');
+  assert.equal(warnings[0]?.line, 2);
+  assert.match(warnings[0]?.message ?? '', /relaying hole/);
+  assert.throws(() => parseConfigText('admin:\n  listen: 127.0.0.1:8025\n', 'f.yaml', os.tmpdir()), (err: ConfigError) => err.problems.some((p) => p.key === 'admin.token'));
+});

@@ -161,6 +161,19 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
       warnings.push(at(nodeOffset(node), `listen[${i}]`, `${entry} is not a loopback address and tls is not configured: AUTH and STARTTLS unavailable`));
     });
   }
+  if (config.relay.forward_from.length > 0) {
+    // DMail's own warning: anyone can put these domains in MAIL FROM.
+    warnings.push(
+      at(
+        nodeOffset(locate(doc, ['relay', 'forward_from'])),
+        'relay.forward_from',
+        `lets anyone who forges a sender @${config.relay.forward_from.join(', @')} relay through this server: a relaying hole (open relay lists will find it); prefer auth_allow_relay with SMTP AUTH`,
+      ),
+    );
+  }
+  if (config.admin.listen !== undefined && !isLoopbackListen(config.admin.listen)) {
+    warnings.push(at(nodeOffset(locate(doc, ['admin', 'listen'])), 'admin.listen', `${config.admin.listen} is not a loopback address: the admin API is reachable from the network`));
+  }
   return { config, warnings: sortMessages(warnings) };
 }
 

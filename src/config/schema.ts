@@ -170,6 +170,17 @@ export const configSchema = z.strictObject({
       bounce: z.boolean().default(true),
     })
     .prefault({}),
+  admin: z
+    .strictObject({
+      /** The admin HTTP API (host:port): loopback only, please. Off unless set. */
+      listen: hostPort.optional(),
+      /** The bearer token every API call must carry (Authorization: Bearer TOKEN). */
+      token: z.string().min(16, 'use a token of at least 16 characters').optional(),
+    })
+    .prefault({})
+    .superRefine((a, ctx) => {
+      if (a.listen !== undefined && a.token === undefined) ctx.addIssue({ code: 'custom', path: ['token'], message: 'admin.listen needs admin.token' });
+    }),
   log: z
     .strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),

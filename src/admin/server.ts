@@ -1,0 +1,68 @@
+// The admin HTTP API (admin.listen, loopback): today the relayers table, so a POP/IMAP server or
+// a webmail can report a login ("the HTTP way in" of POP-before-SMTP), and a health check.
+//   GET    /healthz                 200 "ok" (no token)
+//   GET    /api/relayers            [{ "ip": "192.0.2.1", "at": 1795300000 }, …]
+//   POST   /api/relayers/<ip>       a login from <ip> now (or ?at=<epoch seconds>)
+//   DELETE /api/relayers/<ip>
+// Every /api call carries `Authorization: Bearer <admin.token>`; the comparison is constant-time.
+import http from 'node:http';
+import net from 'node:net';
+import crypto from 'node:crypto';
+import { parseHostPort, type Config } from '../config/schema.ts';
+import type { Store } from '../store/store.ts';
+import type { Logger } from '../util/log.ts';
+
+function send(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = typeof body === 'string' ? body + '\n' : JSON.stringify(body) + '\n';
+  res.writeHead(status, { 'content-type': typeof body === 'string' ? 'text/plain; charset=utf-8' : 'application/json' });
+  res.end(text);
+}
+
+function authorized(req: http.IncomingMessage, token: string): boolean {
+  const given = Buffer.from(/^Bearer (.+)$/.exec(req.headers.authorization ?? '')?.[1] ?? '');
+  const want = Buffer.from(token);
+  return given.length === want.length && crypto.timingSafeEqual(given, want);
+}
+
+export async function startAdmin(config: Config, store: Store, log: Logger): Promise<{ port: number; close(): Promise<void> } | undefined> {
+  const { listen, token } = config.admin;
+  if (listen === undefined || token === undefined) return undefined;
+  const hp = parseHostPort(listen) as { host: string; port: number };
+  const server = http.createServer((req, res) => {
+    void handle(req, res).catch((err: Error) => {
+      log.warn({ err: err.message }, 'admin API error');
+      if (!res.headersSent) send(res, err.name === 'StoreUnavailable' ? 503 : 500, { error: err.message });
+    });
+  });
+  async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const url = new URL(req.url ?? '/', 'http://admin');
+    if (url.pathname === '/healthz' && req.method === 'GET') return send(res, 200, 'ok');
+    if (!url.pathname.startsWith('/api/')) return send(res, 404, { error: 'not found' });
+    if (!authorized(req, token as string)) return send(res, 401, { error: 'missing or wrong bearer token' });
+    if (url.pathname === '/api/relayers' && req.method === 'GET') return send(res, 200, await store.relayerList());
+    const m = /^\/api\/relayers\/([^/]+)$/.exec(url.pathname);
+    if (!m) return send(res, 404, { error: 'not found' });
+    const ip = decodeURIComponent(m[1] as string);
+    if (net.isIP(ip) === 0) return send(res, 400, { error: `"${ip}" is not an IP address` });
+    if (req.method === 'POST') {
+      const atText = url.searchParams.get('at');
+      if (atText !== null && !/^\d{1,12}$/.test(atText)) return send(res, 400, { error: 'at must be epoch seconds' });
+      const at = atText === null ? Math.floor(Date.now() / 1000) : Number(atText);
+      await store.relayerAdd(ip, at, config.relay.relayers_keep);
+      log.info({ check: 'forward_user', ip, via: 'admin' }, 'POP-before-SMTP login');
+      return send(res, 200, { ip, at });
+    }
+    if (req.method === 'DELETE') return send(res, 200, { deleted: await store.relayerDelete([ip]) });
+    return send(res, 405, { error: 'method not allowed' });
+  }
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(hp.port, hp.host, () => resolve());
+  });
+  const port = (server.address() as net.AddressInfo).port;
+  log.info({ admin: `${hp.host}:${port}` }, 'admin API listening');
+  return {
+    port,
+    close: () => new Promise<void>((r) => server.close(() => r())),
+  };
+}
