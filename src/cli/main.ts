@@ -7,6 +7,7 @@ import { createLogger } from '../util/log.ts';
 import { queueDelete, queueFlush, queueList, queueShow } from './queue.ts';
 import { relayCommand } from './relay.ts';
 import { userCommand } from './user.ts';
+import { relaytestMain } from './relaytest.ts';
 
 // Spool fsyncs run in libuv's thread pool; the default 4 threads would serialise them.
 process.env.UV_THREADPOOL_SIZE ??= '16';
@@ -138,6 +139,17 @@ program
       console.error(`mxguard user: ${(err as Error).message}`);
       process.exitCode = 1;
     }
+  });
+
+program
+  .command('relaytest')
+  .description('probe an SMTP server with the classic open-relay tests (never DATA): HOST[:PORT] [--local-domain D] [--helo NAME] [--probe-domain D] [--timeout T]; exit 1 if any probe relayed, 2 if it could not test')
+  .helpOption(false)
+  .allowUnknownOption()
+  .allowExcessArguments()
+  .argument('[args...]', 'HOST[:PORT] and options; --help for details')
+  .action(async (args: string[]) => {
+    process.exitCode = await relaytestMain(args);
   });
 
 await program.parseAsync(process.argv);

@@ -7,13 +7,17 @@ import { localDomainsCheck } from './checks/local_domains.ts';
 import { maxRcptsCheck } from './checks/max_rcpts.ts';
 import { relayCheck } from './checks/relay.ts';
 import { tarpitCheck } from './checks/tarpit.ts';
+import { relayProbeCheck, relayRulesAllow } from './checks/relay_probe.ts';
 
 export function buildChecks(config: Config, store?: Store): AnyCheck[] {
   const checks: AnyCheck[] = [];
   if (config.smtp.early_talker === 'reject') checks.push(earlyTalkerCheck());
   checks.push(maxRcptsCheck(config.limits.max_rcpts));
   if (config.limits.tarpit_start > 0) checks.push(tarpitCheck(config.limits.tarpit_start, config.limits.tarpit_delay, config.limits.tarpit_except));
+  const relay = relayCheck(config.relay, store, config.store.fail_open);
+  // Before local_domains: user%victim.test@example.test must not pass as local mail.
+  checks.push(relayProbeCheck(config.local_domains, [], relayRulesAllow(relay)));
   checks.push(localDomainsCheck(config.local_domains));
-  checks.push(relayCheck(config.relay, store, config.store.fail_open));
+  checks.push(relay);
   return checks;
 }

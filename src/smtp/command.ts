@@ -44,6 +44,8 @@ export interface Address {
   domain: string;
   /** Needs SMTPUTF8 (non-ASCII octets). */
   utf8: boolean;
+  /** An obsolete source route the client gave and we dropped ("@a.example,@b.example"): a relay-probe sign. */
+  sourceRoute?: string;
 }
 
 export interface PathParams {
@@ -93,9 +95,11 @@ export function parsePath(arg: string, keyword: 'FROM' | 'TO'): ParsedPath {
   if (params === undefined) return { ok: false, code: 501, enhanced: '5.5.4', text: 'Bad parameter syntax' };
 
   // Drop an obsolete source route: <@a.example,@b.example:user@c.example>.
+  let sourceRoute: string | undefined;
   if (path.startsWith('@')) {
     const colon = path.indexOf(':');
     if (colon === -1) return syntax('Bad address syntax: broken source route');
+    sourceRoute = path.slice(0, colon);
     path = path.slice(colon + 1);
   }
   if (path === '') {
@@ -104,6 +108,7 @@ export function parsePath(arg: string, keyword: 'FROM' | 'TO'): ParsedPath {
   }
   const address = parseMailbox(path, keyword === 'TO');
   if (typeof address === 'string') return syntax(address);
+  if (sourceRoute !== undefined) address.sourceRoute = sourceRoute;
   return { ok: true, address, params };
 }
 
