@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Installs the Debian peers the tests drive (swaks, Postfix's smtp-source/smtp-sink and a
-# private Postfix, Dovecot LMTP, redis-server, openssl) when they are missing. Runs as `npm test`'s pretest
+# private Postfix, Dovecot LMTP/POP3/IMAP, redis-server, openssl) when they are missing. Runs as `npm test`'s pretest
 # step, so a fresh Debian 12 machine needs nothing else. Quick when all is there already.
 set -euo pipefail
 
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl)
 { [ -x /usr/sbin/smtp-sink ] && [ -x /usr/sbin/smtp-source ] && [ -x /usr/sbin/postfix ]; } || need+=(postfix)
-{ [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/lmtp ]; } || need+=(dovecot-core dovecot-lmtpd)
+{ [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/lmtp ] && [ -e /usr/lib/dovecot/pop3-login ] && [ -e /usr/lib/dovecot/imap-login ]; } || need+=(dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 

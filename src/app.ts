@@ -13,6 +13,7 @@ import { createTransport } from './delivery/index.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createAuthenticator, type Authenticator } from './auth/index.ts';
 import { startAdmin } from './admin/server.ts';
+import { startLogWatcher, type LogWatcher } from './relayers/log-watcher.ts';
 import type { Logger } from './util/log.ts';
 
 export class App {
@@ -24,6 +25,7 @@ export class App {
   private store: Store | undefined;
   private authenticator: Authenticator | undefined;
   private admin: { port: number; close(): Promise<void> } | undefined;
+  private popWatcher: LogWatcher | undefined;
   private current: Config;
 
   constructor(config: Config, log: Logger) {
@@ -46,6 +48,7 @@ export class App {
     await fsp.mkdir(config.data_dir, { recursive: true });
     this.spool = await Spool.open(path.join(config.data_dir, 'spool'));
     this.store = await openStore(config, this.log);
+    this.popWatcher = this.watchPopLogs(config);
     const transport = createTransport(config, this.log);
     this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });
     await this.forwarder.rescan();
@@ -71,6 +74,13 @@ export class App {
     };
   }
 
+  /** Follows relay.pop_logs: each POP/IMAP login lets its IP relay (POP-before-SMTP). */
+  private watchPopLogs(config: Config): LogWatcher | undefined {
+    const r = config.relay;
+    if (r.pop_logs.length === 0 || !this.store) return undefined;
+    return startLogWatcher({ files: r.pop_logs, pattern: r.pop_log_pattern, store: this.store, keepMs: r.relayers_keep, log: this.log });
+  }
+
   /** The password checker; a new one when the auth settings change (SIGHUP). */
   private authenticatorFor(config: Config): Authenticator {
     if (!this.authenticator || JSON.stringify(config.auth) !== JSON.stringify(this.current.auth)) {
@@ -91,6 +101,11 @@ export class App {
     }
     this.server?.reload(deps);
     this.forwarder?.reload(next);
+    const watched = (c: Config) => JSON.stringify([c.relay.pop_logs, c.relay.pop_log_pattern, c.relay.relayers_keep]);
+    if (watched(next) !== watched(this.current)) {
+      void this.popWatcher?.stop();
+      this.popWatcher = this.watchPopLogs(next);
+    }
     this.current = next;
     this.log.info('configuration reloaded');
   }
@@ -106,6 +121,7 @@ export class App {
     await this.admin?.close();
     await this.forwarder?.stop(graceMs);
     this.spool?.close();
+    await this.popWatcher?.stop();
     await this.store?.close();
     this.authenticator?.close();
     await fsp.rm(this.pidFile, { force: true });

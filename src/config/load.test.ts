@@ -535,3 +535,9 @@ test('relay.forward_from is accepted with a warning that it is a relaying hole; 
   assert.match(warnings[0]?.message ?? '', /relaying hole/);
   assert.throws(() => parseConfigText('admin:\n  listen: 127.0.0.1:8025\n', 'f.yaml', os.tmpdir()), (err: ConfigError) => err.problems.some((p) => p.key === 'admin.token'));
 });
+
+test('an unanchored relay.pop_log_pattern gets a warning: forged user names could match it', () => {
+  const unanchored = parseConfigText("relay:\n  pop_log_pattern: 'Login: .*rip=(?<ip>[0-9.]+)'\n", 'f.yaml', os.tmpdir());
+  assert.equal(unanchored.warnings[0]?.key, 'relay.pop_log_pattern');
+  assert.equal(parseConfigText("relay:\n  pop_log_pattern: '^\\S+ \\S+ pop3-login: Info: Login: .*rip=(?<ip>[0-9.]+)'\n", 'f.yaml', os.tmpdir()).warnings.length, 0);
+});

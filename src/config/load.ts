@@ -171,6 +171,11 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
       ),
     );
   }
+  const popPattern = config.relay.pop_log_pattern;
+  if (popPattern !== undefined && !popPattern.startsWith('^')) {
+    // Dovecot logs a failed login's user name verbatim: a name shaped like a login line would match.
+    warnings.push(at(nodeOffset(locate(doc, ['relay', 'pop_log_pattern'])), 'relay.pop_log_pattern', 'is not anchored with ^: a failed login whose user name looks like a login line would match it and open the relay'));
+  }
   if (config.admin.listen !== undefined && !isLoopbackListen(config.admin.listen)) {
     warnings.push(at(nodeOffset(locate(doc, ['admin', 'listen'])), 'admin.listen', `${config.admin.listen} is not a loopback address: the admin API is reachable from the network`));
   }
