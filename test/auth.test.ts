@@ -62,6 +62,21 @@ function swaks(app: TestApp, args: string[]) {
   return runSwaks(['--server', '127.0.0.1', '--port', String(app.port), '--from', 'alice@example.test', '--to', 'friend@far.test', ...args]);
 }
 
+test('mxguard user delete removes a user, and says so when there is none', () => {
+  const cfg = path.join(dir, 'cli.yaml');
+  const run = (args: string[], input = '') => spawnSync(process.execPath, [MAIN, 'user', '-c', cfg, ...args], { input, encoding: 'utf8' });
+  assert.equal(run(['add', 'erin'], 'temporary\n').status, 0);
+  assert.match(run(['list']).stdout, /^erin$/m);
+  const del = run(['delete', 'erin']);
+  assert.equal(del.status, 0, del.stderr);
+  assert.doesNotMatch(run(['list']).stdout, /erin/);
+  const again = run(['delete', 'erin']);
+  assert.equal(again.status, 1);
+  assert.match(again.stderr, /no such user: erin/);
+  assert.equal(run(['add', 'bad:name'], 'x\n').status, 1, 'a colon cannot be in a user name');
+  assert.equal(run(['add', 'nopassword'], '').status, 1, 'no password on standard input');
+});
+
 test('AUTH PLAIN and LOGIN with swaks over STARTTLS; the relay opens for the authenticated (auth_allow_relay)', async () => {
   await withApp(strict(), async (app) => {
     for (const mech of ['PLAIN', 'LOGIN']) {

@@ -152,3 +152,13 @@ test('Redis stops mid-session: the RCPT that needs it gets 451 4.3.0, then every
     await redis.stop();
   }
 });
+
+test('store.fail_open: with Redis away, POP-before-SMTP cannot grant, so the RCPT is refused (554), never relayed', async () => {
+  const redis = await startRedis();
+  const url = redis.url;
+  await redis.stop(); // the store is unreachable from the start
+  await withApp({ relay: { ...CLOSED, forward_user: true }, store: { backend: 'redis', redis_url: url, fail_open: true } }, async (app) => {
+    assert.equal(await rcpt(app, 'a@src.test', 'x@far.test'), '554 5.7.1 <x@far.test>: Relay access denied');
+    assert.equal(await rcpt(app, 'a@src.test', 'local@example.test'), '250 2.1.5 Ok');
+  });
+});
