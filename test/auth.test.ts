@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
-import { startTestApp, type TestApp } from './harness/app.ts';
+import { withTestApp as withApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import { runSwaks, startDovecotAuth } from './harness/peers.ts';
 import type { ConfigInput } from '../src/config/schema.ts';
@@ -47,15 +47,6 @@ function strict(extra: { auth?: ConfigInput['auth'] } = {}): Partial<ConfigInput
     auth: { users_file: usersFile, plaintext_from: [], ...extra.auth },
     relay: { forward_from_ip: ['192.0.2.0/24'], auth_allow_relay: true },
   };
-}
-
-async function withApp(overrides: Partial<ConfigInput>, fn: (app: TestApp) => Promise<void>): Promise<void> {
-  const app = await startTestApp(overrides);
-  try {
-    await fn(app);
-  } finally {
-    await app.stop();
-  }
 }
 
 function swaks(app: TestApp, args: string[]) {

@@ -18,6 +18,7 @@ import {
   freePort,
   maildirFiles,
   makeTempDir,
+  probeBanner,
   parseSinkDump,
   runSwaks,
   startDovecotLmtp,
@@ -161,26 +162,6 @@ function spawnDaemon(cmd: string, args: readonly string[], opts: { cwd?: string;
       return code;
     },
   };
-}
-
-/** Connects and reads one line: true for a 220 banner. */
-function banner(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port });
-    let buf = '';
-    const done = (ok: boolean): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), 1000);
-    s.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      if (buf.includes('\n')) done(buf.startsWith('220'));
-    });
-    s.on('error', () => done(false));
-    s.on('close', () => done(false));
-  });
 }
 
 function canConnect(port: number): Promise<boolean> {
@@ -535,7 +516,7 @@ async function sinkOnPort(port: number, dumpDir: string, logFile: string): Promi
   await fsp.mkdir(dumpDir, { recursive: true });
   await fsp.chown(dumpDir, 65534, 65534);
   const d = spawnDaemon('smtp-sink', ['-u', 'nobody', '-c', '-d', `${dumpDir}/%Y%m%d%H%M%S.`, `127.0.0.1:${port}`, '128'], { logFile });
-  const ready = await waitUntil(async () => d.child.exitCode !== null || (await banner(port)), 10_000, 50);
+  const ready = await waitUntil(async () => d.child.exitCode !== null || (await probeBanner(port)), 10_000, 50);
   if (!ready || d.child.exitCode !== null) {
     await d.stop();
     throw new Error(`smtp-sink on ${port} did not start: ${readFrom(logFile, 0)}`);

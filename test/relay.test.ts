@@ -8,10 +8,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
-import { startTestApp, type TestApp } from './harness/app.ts';
+import { withTestApp as withApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import { startRedis } from './harness/peers.ts';
-import type { ConfigInput } from '../src/config/schema.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/cli/main.ts');
 // Loopback is not a relay network in these tests, so each rule has to earn its accept.
@@ -31,15 +30,6 @@ async function rcpt(app: TestApp, from: string, to: string): Promise<string> {
 
 function logged(app: TestApp, to: string): string[] {
   return app.logs().filter((l) => l.rcpt === to && l.phase === 'rcpt').map((l) => String(l.msg));
-}
-
-async function withApp(overrides: Partial<ConfigInput>, fn: (app: TestApp) => Promise<void>): Promise<void> {
-  const app = await startTestApp(overrides);
-  try {
-    await fn(app);
-  } finally {
-    await app.stop();
-  }
 }
 
 test('DMail matrix: forward_from_ip', async () => {

@@ -109,37 +109,27 @@ queue.command('show <id>').description('show one message: envelope, delivery sta
 queue.command('flush').description('retry every deferred message now').action(withQueueConfig(queueFlush));
 queue.command('delete <id>').description('remove a message from the queue').action(withQueueConfig(queueDelete));
 
-program
-  .command('relay')
-  .description('POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]')
-  .option('-c, --config <file>', 'YAML configuration file')
-  .argument('<command>', 'add, delete, expire, list, dump or load')
-  .argument('[args...]', 'IP addresses, ticks (epoch seconds) or minutes')
-  .action(async (command: string, args: string[], opts: { config?: string }) => {
-    try {
-      const out = await relayCommand(await loadConfig(opts.config), command, args);
-      if (out !== '') console.log(out);
-    } catch (err) {
-      console.error(`mxguard relay: ${(err as Error).message}`);
-      process.exitCode = 1;
-    }
-  });
+/** `mxguard NAME [-c FILE] <command> [args...]`: runs `fn`, prints its output; errors exit 1. */
+function subcommands(name: string, description: string, args: string, fn: (config: Config, command: string, args: readonly string[]) => Promise<string>): void {
+  program
+    .command(name)
+    .description(description)
+    .option('-c, --config <file>', 'YAML configuration file')
+    .argument('<command>')
+    .argument('[args...]', args)
+    .action(async (command: string, rest: string[], opts: { config?: string }) => {
+      try {
+        const out = await fn(await loadConfig(opts.config), command, rest);
+        if (out !== '') console.log(out);
+      } catch (err) {
+        console.error(`mxguard ${name}: ${(err as Error).message}`);
+        process.exitCode = 1;
+      }
+    });
+}
 
-program
-  .command('user')
-  .description('SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list')
-  .option('-c, --config <file>', 'YAML configuration file')
-  .argument('<command>', 'add, delete or list')
-  .argument('[users...]', 'user names')
-  .action(async (command: string, users: string[], opts: { config?: string }) => {
-    try {
-      const out = await userCommand(await loadConfig(opts.config), command, users);
-      if (out !== '') console.log(out);
-    } catch (err) {
-      console.error(`mxguard user: ${(err as Error).message}`);
-      process.exitCode = 1;
-    }
-  });
+subcommands('relay', 'POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]', 'IP addresses, ticks (epoch seconds) or minutes', relayCommand);
+subcommands('user', 'SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list', 'user names', userCommand);
 
 program
   .command('relaytest')

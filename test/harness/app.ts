@@ -65,3 +65,13 @@ export async function startTestApp(overrides: Partial<ConfigInput> = {}): Promis
     },
   };
 }
+
+/** Runs `fn` against a fresh test app and stops it afterwards, pass or fail. */
+export async function withTestApp(overrides: Partial<ConfigInput>, fn: (app: TestApp) => Promise<void>): Promise<void> {
+  const app = await startTestApp(overrides);
+  try {
+    await fn(app);
+  } finally {
+    await app.stop();
+  }
+}

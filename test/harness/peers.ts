@@ -168,27 +168,36 @@ function readTail(file: string, max = 8000): string {
 }
 
 /** Connects and reads the first reply line; true when it is a 220 banner. */
-function probeBanner(port: number, timeoutMs = 1000): Promise<boolean> {
+/**
+ * Connects, optionally sends `send`, and resolves with whether the first line that comes back
+ * passes `accept`; false on error, close or timeout.
+ */
+export function probeFirstLine(port: number, accept: (line: string) => boolean, send?: string, timeoutMs = 1000): Promise<boolean> {
   return new Promise((resolve) => {
     const sock = net.connect({ host: '127.0.0.1', port });
     let buf = '';
     const done = (ok: boolean): void => {
       clearTimeout(timer);
       sock.removeAllListeners('data');
-      if (ok) sock.end('QUIT\r\n');
       sock.destroy();
       resolve(ok);
     };
     const timer = setTimeout(() => done(false), timeoutMs);
     sock.setEncoding('latin1');
     sock.on('error', () => done(false));
+    if (send !== undefined) sock.on('connect', () => sock.write(send));
     sock.on('data', (d: string) => {
       buf += d;
       const nl = buf.indexOf('\n');
-      if (nl !== -1) done(buf.startsWith('220'));
+      if (nl !== -1) done(accept(buf.slice(0, nl)));
     });
     sock.on('close', () => done(false));
   });
+}
+
+/** An SMTP/LMTP server is up: its first line is a 220 banner. */
+export function probeBanner(port: number, timeoutMs = 1000): Promise<boolean> {
+  return probeFirstLine(port, (l) => l.startsWith('220'), undefined, timeoutMs);
 }
 
 interface Spawned {
@@ -553,6 +562,32 @@ export interface DovecotOptions {
 }
 
 /** Dovecot's LMTP service alone (`dovecot -c FILE -F`), delivering to <dir>/mail/<domain>/<user>/Maildir. */
+/**
+ * Writes `conf` as dir/dovecot.conf, runs `dovecot -c FILE -F` and waits for its LMTP banner on
+ * `port`; stop() ends it and removes `dir`.
+ */
+async function runDovecot(dir: string, conf: readonly string[], port: number, logFile: string): Promise<{ pid: number; stop(): Promise<void> }> {
+  const confFile = path.join(dir, 'dovecot.conf');
+  await fsp.writeFile(confFile, conf.join('\n') + '\n');
+  const sp = spawnDaemon('dovecot', ['-c', confFile, '-F'], { cwd: dir });
+  const token = track(() => killGroup(sp.pid, 'SIGKILL'));
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    await stopDaemon(sp, 'SIGTERM');
+    untrack(token);
+    await fsp.rm(dir, { recursive: true, force: true });
+  };
+  try {
+    await waitReady('dovecot', port, sp, () => readTail(logFile));
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return { pid: sp.pid, stop };
+}
+
 export async function startDovecotLmtp(opts: DovecotOptions = {}): Promise<MailStorePeer> {
   return withPortRetry(async (port) => {
     const dir = await makeTempDir('dovecot');
@@ -586,28 +621,11 @@ export async function startDovecotLmtp(opts: DovecotOptions = {}): Promise<MailS
       userdb,
       `service lmtp {\n  inet_listener lmtp {\n    address = 127.0.0.1\n    port = ${port}\n  }\n}`,
     ];
-    const confFile = path.join(dir, 'dovecot.conf');
-    await fsp.writeFile(confFile, conf.join('\n') + '\n');
-    const sp = spawnDaemon('dovecot', ['-c', confFile, '-F'], { cwd: dir });
-    const token = track(() => killGroup(sp.pid, 'SIGKILL'));
-    let stopped = false;
-    const stop = async (): Promise<void> => {
-      if (stopped) return;
-      stopped = true;
-      await stopDaemon(sp, 'SIGTERM');
-      untrack(token);
-      await fsp.rm(dir, { recursive: true, force: true });
-    };
-    try {
-      await waitReady('dovecot', port, sp, () => readTail(logFile));
-    } catch (err) {
-      await stop();
-      throw err;
-    }
+    const { pid, stop } = await runDovecot(dir, conf, port, logFile);
     return {
       name: 'dovecot',
       port,
-      pid: sp.pid,
+      pid,
       dir,
       maildirFor: (addr: string) => {
         const a = addr.toLowerCase();
@@ -656,22 +674,7 @@ export interface RedisPeer extends Peer {
 
 /** PING → +PONG: Redis is up and answering. */
 function probeRedis(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect({ host: '127.0.0.1', port });
-    let buf = '';
-    const done = (ok: boolean): void => {
-      clearTimeout(timer);
-      s.destroy();
-      resolve(ok);
-    };
-    const timer = setTimeout(() => done(false), 1000);
-    s.on('connect', () => s.write('PING\r\n'));
-    s.on('data', (d: Buffer) => {
-      buf += d.toString('latin1');
-      if (buf.includes('\r\n')) done(buf.startsWith('+PONG'));
-    });
-    s.on('error', () => done(false));
-  });
+  return probeFirstLine(port, (l) => l.startsWith('+PONG'), 'PING\r\n');
 }
 
 /** A throwaway redis-server on loopback, nothing saved to disk (PEERS.md); `port` to reuse one. */
@@ -736,24 +739,7 @@ export async function startDovecotAuth(users: Readonly<Record<string, string>>):
       'service auth {\n  unix_listener auth-client {\n    mode = 0666\n  }\n}',
       `service lmtp {\n  inet_listener lmtp {\n    address = 127.0.0.1\n    port = ${port}\n  }\n}`,
     ];
-    const confFile = path.join(dir, 'dovecot.conf');
-    await fsp.writeFile(confFile, conf.join('\n') + '\n');
-    const sp = spawnDaemon('dovecot', ['-c', confFile, '-F'], { cwd: dir });
-    const token = track(() => killGroup(sp.pid, 'SIGKILL'));
-    let stopped = false;
-    const stop = async (): Promise<void> => {
-      if (stopped) return;
-      stopped = true;
-      await stopDaemon(sp, 'SIGTERM');
-      untrack(token);
-      await fsp.rm(dir, { recursive: true, force: true });
-    };
-    try {
-      await waitReady('dovecot', port, sp, () => readTail(logFile));
-    } catch (err) {
-      await stop();
-      throw err;
-    }
-    return { name: 'dovecot-auth', port, pid: sp.pid, socket: path.join(dir, 'run', 'auth-client'), log: () => readTail(logFile, 1_000_000), stop };
+    const { pid, stop } = await runDovecot(dir, conf, port, logFile);
+    return { name: 'dovecot-auth', port, pid, socket: path.join(dir, 'run', 'auth-client'), log: () => readTail(logFile, 1_000_000), stop };
   });
 }
