@@ -170,6 +170,14 @@ export const configSchema = z.strictObject({
       bounce: z.boolean().default(true),
     })
     .prefault({}),
+  dns: z
+    .strictObject({
+      /** Resolvers to ask (host:port); empty = the system's (/etc/resolv.conf). */
+      servers: z.array(hostPort).default([]),
+      /** Give up on one DNS question after this long: a timeout is never a reason to reject. */
+      timeout: duration.default(5000),
+    })
+    .prefault({}),
   admin: z
     .strictObject({
       /** The admin HTTP API (host:port): loopback only, please. Off unless set. */
