@@ -39,6 +39,17 @@ const domain = z
   .regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$/, 'not a domain name')
   .transform((d) => d.toLowerCase().replace(/\.$/, ''));
 
+/** reject | tempfail | score, for a check whose finding is a matter of policy (seed 002: reject or tag?). */
+const action = z.enum(['reject', 'tempfail', 'score']);
+
+const regex = z.string().superRefine((v, ctx) => {
+  try {
+    new RegExp(v, 'i');
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `not a regular expression: ${(err as Error).message}` });
+  }
+});
+
 const deliver = z.string().superRefine((v, ctx) => {
   if (!/^(smtp|lmtp):\/\/[^/]+:\d+$/.test(v) && !/^maildir:.+/.test(v)) {
     ctx.addIssue({ code: 'custom', message: `"${v}" is not smtp://host:port, lmtp://host:port or maildir:DIR` });
@@ -157,6 +168,40 @@ export const configSchema = z.strictObject({
       redis_prefix: z.string().default('mxguard:'),
       /** While the store is unreachable: false = checks that need it answer 451 4.3.0; true = they let mail pass. */
       fail_open: z.boolean().default(false),
+    })
+    .prefault({}),
+  ban: z
+    .strictObject({
+      /** DMail ban_ip: clients refused (at connect; answered at RCPT with smtp.delay_reject). */
+      ip: z.array(cidr).default([]),
+      /** DMail ban_mailfrom: sender patterns, shell style (`*@aol.com`). */
+      mailfrom: z.array(z.string().min(1)).default([]),
+      /** Sender regular expressions (qmail's qregex / badmailfrom), case-insensitive. */
+      mailfrom_regex: z.array(regex).default([]),
+      /** DMail ban_rcptto: recipient patterns, shell style. */
+      rcptto: z.array(z.string().min(1)).default([]),
+      action: action.default('reject'),
+      score: z.number().default(5),
+    })
+    .prefault({}),
+  helo: z
+    .strictObject({
+      /** Refuse MAIL from a client that never said HELO/EHLO. */
+      required: z.boolean().default(true),
+      /** localhost, localhost.localdomain, 127.x, [::1]. */
+      reject_localhost: z.boolean().default(true),
+      /** Our own hostname, or our IP address (bare or as a literal). */
+      reject_our_name: z.boolean().default(true),
+      /** An IP address that is not in brackets. */
+      reject_bare_ip: z.boolean().default(true),
+      /** An address literal that is not the client's own address. */
+      reject_literal_mismatch: z.boolean().default(true),
+      /** A name that is not a valid host name, or has no dot. */
+      reject_invalid: z.boolean().default(true),
+      /** More names to refuse, shell-style patterns (`*.dynamic.example.net`). */
+      reject_names: z.array(z.string().min(1)).default([]),
+      action: action.default('reject'),
+      score: z.number().default(3),
     })
     .prefault({}),
   queue: z

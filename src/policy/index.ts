@@ -8,11 +8,18 @@ import { maxRcptsCheck } from './checks/max_rcpts.ts';
 import { relayCheck } from './checks/relay.ts';
 import { tarpitCheck } from './checks/tarpit.ts';
 import { relayProbeCheck, relayRulesAllow } from './checks/relay_probe.ts';
+import { banIpCheck, banMailFromCheck, banRcptToCheck } from './checks/ban.ts';
+import { heloCheck } from './checks/helo.ts';
 
 export function buildChecks(config: Config, store?: Store): AnyCheck[] {
   const checks: AnyCheck[] = [];
   if (config.smtp.early_talker === 'reject') checks.push(earlyTalkerCheck());
+  const ban = config.ban;
+  if (ban.ip.length > 0) checks.push(banIpCheck(ban.ip, ban));
+  checks.push(heloCheck(config));
+  if (ban.mailfrom.length > 0 || ban.mailfrom_regex.length > 0) checks.push(banMailFromCheck(ban.mailfrom, ban.mailfrom_regex, ban));
   checks.push(maxRcptsCheck(config.limits.max_rcpts));
+  if (ban.rcptto.length > 0) checks.push(banRcptToCheck(ban.rcptto, ban));
   if (config.limits.tarpit_start > 0) checks.push(tarpitCheck(config.limits.tarpit_start, config.limits.tarpit_delay, config.limits.tarpit_except));
   const relay = relayCheck(config.relay, store, config.store.fail_open);
   // Before local_domains: user%victim.test@example.test must not pass as local mail.

@@ -335,6 +335,7 @@ export class Session {
 
   private async mail(arg: string): Promise<void> {
     if (this.tx) return this.error('503 5.5.1 Error: nested MAIL command');
+    if (this.info.helo === undefined && this.config.helo.required) return this.error('503 5.5.1 Error: send HELO/EHLO first');
     const parsed = parsePath(arg, 'FROM');
     if (!parsed.ok) return this.error(`${parsed.code} ${parsed.enhanced} ${parsed.text}`);
     const { address, params } = parsed;
@@ -376,7 +377,10 @@ export class Session {
       rcpt = { ...rcpt, address: `postmaster@${domain}`, domain };
     }
     if (rcpt.utf8 && tx.params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
-    const delayed = this.delayed ?? tx.delayed;
+    // A HELO refusal is waived for a client that has since authenticated (Postfix evaluates HELO
+    // restrictions at RCPT, after permit_sasl_authenticated): laptops often say odd HELO names.
+    const sessionRefusal = this.delayed?.check === 'helo' && this.info.authUser !== undefined ? undefined : this.delayed;
+    const delayed = sessionRefusal ?? tx.delayed;
     if (delayed) {
       this.logDecision('rcpt', delayed, rcpt);
       return this.error(refusalReply(delayed));
