@@ -215,6 +215,7 @@ function finish(parsed: Config, baseDir: string): Config {
   config.store.path = config.store.path === undefined ? path.join(config.data_dir, 'state.db') : path.resolve(baseDir, config.store.path);
   config.auth.users_file = config.auth.users_file === undefined ? path.join(config.data_dir, 'users') : path.resolve(baseDir, config.auth.users_file);
   config.relay.pop_logs = config.relay.pop_logs.map((f) => path.resolve(baseDir, f));
+  if (config.recipients.file !== undefined) config.recipients.file = path.resolve(baseDir, config.recipients.file);
   if (config.auth.dovecot_socket !== undefined && config.auth.dovecot_socket.includes('/')) config.auth.dovecot_socket = path.resolve(baseDir, config.auth.dovecot_socket);
   if (config.deliver === undefined) {
     config.deliver = `maildir:${path.join(config.data_dir, 'maildir')}`;

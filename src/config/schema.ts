@@ -170,6 +170,18 @@ export const configSchema = z.strictObject({
       fail_open: z.boolean().default(false),
     })
     .prefault({}),
+  recipients: z
+    .strictObject({
+      /** Valid local recipients, one address or @domain (catch-all) per line; re-read when it changes. Unset: every local address is taken. */
+      file: z.string().min(1).optional(),
+    })
+    .prefault({}),
+  mail_from: z
+    .strictObject({
+      /** Recipients a message from the null sender <> may have (a bounce goes to one address). */
+      null_sender_max_rcpts: z.number().int().positive().default(1),
+    })
+    .prefault({}),
   ban: z
     .strictObject({
       /** DMail ban_ip: clients refused (at connect; answered at RCPT with smtp.delay_reject). */
