@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian peers the tests drive (swaks, Postfix's smtp-source/smtp-sink and a
-# private Postfix, Dovecot LMTP/POP3/IMAP, redis-server, openssl) when they are missing. Runs as `npm test`'s pretest
+# private Postfix, Dovecot LMTP/POP3/IMAP, redis-server, rbldnsd, dnsmasq, openssl) when they
+# are missing. Runs as `npm test`'s pretest
 # step, so a fresh Debian 12 machine needs nothing else. Quick when all is there already.
 set -euo pipefail
 
@@ -10,6 +11,7 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks libnet-ssleay-perl libio-socket
 { [ -x /usr/sbin/dovecot ] && [ -e /usr/lib/dovecot/lmtp ] && [ -e /usr/lib/dovecot/pop3-login ] && [ -e /usr/lib/dovecot/imap-login ]; } || need+=(dovecot-core dovecot-lmtpd dovecot-pop3d dovecot-imapd)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+{ [ -x /usr/sbin/rbldnsd ] && [ -x /usr/sbin/dnsmasq ]; } || need+=(rbldnsd dnsmasq-base)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

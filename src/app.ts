@@ -14,6 +14,7 @@ import { openStore, type Store } from './store/index.ts';
 import { createAuthenticator, type Authenticator } from './auth/index.ts';
 import { startAdmin } from './admin/server.ts';
 import { startLogWatcher, type LogWatcher } from './relayers/log-watcher.ts';
+import { DnsResolver } from './dns/resolver.ts';
 import type { Logger } from './util/log.ts';
 
 export class App {
@@ -26,6 +27,7 @@ export class App {
   private authenticator: Authenticator | undefined;
   private admin: { port: number; close(): Promise<void> } | undefined;
   private popWatcher: LogWatcher | undefined;
+  private dns: DnsResolver | undefined;
   private current: Config;
 
   constructor(config: Config, log: Logger) {
@@ -64,7 +66,7 @@ export class App {
     const forwarder = this.forwarder as Forwarder;
     return {
       config,
-      policy: new PolicyEngine(buildChecks(config, this.store), this.log),
+      policy: new PolicyEngine(buildChecks(config, this.store, this.resolverFor(config)), this.log),
       spool: this.spool as Spool,
       log: this.log,
       tls: loadTlsContext(config),
@@ -72,6 +74,14 @@ export class App {
       store: this.store,
       authenticator: this.authenticatorFor(config),
     };
+  }
+
+  /** The DNS resolver (with its cache); a new one when dns settings change. */
+  private resolverFor(config: Config): DnsResolver {
+    if (!this.dns || JSON.stringify(config.dns) !== JSON.stringify(this.current.dns)) {
+      this.dns = new DnsResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeout, log: this.log });
+    }
+    return this.dns;
   }
 
   /** Follows relay.pop_logs: each POP/IMAP login lets its IP relay (POP-before-SMTP). */

@@ -5,6 +5,7 @@
 import fs from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { parseRulesFile, RulesError } from '../policy/rules/parse.ts';
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import { z } from 'zod';
 import { AddressList } from '../util/cidr.ts';
@@ -152,8 +153,26 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
 
   if (problems.length > 0 || !result.success) throw new ConfigError(sortMessages(problems));
 
-  // 5. Warnings about a valid config.
   const config = finish(result.data, baseDir);
+  // The rules file is part of the configuration: a line that does not parse is an error at
+  // that file's own line (mxguard check shows it; start refuses it; SIGHUP keeps the old one).
+  if (config.rules_file !== undefined) {
+    const where = nodeOffset(locate(doc, ['rules_file']));
+    let text: string | undefined;
+    try {
+      text = fs.readFileSync(config.rules_file, 'utf8');
+    } catch (err) {
+      throw new ConfigError([at(where, 'rules_file', `cannot read ${config.rules_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`)]);
+    }
+    try {
+      parseRulesFile(text, config.rules_file);
+    } catch (err) {
+      if (!(err instanceof RulesError)) throw err;
+      throw new ConfigError(err.problems.map((p) => ({ file: p.file, line: p.line, column: p.column, key: 'rules_file', message: p.message })));
+    }
+  }
+
+  // 5. Warnings about a valid config.
   if (!config.tls) {
     config.listen.forEach((entry, i) => {
       if (isLoopbackListen(entry)) return;
@@ -216,6 +235,7 @@ function finish(parsed: Config, baseDir: string): Config {
   config.auth.users_file = config.auth.users_file === undefined ? path.join(config.data_dir, 'users') : path.resolve(baseDir, config.auth.users_file);
   config.relay.pop_logs = config.relay.pop_logs.map((f) => path.resolve(baseDir, f));
   if (config.recipients.file !== undefined) config.recipients.file = path.resolve(baseDir, config.recipients.file);
+  if (config.rules_file !== undefined) config.rules_file = path.resolve(baseDir, config.rules_file);
   if (config.auth.dovecot_socket !== undefined && config.auth.dovecot_socket.includes('/')) config.auth.dovecot_socket = path.resolve(baseDir, config.auth.dovecot_socket);
   if (config.deliver === undefined) {
     config.deliver = `maildir:${path.join(config.data_dir, 'maildir')}`;

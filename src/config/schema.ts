@@ -2,6 +2,7 @@
 // Durations and sizes are written as strings ("2m", "25MB") and come out as milliseconds / bytes.
 // Key names follow the seed documents (DESIGN.md, "Settings come from the seeds").
 import os from 'node:os';
+import net from 'node:net';
 import { z } from 'zod';
 import { parseDuration, parseSize } from '../util/units.ts';
 import { cidrError } from '../util/cidr.ts';
@@ -57,6 +58,10 @@ const deliver = z.string().superRefine((v, ctx) => {
 });
 
 export const configSchema = z.strictObject({
+  /** The Obtuse smtpd rules file (seed 004): [allow|deny|noto]:SourceList:FromList:ToList[:XXX message]. */
+  rules_file: z.string().min(1).optional(),
+  /** Hold deny and noto answers of the rules file back this long (smtpd's noto_delay). */
+  noto_delay: duration.default(0),
   /** Our name in the banner, EHLO reply and Received header. */
   hostname: domain.default(os.hostname().toLowerCase()),
   listen: z.array(hostPort).min(1).default(['127.0.0.1:2525']),
@@ -229,8 +234,15 @@ export const configSchema = z.strictObject({
     .prefault({}),
   dns: z
     .strictObject({
-      /** Resolvers to ask (host:port); empty = the system's (/etc/resolv.conf). */
-      servers: z.array(hostPort).default([]),
+      /** Resolvers to ask (IP:port, as Node can only use addresses); empty = the system's (/etc/resolv.conf). */
+      servers: z
+        .array(
+          hostPort.superRefine((v, ctx) => {
+            const hp = parseHostPort(v);
+            if (hp && net.isIP(hp.host) === 0) ctx.addIssue({ code: 'custom', message: `"${v}": a DNS server is given by IP address, not by name` });
+          }),
+        )
+        .default([]),
       /** Give up on one DNS question after this long: a timeout is never a reason to reject. */
       timeout: duration.default(5000),
     })

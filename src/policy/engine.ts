@@ -41,7 +41,10 @@ export class PolicyEngine {
         result.delayMs += verdict.delayMs;
         this.log.info({ phase, check: verdict.check ?? check.name, delayMs: verdict.delayMs }, verdict.log ?? 'reply delayed');
       }
-      if (verdict.kind === 'continue') continue;
+      if (verdict.kind === 'continue') {
+        if (verdict.log && !verdict.delayMs) this.log.info({ phase, check: verdict.check ?? check.name }, verdict.log);
+        continue;
+      }
       if (verdict.kind === 'tag') {
         result.score += verdict.score;
         if (verdict.headers) result.headers.push(...verdict.headers);

@@ -11,8 +11,13 @@ import { relayProbeCheck, relayRulesAllow } from './checks/relay_probe.ts';
 import { banIpCheck, banMailFromCheck, banRcptToCheck } from './checks/ban.ts';
 import { heloCheck } from './checks/helo.ts';
 import { nullSenderCheck, recipientsCheck } from './checks/recipients.ts';
+import fs from 'node:fs';
+import { parseRulesFile } from './rules/parse.ts';
+import { rulesCheck } from './rules/check.ts';
+import { dnsRuleLookups } from './rules/lookups.ts';
+import type { DnsResolver } from '../dns/resolver.ts';
 
-export function buildChecks(config: Config, store?: Store): AnyCheck[] {
+export function buildChecks(config: Config, store?: Store, dns?: DnsResolver): AnyCheck[] {
   const checks: AnyCheck[] = [];
   if (config.smtp.early_talker === 'reject') checks.push(earlyTalkerCheck());
   const ban = config.ban;
@@ -23,6 +28,12 @@ export function buildChecks(config: Config, store?: Store): AnyCheck[] {
   checks.push(nullSenderCheck(config.mail_from.null_sender_max_rcpts));
   if (ban.rcptto.length > 0) checks.push(banRcptToCheck(ban.rcptto, ban));
   if (config.limits.tarpit_start > 0) checks.push(tarpitCheck(config.limits.tarpit_start, config.limits.tarpit_delay, config.limits.tarpit_except));
+  if (config.rules_file !== undefined && dns) {
+    // Read again here (the loader validated it): SIGHUP picks up an edited rules file.
+    const { rules } = parseRulesFile(fs.readFileSync(config.rules_file, 'utf8'), config.rules_file);
+    // After tarpit, before relay_probe and local_domains: deny and noto apply to local mail too.
+    checks.push(rulesCheck(rules, dnsRuleLookups(dns), { notoDelayMs: config.noto_delay, file: config.rules_file }));
+  }
   const relay = relayCheck(config.relay, store, config.store.fail_open);
   // Before local_domains: user%victim.test@example.test must not pass as local mail.
   checks.push(relayProbeCheck(config.local_domains, [], relayRulesAllow(relay)));

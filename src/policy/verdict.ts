@@ -7,7 +7,7 @@ export type Phase = 'connect' | 'helo' | 'mail' | 'rcpt' | 'data';
 export type Verdict = (
   | { kind: 'continue'; check?: string; log?: string }
   | { kind: 'accept'; check: string; log?: string }
-  | { kind: 'reject' | 'tempfail'; check: string; code: number; enhanced: string; text: string; setting?: string; log?: string }
+  | { kind: 'reject' | 'tempfail'; check: string; code: number; enhanced: string; text: string; setting?: string; log?: string; closeSession?: true }
   | { kind: 'tag'; check: string; score: number; headers?: string[]; log?: string }
   | { kind: 'discard'; check: string; log?: string }
 ) & { delayMs?: number };

@@ -389,7 +389,16 @@ export class Session {
     await this.hold(result);
     const final = result.final;
     if (final) this.logDecision('rcpt', final, rcpt);
-    if (final && (final.kind === 'reject' || final.kind === 'tempfail')) return this.error(refusalReply(final));
+    if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
+      if (final.closeSession) {
+        // smtpd's deny: the refusal, then 421 and the end of the session; pipelined input is dropped.
+        this.reply(refusalReply(final));
+        this.reply(`421 4.7.0 ${this.config.hostname} Service not available, closing transmission channel`);
+        this.buf = Buffer.alloc(0);
+        return this.close();
+      }
+      return this.error(refusalReply(final));
+    }
     tx.score += result.score;
     tx.headers.push(...result.headers);
     if (!tx.rcpts.some((r) => r.address === rcpt.address)) tx.rcpts.push(rcpt);
