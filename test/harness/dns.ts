@@ -19,60 +19,22 @@
 // - rbldnsd serves UDP only; it answers REFUSED for zones it does not serve.
 // - One burst of a few hundred UDP questions overflows the receive buffer of either daemon
 //   (about 200 KiB by default): packets are dropped, the client sees timeouts.
-import { spawn, type ChildProcess } from 'node:child_process';
 import dgram from 'node:dgram';
 import dns from 'node:dns';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { ptrName } from '../../src/dns/resolver.ts';
 import { freePort, makeTempDir, sleep, waitUntil } from './peers.ts';
+import { killGroup, spawnDaemon, stopDaemon, track, untrack, type Spawned } from './processes.ts';
 
 const READY_TIMEOUT_MS = 15_000;
-const STOP_TIMEOUT_MS = 10_000;
 const NOBODY_UID = 65534;
 const NOBODY_GID = 65534;
 
 // --- process bookkeeping (as in peers.ts) ---------------------------------------------------
 
-const live = new Map<number, () => void>();
-let liveSeq = 0;
-let handlersInstalled = false;
 
-function killQuietly(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // Already gone.
-  }
-}
-
-function killGroup(pid: number, signal: NodeJS.Signals): void {
-  killQuietly(-pid, signal);
-  killQuietly(pid, signal);
-}
-
-function killAllLive(): void {
-  for (const kill of live.values()) kill();
-  live.clear();
-}
-
-function track(kill: () => void): number {
-  if (!handlersInstalled) {
-    handlersInstalled = true;
-    process.on('exit', killAllLive);
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-      process.once(sig, () => {
-        killAllLive();
-        process.exit(128 + (os.constants.signals[sig] ?? 1));
-      });
-    }
-  }
-  liveSeq += 1;
-  live.set(liveSeq, kill);
-  return liveSeq;
-}
 
 /** Kills a daemon's group and removes its temp dir, synchronously (for the 'exit' handler). */
 function lastResort(pid: number, dir: string): () => void {
@@ -86,21 +48,8 @@ function lastResort(pid: number, dir: string): () => void {
   };
 }
 
-function untrack(token: number): void {
-  live.delete(token);
-}
 
-function deadline(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref());
-}
 
-interface Daemon {
-  readonly child: ChildProcess;
-  readonly pid: number;
-  output(): string;
-  readonly exited: Promise<void>;
-  hasExited(): boolean;
-}
 
 /** The daemons live in /usr/sbin, which a non-root PATH may lack. */
 function sbin(name: string): string {
@@ -108,39 +57,7 @@ function sbin(name: string): string {
   return fs.existsSync(full) ? full : name;
 }
 
-function spawnDaemon(cmd: string, args: readonly string[]): Daemon {
-  const child = spawn(sbin(cmd), args, { detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  const collect = (d: Buffer): void => {
-    out += d.toString('utf8');
-    if (out.length > 64_000) out = out.slice(-32_000);
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  let exited = false;
-  const exitedP = new Promise<void>((resolve) => {
-    child.once('exit', () => {
-      exited = true;
-      resolve();
-    });
-    child.once('error', (err) => {
-      out += `\nspawn error: ${err.message}`;
-      exited = true;
-      resolve();
-    });
-  });
-  return { child, pid: child.pid ?? -1, output: () => out, exited: exitedP, hasExited: () => exited || child.pid === undefined };
-}
 
-async function stopDaemon(d: Daemon): Promise<void> {
-  if (d.pid <= 0) return;
-  if (!d.hasExited()) {
-    killQuietly(d.pid, 'SIGTERM');
-    await Promise.race([d.exited, deadline(STOP_TIMEOUT_MS)]);
-  }
-  killGroup(d.pid, 'SIGKILL');
-  await Promise.race([d.exited, deadline(2000)]);
-}
 
 // --- ports and probes -----------------------------------------------------------------------
 
@@ -180,7 +97,7 @@ async function answers(port: number, name: string): Promise<boolean> {
   }
 }
 
-async function waitAnswering(what: string, port: number, d: Daemon, probeName: string, logOf: () => string): Promise<void> {
+async function waitAnswering(what: string, port: number, d: Spawned, probeName: string, logOf: () => string): Promise<void> {
   const end = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < end && !d.hasExited()) {
     if (await answers(port, probeName)) return;
@@ -361,7 +278,7 @@ export async function startRbldnsd(opts: RbldnsdOptions): Promise<RbldnsdPeer> {
     const logFile = path.join(dir, 'query.log');
     const args = ['-n', '-u', 'nobody:nogroup', '-r', dir, '-b', `127.0.0.1/${port}`, '-l', '+query.log'];
     if (opts.ttl !== undefined) args.push('-t', String(opts.ttl));
-    const d = spawnDaemon('rbldnsd', [...args, ...specs]);
+    const d = spawnDaemon(sbin('rbldnsd'), [...args, ...specs]);
     const token = track(lastResort(d.pid, dir));
     let stopped = false;
     const stop = async (): Promise<void> => {
@@ -531,7 +448,7 @@ export async function startDnsmasq(opts: DnsmasqOptions = {}): Promise<DnsmasqPe
       ];
       const confFile = path.join(dir, 'dnsmasq.conf');
       await fsp.writeFile(confFile, conf.join('\n') + '\n', { mode: 0o644 });
-      const d = spawnDaemon('dnsmasq', ['--keep-in-foreground', `--conf-file=${confFile}`]);
+      const d = spawnDaemon(sbin('dnsmasq'), ['--keep-in-foreground', `--conf-file=${confFile}`]);
       const token = track(lastResort(d.pid, dir));
       let stopped = false;
       const stopDaemonOnly = async (): Promise<void> => {

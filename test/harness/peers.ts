@@ -2,12 +2,13 @@
 // and swaks. Each runs on a free loopback port in its own temp dir, waits for its "220" banner
 // (bounded), and is stopped by PID. A process 'exit' / signal handler kills whatever is still
 // running, so a crashed test leaves nothing behind. See PEERS.md for how each peer is set up.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { STOP_TIMEOUT_MS, deadline, killGroup, killQuietly, spawnDaemon, stopDaemon, track, untrack, type Spawned } from './processes.ts';
 
 /** A started peer: stop() ends it (by PID) and removes its own temp dir; safe to call twice. */
 export interface Peer {
@@ -42,55 +43,8 @@ export interface SwaksResult {
 }
 
 const READY_TIMEOUT_MS = 15_000;
-const STOP_TIMEOUT_MS = 10_000;
 const NOBODY_UID = 65534;
 const NOBODY_GID = 65534;
-
-// --- process bookkeeping -------------------------------------------------------------------
-
-/** Last-resort killers for everything still running, keyed by a unique token. */
-const live = new Map<number, () => void>();
-let liveSeq = 0;
-let handlersInstalled = false;
-
-function killQuietly(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch {
-    // Already gone.
-  }
-}
-
-/** Kills a detached child's whole process group (it leads one), then the PID itself. */
-function killGroup(pid: number, signal: NodeJS.Signals): void {
-  killQuietly(-pid, signal);
-  killQuietly(pid, signal);
-}
-
-function killAllLive(): void {
-  for (const kill of live.values()) kill();
-  live.clear();
-}
-
-function track(kill: () => void): number {
-  if (!handlersInstalled) {
-    handlersInstalled = true;
-    process.on('exit', killAllLive);
-    for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
-      process.once(sig, () => {
-        killAllLive();
-        process.exit(128 + (os.constants.signals[sig] ?? 1));
-      });
-    }
-  }
-  liveSeq += 1;
-  live.set(liveSeq, kill);
-  return liveSeq;
-}
-
-function untrack(token: number): void {
-  live.delete(token);
-}
 
 function isAlive(pid: number): boolean {
   try {
@@ -129,10 +83,6 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /** A bound for Promise.race that does not keep the process alive once the race is won. */
-function deadline(ms: number): Promise<void> {
-  return new Promise((r) => setTimeout(r, ms).unref());
-}
-
 /** Polls cond until it is true or timeoutMs passes; returns whether it became true. */
 export async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs: number, intervalMs = 25): Promise<boolean> {
   const deadline = Date.now() + timeoutMs;
@@ -200,43 +150,6 @@ export function probeBanner(port: number, timeoutMs = 1000): Promise<boolean> {
   return probeFirstLine(port, (l) => l.startsWith('220'), undefined, timeoutMs);
 }
 
-interface Spawned {
-  readonly child: ChildProcess;
-  readonly pid: number;
-  readonly output: () => string;
-  readonly exited: Promise<void>;
-  hasExited(): boolean;
-}
-
-/** Spawns a daemon in its own process group, capturing stdout+stderr (bounded). */
-function spawnDaemon(cmd: string, args: readonly string[], opts: { cwd?: string } = {}): Spawned {
-  const child = spawn(cmd, args, { cwd: opts.cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
-  let out = '';
-  const collect = (d: Buffer): void => {
-    out += d.toString('utf8');
-    if (out.length > 64_000) out = out.slice(-32_000);
-  };
-  child.stdout?.on('data', collect);
-  child.stderr?.on('data', collect);
-  let exited = false;
-  const exitedP = new Promise<void>((resolve) => {
-    child.once('exit', () => {
-      exited = true;
-      resolve();
-    });
-    child.once('error', (err) => {
-      out += `\nspawn error: ${err.message}`;
-      exited = true;
-      resolve();
-    });
-  });
-  if (child.pid === undefined) {
-    // spawn failed synchronously-ish (ENOENT arrives as 'error'); keep a sentinel PID.
-    return { child, pid: -1, output: () => out, exited: exitedP, hasExited: () => true };
-  }
-  return { child, pid: child.pid, output: () => out, exited: exitedP, hasExited: () => exited };
-}
-
 /** Waits for the 220 banner on port while the child lives; throws with the peer's log otherwise. */
 async function waitReady(name: string, port: number, sp: Spawned, logOf: () => string, probe: (port: number) => Promise<boolean> = probeBanner): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
@@ -249,18 +162,6 @@ async function waitReady(name: string, port: number, sp: Spawned, logOf: () => s
   const log = `${sp.output()}\n${logOf()}`.trim();
   console.error(`--- ${name} on port ${port} ${why}; its log:\n${log}\n---`);
   throw new Error(`${name} on 127.0.0.1:${port} ${why}${log ? `: ${log.slice(-1500)}` : ''}`);
-}
-
-/** Stops a spawned daemon: polite signal, bounded wait, then SIGKILL to its group. */
-async function stopDaemon(sp: Spawned, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  if (sp.pid <= 0) return;
-  if (!sp.hasExited()) {
-    killQuietly(sp.pid, signal);
-    await Promise.race([sp.exited, deadline(STOP_TIMEOUT_MS)]);
-  }
-  // Children of the daemon may linger in its group; the group is ours alone.
-  killGroup(sp.pid, 'SIGKILL');
-  await Promise.race([sp.exited, deadline(2000)]);
 }
 
 /** Starts with a fresh port, retrying when another process grabbed the port in between. */
