@@ -51,6 +51,17 @@ const regex = z.string().superRefine((v, ctx) => {
   }
 });
 
+/** One DNS list: its zone, weight, which answers count, and 5xx or 4xx when it decides. */
+const dnsblZone = z.strictObject({
+  zone: domain,
+  /** Added to the sum when the list answers; negative for an allowlist (DNSWL). */
+  weight: z.number().default(1),
+  /** The A answers that count: addresses or ranges of the last octet, "127.0.0.2", "127.0.0.4-7". Default: any 127.0.0.0/8 answer. */
+  answers: z.array(z.string().regex(/^127\.\d{1,3}\.\d{1,3}\.\d{1,3}(-\d{1,3})?$/, 'an answer like 127.0.0.2 or 127.0.0.4-7')).default([]),
+  /** When this list decides: a permanent (5xx) or temporary (4xx) refusal. */
+  reply: z.enum(['5xx', '4xx']).default('5xx'),
+});
+
 const deliver = z.string().superRefine((v, ctx) => {
   if (!/^(smtp|lmtp):\/\/[^/]+:\d+$/.test(v) && !/^maildir:.+/.test(v)) {
     ctx.addIssue({ code: 'custom', message: `"${v}" is not smtp://host:port, lmtp://host:port or maildir:DIR` });
@@ -185,6 +196,34 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** Recipients a message from the null sender <> may have (a bounce goes to one address). */
       null_sender_max_rcpts: z.number().int().positive().default(1),
+      /** The sender's domain must exist in DNS (MX, or A/AAAA) and not publish a null MX. */
+      require_domain: z.boolean().default(true),
+      action: action.default('reject'),
+      score: z.number().default(3),
+    })
+    .prefault({}),
+  rdns: z
+    .strictObject({
+      /** off; ptr: the client's address must have a PTR; confirmed: and that name must point back (tcpserver -p). */
+      require: z.enum(['off', 'ptr', 'confirmed']).default('off'),
+      /** The seed's "451 bad reverse DNS" is temporary: tempfail by default. */
+      action: action.default('tempfail'),
+      score: z.number().default(2),
+    })
+    .prefault({}),
+  dnsbl: z
+    .strictObject({
+      /** DNS blocklists (and allowlists, with a negative weight) for the client's address. */
+      zones: z.array(dnsblZone).default([]),
+      /** Blocklists of domain names, asked about the sender's domain. */
+      rhsbl_sender: z.array(dnsblZone).default([]),
+      /** Blocklists of domain names, asked about the HELO name. */
+      rhsbl_helo: z.array(dnsblZone).default([]),
+      /** Refuse (or tag) when the weights of the lists that answered add up to this (postscreen's model). */
+      threshold: z.number().default(1),
+      /** reject / tempfail: refuse at the threshold (each zone's own `reply` says 4xx or 5xx); score: tag instead (X-DNSBL). */
+      action: action.default('reject'),
+      score: z.number().default(5),
     })
     .prefault({}),
   ban: z
