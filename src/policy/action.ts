@@ -14,11 +14,11 @@ export interface ActionSetting {
  * A finding → reject (5xx), tempfail (4xx, same enhanced class) or a tag that adds score and an
  * `X-Spam-Warning` header (seed 002's "tag instead of reject").
  */
-export function findingVerdict(check: string, setting: string, spec: ActionSetting, code: number, enhanced: string, text: string): Verdict {
+export function findingVerdict(check: string, setting: string, spec: ActionSetting, code: number, enhanced: string, text: string, tempCode = 450): Verdict {
   if (spec.action === 'score') {
     const clean = text.replace(/[\r\n]+/g, ' ');
     return { kind: 'tag', check, score: spec.score, headers: [`X-Spam-Warning: ${check}: ${clean}\r\n`], log: `${check}: ${clean} (scored ${spec.score})` };
   }
-  if (spec.action === 'tempfail') return { kind: 'tempfail', check, code: 450, enhanced: '4' + enhanced.slice(1), text, setting };
+  if (spec.action === 'tempfail') return { kind: 'tempfail', check, code: tempCode, enhanced: '4' + enhanced.slice(1), text, setting };
   return { kind: 'reject', check, code, enhanced, text, setting };
 }

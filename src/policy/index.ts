@@ -16,14 +16,18 @@ import { parseRulesFile } from './rules/parse.ts';
 import { rulesCheck } from './rules/check.ts';
 import { dnsRuleLookups } from './rules/lookups.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
+import { senderDomainCheck } from './checks/sender_domain.ts';
+import { rdnsCheck } from './checks/rdns.ts';
 
 export function buildChecks(config: Config, store?: Store, dns?: DnsResolver): AnyCheck[] {
   const checks: AnyCheck[] = [];
   if (config.smtp.early_talker === 'reject') checks.push(earlyTalkerCheck());
   const ban = config.ban;
   if (ban.ip.length > 0) checks.push(banIpCheck(ban.ip, ban));
+  if (config.rdns.require !== 'off' && dns) checks.push(rdnsCheck(config, dns));
   checks.push(heloCheck(config));
   if (ban.mailfrom.length > 0 || ban.mailfrom_regex.length > 0) checks.push(banMailFromCheck(ban.mailfrom, ban.mailfrom_regex, ban));
+  if (config.mail_from.require_domain && dns) checks.push(senderDomainCheck(config, dns));
   checks.push(maxRcptsCheck(config.limits.max_rcpts));
   checks.push(nullSenderCheck(config.mail_from.null_sender_max_rcpts));
   if (ban.rcptto.length > 0) checks.push(banRcptToCheck(ban.rcptto, ban));

@@ -55,6 +55,9 @@ interface Transaction {
 
 type Mode = 'greeting' | 'command' | 'data' | 'closed';
 
+/** Session refusals an authenticated client is excused from (they judge the network, not the user). */
+const WAIVED_AFTER_AUTH = new Set(['helo', 'rdns']);
+
 /** auth.plaintext_from as a matcher, built once per configuration (EHLO asks on every session). */
 const plaintextFrom = new WeakMap<Config, AddressList>();
 function plaintextAllowed(config: Config, ip: string): boolean {
@@ -377,9 +380,10 @@ export class Session {
       rcpt = { ...rcpt, address: `postmaster@${domain}`, domain };
     }
     if (rcpt.utf8 && tx.params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
-    // A HELO refusal is waived for a client that has since authenticated (Postfix evaluates HELO
-    // restrictions at RCPT, after permit_sasl_authenticated): laptops often say odd HELO names.
-    const sessionRefusal = this.delayed?.check === 'helo' && this.info.authUser !== undefined ? undefined : this.delayed;
+    // A HELO or reverse-DNS refusal is waived for a client that has since authenticated (Postfix
+    // evaluates them at RCPT, after permit_sasl_authenticated): roaming users connect from anywhere.
+    const waived = this.delayed !== undefined && WAIVED_AFTER_AUTH.has(this.delayed.check) && this.info.authUser !== undefined;
+    const sessionRefusal = waived ? undefined : this.delayed;
     const delayed = sessionRefusal ?? tx.delayed;
     if (delayed) {
       this.logDecision('rcpt', delayed, rcpt);
