@@ -49,6 +49,7 @@ export class PolicyEngine {
         result.score += verdict.score;
         if (verdict.headers) result.headers.push(...verdict.headers);
         result.tags.push(verdict.check);
+        if (verdict.log) this.log.info({ phase, check: verdict.check, score: verdict.score }, verdict.log);
         continue;
       }
       result.final = verdict;

@@ -16,6 +16,7 @@ import { parseRulesFile } from './rules/parse.ts';
 import { rulesCheck } from './rules/check.ts';
 import { dnsRuleLookups } from './rules/lookups.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
+import { dnsblCheck, rhsblHeloCheck, rhsblSenderCheck } from './checks/dnsbl.ts';
 import { senderDomainCheck } from './checks/sender_domain.ts';
 import { rdnsCheck } from './checks/rdns.ts';
 
@@ -24,9 +25,13 @@ export function buildChecks(config: Config, store?: Store, dns?: DnsResolver): A
   if (config.smtp.early_talker === 'reject') checks.push(earlyTalkerCheck());
   const ban = config.ban;
   if (ban.ip.length > 0) checks.push(banIpCheck(ban.ip, ban));
+  // After ban_ip (a banned client costs no query); the refusal waits for RCPT (smtp.delay_reject).
+  if (dns && config.dnsbl.zones.length > 0) checks.push(dnsblCheck(config.dnsbl, dns));
   if (config.rdns.require !== 'off' && dns) checks.push(rdnsCheck(config, dns));
   checks.push(heloCheck(config));
+  if (dns && config.dnsbl.rhsbl_helo.length > 0) checks.push(rhsblHeloCheck(config.dnsbl, dns));
   if (ban.mailfrom.length > 0 || ban.mailfrom_regex.length > 0) checks.push(banMailFromCheck(ban.mailfrom, ban.mailfrom_regex, ban));
+  if (dns && config.dnsbl.rhsbl_sender.length > 0) checks.push(rhsblSenderCheck(config.dnsbl, dns));
   if (config.mail_from.require_domain && dns) checks.push(senderDomainCheck(config, dns));
   checks.push(maxRcptsCheck(config.limits.max_rcpts));
   checks.push(nullSenderCheck(config.mail_from.null_sender_max_rcpts));

@@ -56,7 +56,7 @@ interface Transaction {
 type Mode = 'greeting' | 'command' | 'data' | 'closed';
 
 /** Session refusals an authenticated client is excused from (they judge the network, not the user). */
-const WAIVED_AFTER_AUTH = new Set(['helo', 'rdns']);
+const WAIVED_AFTER_AUTH = new Set(['helo', 'rdns', 'dnsbl', 'rhsbl_helo']);
 
 /** auth.plaintext_from as a matcher, built once per configuration (EHLO asks on every session). */
 const plaintextFrom = new WeakMap<Config, AddressList>();
@@ -82,6 +82,9 @@ export class Session {
   private tx: Transaction | undefined;
   /** A refusal found at connect/HELO time, answered at RCPT (smtp.delay_reject). */
   private delayed: RefusalVerdict | undefined;
+  /** Score and headers that connect- and HELO-phase checks tagged (action: score), for every transaction. */
+  private connectTags: { score: number; headers: string[] } = { score: 0, headers: [] };
+  private heloTags: { score: number; headers: string[] } = { score: 0, headers: [] };
   private writer: MessageWriter | undefined;
   private decoder: DataDecoder | undefined;
   private discardingLongLine = false;
@@ -142,6 +145,7 @@ export class Session {
     await this.hold(result);
     if (this.closed) return;
     const refusal = this.refusalOf('connect', result);
+    this.connectTags = { score: result.score, headers: result.headers };
     if (refusal) {
       if (this.config.smtp.delay_reject) this.delayed = refusal;
       else {
@@ -326,6 +330,7 @@ export class Session {
     const refusal = this.refusalOf('helo', result);
     if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
     if (refusal) this.delayed ??= refusal;
+    this.heloTags = { score: result.score, headers: result.headers };
     this.info.helo = parsed.name;
     this.info.esmtp = verb === 'EHLO';
     if (verb === 'HELO') return this.reply(`250 ${this.config.hostname}`);
@@ -363,7 +368,9 @@ export class Session {
     await this.hold(result);
     const refusal = this.refusalOf('mail', result);
     if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
-    this.tx = { mailFrom: address, params, rcpts: [], delayed: refusal, score: result.score, headers: result.headers };
+    const score = this.connectTags.score + this.heloTags.score + result.score;
+    const headers = [...this.connectTags.headers, ...this.heloTags.headers, ...result.headers];
+    this.tx = { mailFrom: address, params, rcpts: [], delayed: refusal, score, headers };
     this.reply('250 2.1.0 Ok');
   }
 
@@ -614,6 +621,7 @@ export class Session {
           // RFC 3207: forget everything learned before the handshake.
           this.info.tls = true;
           this.info.helo = undefined;
+          this.heloTags = { score: 0, headers: [] };
           this.info.esmtp = false;
           this.info.authUser = undefined;
           this.resetTransaction();
