@@ -26,7 +26,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { ptrName } from '../../src/dns/resolver.ts';
 import { freePort, makeTempDir, sleep, waitUntil } from './peers.ts';
-import { killGroup, spawnDaemon, stopDaemon, track, untrack, type Spawned } from './processes.ts';
+import { killGroup, spawnDaemon, supervise, type Spawned } from './processes.ts';
 
 const READY_TIMEOUT_MS = 15_000;
 const NOBODY_UID = 65534;
@@ -279,21 +279,11 @@ export async function startRbldnsd(opts: RbldnsdOptions): Promise<RbldnsdPeer> {
     const args = ['-n', '-u', 'nobody:nogroup', '-r', dir, '-b', `127.0.0.1/${port}`, '-l', '+query.log'];
     if (opts.ttl !== undefined) args.push('-t', String(opts.ttl));
     const d = spawnDaemon(sbin('rbldnsd'), [...args, ...specs]);
-    const token = track(lastResort(d.pid, dir));
-    let stopped = false;
-    const stop = async (): Promise<void> => {
-      if (stopped) return;
-      stopped = true;
-      await stopDaemon(d);
-      untrack(token);
-      await fsp.rm(dir, { recursive: true, force: true });
-    };
-    try {
-      await waitAnswering('rbldnsd', port, d, `${HARNESS_LABEL}probe.${first}`, () => readText(logFile));
-    } catch (err) {
-      await stop();
-      throw err;
-    }
+    const stop = await supervise(d, {
+      ready: () => waitAnswering('rbldnsd', port, d, `${HARNESS_LABEL}probe.${first}`, () => readText(logFile)),
+      lastResort: lastResort(d.pid, dir),
+      cleanup: () => fsp.rm(dir, { recursive: true, force: true }),
+    });
     let syncSeq = 0;
     return {
       name: 'rbldnsd',
@@ -449,22 +439,12 @@ export async function startDnsmasq(opts: DnsmasqOptions = {}): Promise<DnsmasqPe
       const confFile = path.join(dir, 'dnsmasq.conf');
       await fsp.writeFile(confFile, conf.join('\n') + '\n', { mode: 0o644 });
       const d = spawnDaemon(sbin('dnsmasq'), ['--keep-in-foreground', `--conf-file=${confFile}`]);
-      const token = track(lastResort(d.pid, dir));
-      let stopped = false;
-      const stopDaemonOnly = async (): Promise<void> => {
-        if (stopped) return;
-        stopped = true;
-        await stopDaemon(d);
-        untrack(token);
-        await fsp.rm(dir, { recursive: true, force: true });
-      };
-      try {
+      const stopDaemonOnly = await supervise(d, {
         // The probe name is under no local zone: dnsmasq answers it REFUSED, which is an answer.
-        await waitAnswering('dnsmasq', port, d, `${HARNESS_LABEL}probe.invalid`, () => readText(logFile));
-      } catch (err) {
-        await stopDaemonOnly();
-        throw err;
-      }
+        ready: () => waitAnswering('dnsmasq', port, d, `${HARNESS_LABEL}probe.invalid`, () => readText(logFile)),
+        lastResort: lastResort(d.pid, dir),
+        cleanup: () => fsp.rm(dir, { recursive: true, force: true }),
+      });
       return {
         name: 'dnsmasq',
         port,

@@ -8,7 +8,7 @@ import fsp from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { STOP_TIMEOUT_MS, deadline, killGroup, killQuietly, spawnDaemon, stopDaemon, track, untrack, type Spawned } from './processes.ts';
+import { STOP_TIMEOUT_MS, deadline, killGroup, killQuietly, spawnDaemon, stopDaemon, supervise, track, untrack, type Spawned } from './processes.ts';
 
 /** A started peer: stop() ends it (by PID) and removes its own temp dir; safe to call twice. */
 export interface Peer {
@@ -207,15 +207,7 @@ export async function startSmtpSink(opts: { dumpDir?: string; extraArgs?: readon
     if (dumpDir !== undefined) args.push('-d', `${dumpDir}/%Y%m%d%H%M%S.`);
     args.push(...(opts.extraArgs ?? []), `127.0.0.1:${port}`, '128');
     const sp = spawnDaemon('smtp-sink', args);
-    const token = track(() => killGroup(sp.pid, 'SIGKILL'));
-    try {
-      await waitReady('smtp-sink', port, sp, () => '');
-    } catch (err) {
-      await stopDaemon(sp, 'SIGKILL');
-      untrack(token);
-      throw err;
-    }
-    let stopped = false;
+    const stop = await supervise(sp, { ready: () => waitReady('smtp-sink', port, sp, () => '') });
     return {
       name: 'smtp-sink',
       port,
@@ -233,12 +225,7 @@ export async function startSmtpSink(opts: { dumpDir?: string; extraArgs?: readon
           .map((n) => path.join(dumpDir, n))
           .sort();
       },
-      stop: async () => {
-        if (stopped) return;
-        stopped = true;
-        await stopDaemon(sp, 'SIGTERM');
-        untrack(token);
-      },
+      stop,
     };
   }, opts.port);
 }
@@ -413,28 +400,21 @@ export async function startPostfix(opts: PostfixOptions): Promise<MailStorePeer>
       if (m !== undefined) killGroup(m, 'SIGKILL');
       killGroup(sp.pid, 'SIGKILL');
     };
-    const token = track(hardKill);
-    let stopped = false;
-    const stop = async (): Promise<void> => {
-      if (stopped) return;
-      stopped = true;
-      const m = masterPid();
-      spawnSync('postfix', ['-c', etc, 'stop'], { timeout: STOP_TIMEOUT_MS, stdio: 'ignore' });
-      await Promise.race([sp.exited, deadline(STOP_TIMEOUT_MS)]);
-      if (m !== undefined) {
-        await waitUntil(() => !isAlive(m), 5000);
-        killGroup(m, 'SIGKILL');
-      }
-      await stopDaemon(sp, 'SIGTERM');
-      untrack(token);
-      await fsp.rm(dir, { recursive: true, force: true });
-    };
-    try {
-      await waitReady('postfix', port, sp, () => readTail(maillog));
-    } catch (err) {
-      await stop();
-      throw err;
-    }
+    const stop = await supervise(sp, {
+      ready: () => waitReady('postfix', port, sp, () => readTail(maillog)),
+      lastResort: hardKill,
+      halt: async () => {
+        const m = masterPid();
+        spawnSync('postfix', ['-c', etc, 'stop'], { timeout: STOP_TIMEOUT_MS, stdio: 'ignore' });
+        await Promise.race([sp.exited, deadline(STOP_TIMEOUT_MS)]);
+        if (m !== undefined) {
+          await waitUntil(() => !isAlive(m), 5000);
+          killGroup(m, 'SIGKILL');
+        }
+        await stopDaemon(sp, 'SIGTERM');
+      },
+      cleanup: () => fsp.rm(dir, { recursive: true, force: true }),
+    });
     return {
       name: 'postfix',
       port,
@@ -471,21 +451,7 @@ async function runDovecot(dir: string, conf: readonly string[], port: number, lo
   const confFile = path.join(dir, 'dovecot.conf');
   await fsp.writeFile(confFile, conf.join('\n') + '\n');
   const sp = spawnDaemon('dovecot', ['-c', confFile, '-F'], { cwd: dir });
-  const token = track(() => killGroup(sp.pid, 'SIGKILL'));
-  let stopped = false;
-  const stop = async (): Promise<void> => {
-    if (stopped) return;
-    stopped = true;
-    await stopDaemon(sp, 'SIGTERM');
-    untrack(token);
-    await fsp.rm(dir, { recursive: true, force: true });
-  };
-  try {
-    await waitReady('dovecot', port, sp, () => readTail(logFile));
-  } catch (err) {
-    await stop();
-    throw err;
-  }
+  const stop = await supervise(sp, { ready: () => waitReady('dovecot', port, sp, () => readTail(logFile)), cleanup: () => fsp.rm(dir, { recursive: true, force: true }) });
   return { pid: sp.pid, stop };
 }
 
@@ -583,26 +549,13 @@ export async function startRedis(opts: { port?: number } = {}): Promise<RedisPee
   return withPortRetry(async (port) => {
     const args = ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--daemonize', 'no', '--protected-mode', 'no'];
     const sp = spawnDaemon('redis-server', args);
-    const token = track(() => killGroup(sp.pid, 'SIGKILL'));
-    try {
-      await waitReady('redis-server', port, sp, () => '', probeRedis);
-    } catch (err) {
-      await stopDaemon(sp, 'SIGKILL');
-      untrack(token);
-      throw err;
-    }
-    let stopped = false;
+    const stop = await supervise(sp, { ready: () => waitReady('redis-server', port, sp, () => '', probeRedis) });
     return {
       name: 'redis-server',
       port,
       pid: sp.pid,
       url: `redis://127.0.0.1:${port}`,
-      stop: async () => {
-        if (stopped) return;
-        stopped = true;
-        await stopDaemon(sp, 'SIGTERM');
-        untrack(token);
-      },
+      stop,
     };
   }, opts.port);
 }

@@ -105,3 +105,30 @@ export async function stopDaemon(sp: Spawned, signal: NodeJS.Signals = 'SIGTERM'
   await Promise.race([sp.exited, deadline(2000)]);
 }
 
+
+/**
+ * Tracks a spawned daemon for the exit handler and returns its stop(), which runs once: `halt`
+ * (default: SIGTERM, then SIGKILL to its group), then `cleanup`. When `ready` fails, the daemon
+ * is stopped and the error rethrown, so a peer that never came up leaves nothing behind.
+ */
+export async function supervise(
+  sp: Spawned,
+  opts: { ready: () => Promise<void>; halt?: () => Promise<void>; cleanup?: () => Promise<void>; lastResort?: () => void },
+): Promise<() => Promise<void>> {
+  const token = track(opts.lastResort ?? (() => killGroup(sp.pid, 'SIGKILL')));
+  let stopped = false;
+  const stop = async (): Promise<void> => {
+    if (stopped) return;
+    stopped = true;
+    await (opts.halt ? opts.halt() : stopDaemon(sp, 'SIGTERM'));
+    untrack(token);
+    await opts.cleanup?.();
+  };
+  try {
+    await opts.ready();
+  } catch (err) {
+    await stop();
+    throw err;
+  }
+  return stop;
+}
