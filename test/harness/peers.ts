@@ -444,10 +444,21 @@ export interface DovecotOptions {
 
 /** Dovecot's LMTP service alone (`dovecot -c FILE -F`), delivering to <dir>/mail/<domain>/<user>/Maildir. */
 /**
- * Writes `conf` as dir/dovecot.conf, runs `dovecot -c FILE -F` and waits for its LMTP banner on
- * `port`; stop() ends it and removes `dir`.
+ * Writes dir/dovecot.conf (the common settings, `settings`, and an LMTP listener on `port`, which
+ * also serves as the readiness probe), runs `dovecot -c FILE -F` and waits for its banner;
+ * stop() ends it and removes `dir`.
  */
-async function runDovecot(dir: string, conf: readonly string[], port: number, logFile: string): Promise<{ pid: number; stop(): Promise<void> }> {
+async function runDovecot(dir: string, settings: readonly string[], port: number, logFile: string): Promise<{ pid: number; stop(): Promise<void> }> {
+  const conf = [
+    'protocols = lmtp',
+    'ssl = no',
+    'listen = 127.0.0.1',
+    `base_dir = ${path.join(dir, 'run')}`,
+    `state_dir = ${path.join(dir, 'state')}`,
+    `log_path = ${logFile}`,
+    ...settings,
+    `service lmtp {\n  inet_listener lmtp {\n    address = 127.0.0.1\n    port = ${port}\n  }\n}`,
+  ];
   const confFile = path.join(dir, 'dovecot.conf');
   await fsp.writeFile(confFile, conf.join('\n') + '\n');
   const sp = spawnDaemon('dovecot', ['-c', confFile, '-F'], { cwd: dir });
@@ -476,17 +487,10 @@ export async function startDovecotLmtp(opts: DovecotOptions = {}): Promise<MailS
       userdb = `userdb {\n  driver = passwd-file\n  args = ${path.join(dir, 'users')}\n}`;
     }
     const conf = [
-      'protocols = lmtp',
-      'ssl = no',
-      'listen = 127.0.0.1',
-      `base_dir = ${path.join(dir, 'run')}`,
-      `state_dir = ${path.join(dir, 'state')}`,
-      `log_path = ${logFile}`,
       'mail_location = maildir:~/Maildir',
       'postmaster_address = postmaster@mxguard.test',
       'passdb {\n  driver = static\n  args = nopassword=y\n}',
       userdb,
-      `service lmtp {\n  inet_listener lmtp {\n    address = 127.0.0.1\n    port = ${port}\n  }\n}`,
     ];
     const { pid, stop } = await runDovecot(dir, conf, port, logFile);
     return {
@@ -580,18 +584,11 @@ export async function startDovecotAuth(users: Readonly<Record<string, string>>):
     const passwd = path.join(dir, 'passwd');
     await fsp.writeFile(passwd, Object.entries(users).map(([u, p]) => `${u}:{PLAIN}${p}::::::`).join('\n') + '\n', { mode: 0o644 });
     const conf = [
-      'protocols = lmtp',
-      'ssl = no',
-      'listen = 127.0.0.1',
-      `base_dir = ${path.join(dir, 'run')}`,
-      `state_dir = ${path.join(dir, 'state')}`,
-      `log_path = ${logFile}`,
       'auth_mechanisms = plain login',
       'auth_verbose = yes',
       `passdb {\n  driver = passwd-file\n  args = ${passwd}\n}`,
       `userdb {\n  driver = static\n  args = uid=${NOBODY_UID} gid=${NOBODY_GID} home=${path.join(dir, 'home')}/%u\n}`,
       'service auth {\n  unix_listener auth-client {\n    mode = 0666\n  }\n}',
-      `service lmtp {\n  inet_listener lmtp {\n    address = 127.0.0.1\n    port = ${port}\n  }\n}`,
     ];
     const { pid, stop } = await runDovecot(dir, conf, port, logFile);
     return { name: 'dovecot-auth', port, pid, socket: path.join(dir, 'run', 'auth-client'), log: () => readTail(logFile, 1_000_000), stop };
