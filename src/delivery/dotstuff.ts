@@ -71,24 +71,17 @@ export class DotStuffer {
         if (s > runStart) parts.push(chunk.subarray(runStart, s));
         pos = s + 1;
         runStart = pos;
-      } else if (b === CR) {
-        if (s + 1 < n && chunk[s + 1] === LF) {
-          pos = s + 2; // a proper CRLF: stays in the run, no copy
-          this.#atLineStart = true;
-        } else if (s + 1 === n) {
-          if (s > runStart) parts.push(chunk.subarray(runStart, s));
-          this.#pendingCR = true;
-          pos = n;
-          runStart = n;
-        } else {
-          if (s > runStart) parts.push(chunk.subarray(runStart, s));
-          parts.push(CRLF);
-          pos = s + 1;
-          runStart = pos;
-          this.#atLineStart = true;
-        }
+      } else if (b === CR && s + 1 < n && chunk[s + 1] === LF) {
+        pos = s + 2; // a proper CRLF: stays in the run, no copy
+        this.#atLineStart = true;
+      } else if (b === CR && s + 1 === n) {
+        // CR at the end of the chunk: whether it is bare depends on the next chunk.
+        if (s > runStart) parts.push(chunk.subarray(runStart, s));
+        this.#pendingCR = true;
+        pos = n;
+        runStart = n;
       } else {
-        // A bare LF (a CRLF pair was consumed by the CR branch).
+        // A bare CR or a bare LF (a CRLF pair was consumed above): it becomes CRLF.
         if (s > runStart) parts.push(chunk.subarray(runStart, s));
         parts.push(CRLF);
         pos = s + 1;
