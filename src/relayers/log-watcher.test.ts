@@ -150,6 +150,13 @@ function fakeStore(): Store & { added: Added[]; failNext: number } {
       return 0;
     },
     async counterReset() {},
+    async cacheSet() {},
+    async cacheGet() {
+      return undefined;
+    },
+    async cacheDelete() {
+      return false;
+    },
     async close() {},
   };
   return s;

@@ -72,6 +72,38 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
     assert.equal(await s.counterGet('rate:x'), 0);
   });
 
+  withStore('cache: set, get, replace, delete; keys are separate from counters', async (s) => {
+    assert.equal(await s.cacheGet('callout:alice@example.test'), undefined);
+    await s.cacheSet('callout:alice@example.test', 'ok', 60_000);
+    await s.cacheSet('callout:bob@example.test', '{"code":550,"text":"5.1.1 no such user: ünïcode"}', 60_000);
+    assert.equal(await s.cacheGet('callout:alice@example.test'), 'ok');
+    assert.equal(await s.cacheGet('callout:bob@example.test'), '{"code":550,"text":"5.1.1 no such user: ünïcode"}', 'any string, verbatim');
+    await s.cacheSet('callout:alice@example.test', 'no', 60_000);
+    assert.equal(await s.cacheGet('callout:alice@example.test'), 'no', 'a new value replaces the old one');
+    await s.cacheSet('same', '', 60_000);
+    assert.equal(await s.cacheGet('same'), '', 'the empty string is a value, not a miss');
+    assert.equal(await s.counterGet('same'), 0, 'a counter of the same name is another thing');
+    assert.equal(await s.cacheDelete('callout:alice@example.test'), true);
+    assert.equal(await s.cacheDelete('callout:alice@example.test'), false, 'already gone');
+    assert.equal(await s.cacheGet('callout:alice@example.test'), undefined);
+    assert.equal(await s.cacheGet('callout:bob@example.test'), '{"code":550,"text":"5.1.1 no such user: ünïcode"}');
+  });
+
+  withStore('cache entries expire after their TTL; setting again starts the time again', async (s) => {
+    await s.cacheSet('short', 'a', 150);
+    await s.cacheSet('long', 'b', 60_000);
+    await s.cacheSet('renewed', 'c', 300);
+    await sleep(200);
+    await s.cacheSet('renewed', 'd', 300);
+    assert.equal(await s.cacheGet('short'), undefined, 'expired');
+    assert.equal(await s.cacheDelete('short'), false, 'an expired key is not there');
+    assert.equal(await s.cacheGet('long'), 'b');
+    await sleep(200); // 400 ms after the first set, 200 ms after the second
+    assert.equal(await s.cacheGet('renewed'), 'd', 'the second set started a new TTL');
+    await sleep(200);
+    assert.equal(await s.cacheGet('renewed'), undefined);
+  });
+
   withStore('concurrent increments are all counted', async (s) => {
     const values = await Promise.all(Array.from({ length: 50 }, () => s.counterIncr('race', 10_000)));
     assert.deepEqual([...values].sort((a, b) => a - b), Array.from({ length: 50 }, (_, i) => i + 1));

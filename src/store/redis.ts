@@ -1,6 +1,7 @@
 // The shared Store: Redis through node-redis, for several mxguard hosts behind one MX name.
-// Keys are `<prefix>relayer:<ip>` (value: epoch seconds, with a TTL) and `<prefix>counter:<key>`
-// (INCR, with the window as TTL set on the first increment). Redis expires them itself.
+// Keys are `<prefix>relayer:<ip>` (value: epoch seconds, with a TTL), `<prefix>counter:<key>`
+// (INCR, with the window as TTL set on the first increment) and `<prefix>cache:<key>` (a string
+// with its TTL). Redis expires them itself.
 //
 // While Redis is away, commands fail at once (no offline queue) or after COMMAND_TIMEOUT_MS,
 // as StoreUnavailable; the client reconnects in the background and the store works again as
@@ -76,6 +77,10 @@ export class RedisStore implements Store {
     return `${this.prefix}counter:${key}`;
   }
 
+  private cacheKey(key: string): string {
+    return `${this.prefix}cache:${key}`;
+  }
+
   async relayerAdd(ip: string, at: number, keepMs: number): Promise<void> {
     await this.cmd(['SET', this.relayerKey(ip), String(at), 'PX', String(Math.max(1, Math.round(keepMs)))]);
   }
@@ -128,6 +133,19 @@ export class RedisStore implements Store {
 
   async counterReset(key: string): Promise<void> {
     await this.cmd(['DEL', this.counterKey(key)]);
+  }
+
+  async cacheSet(key: string, value: string, ttlMs: number): Promise<void> {
+    await this.cmd(['SET', this.cacheKey(key), value, 'PX', String(Math.max(1, Math.round(ttlMs)))]);
+  }
+
+  async cacheGet(key: string): Promise<string | undefined> {
+    const v = await this.cmd(['GET', this.cacheKey(key)]);
+    return typeof v === 'string' ? v : undefined;
+  }
+
+  async cacheDelete(key: string): Promise<boolean> {
+    return Number(await this.cmd(['DEL', this.cacheKey(key)])) > 0;
   }
 
   async close(): Promise<void> {

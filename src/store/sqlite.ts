@@ -25,6 +25,7 @@ export class SqliteStore implements Store {
       PRAGMA busy_timeout = 5000;
       CREATE TABLE IF NOT EXISTS relayers (ip TEXT PRIMARY KEY, at INTEGER NOT NULL, expires INTEGER NOT NULL);
       CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires INTEGER NOT NULL);
+      CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires INTEGER NOT NULL);
     `);
     this.stmt = {
       relayerAdd: this.db.prepare('INSERT INTO relayers (ip, at, expires) VALUES (?, ?, ?) ON CONFLICT (ip) DO UPDATE SET at = excluded.at, expires = excluded.expires'),
@@ -41,6 +42,10 @@ export class SqliteStore implements Store {
       ),
       counterGet: this.db.prepare('SELECT value FROM counters WHERE key = ? AND expires > ?'),
       counterReset: this.db.prepare('DELETE FROM counters WHERE key = ?'),
+      cacheSet: this.db.prepare('INSERT INTO cache (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires'),
+      cacheGet: this.db.prepare('SELECT value FROM cache WHERE key = ? AND expires > ?'),
+      cacheDelete: this.db.prepare('DELETE FROM cache WHERE key = ? AND expires > ?'),
+      sweepCache: this.db.prepare('DELETE FROM cache WHERE expires <= ?'),
       sweepRelayers: this.db.prepare('DELETE FROM relayers WHERE expires <= ?'),
       sweepCounters: this.db.prepare('DELETE FROM counters WHERE expires <= ?'),
     } as Record<string, StatementSync>;
@@ -55,6 +60,7 @@ export class SqliteStore implements Store {
     this.lastSweep = now;
     this.s('sweepRelayers').run(now);
     this.s('sweepCounters').run(now);
+    this.s('sweepCache').run(now);
   }
 
   async relayerAdd(ip: string, at: number, keepMs: number): Promise<void> {
@@ -96,6 +102,21 @@ export class SqliteStore implements Store {
 
   async counterReset(key: string): Promise<void> {
     this.s('counterReset').run(key);
+  }
+
+  async cacheSet(key: string, value: string, ttlMs: number): Promise<void> {
+    const now = Date.now();
+    this.sweep(now);
+    this.s('cacheSet').run(key, value, now + ttlMs);
+  }
+
+  async cacheGet(key: string): Promise<string | undefined> {
+    const row = this.s('cacheGet').get(key, Date.now()) as { value: string } | undefined;
+    return row?.value;
+  }
+
+  async cacheDelete(key: string): Promise<boolean> {
+    return Number(this.s('cacheDelete').run(key, Date.now()).changes) > 0;
   }
 
   async close(): Promise<void> {

@@ -35,6 +35,16 @@ export interface Store {
   counterGet(key: string): Promise<number>;
   counterReset(key: string): Promise<void>;
 
+  /**
+   * A small key/value cache (recipient callout answers): `value` is kept `ttlMs`, then gone.
+   * Setting a key again replaces its value and starts its time again.
+   */
+  cacheSet(key: string, value: string, ttlMs: number): Promise<void>;
+  /** The value, or undefined when absent or expired. */
+  cacheGet(key: string): Promise<string | undefined>;
+  /** Forgets the key; resolves with whether it was there. */
+  cacheDelete(key: string): Promise<boolean>;
+
   close(): Promise<void>;
 }
 
