@@ -198,6 +198,11 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
   if (config.admin.listen !== undefined && !isLoopbackListen(config.admin.listen)) {
     warnings.push(at(nodeOffset(locate(doc, ['admin', 'listen'])), 'admin.listen', `${config.admin.listen} is not a loopback address: the admin API is reachable from the network`));
   }
+  const callout = locate(doc, ['recipients', 'callout']);
+  if (callout.found && (callout.node === null || (isScalar(callout.node) && callout.node.value === null))) {
+    // An empty section counts as left out (dropEmptySections): say so, since here that means off.
+    warnings.push(at(nodeOffset(callout), 'recipients.callout', 'is empty, so recipient callouts are off; write "callout: {}" for callouts with the default settings'));
+  }
   return { config, warnings: sortMessages(warnings) };
 }
 

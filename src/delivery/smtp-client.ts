@@ -46,6 +46,27 @@ export const NO_EXTENSIONS: SmtpExtensions = { pipelining: false, size: null, ei
 
 export class SmtpProtocolError extends Error {}
 
+/**
+ * How a recipient probe (a callout) ended. step says how far it got: 'rcpt' = code and text are
+ * the server's answer to RCPT TO; 'mail' = the server did not accept MAIL FROM; 'session' = we
+ * never got an answer to ask about (connect refused or timed out, greeting or EHLO/LHLO refused,
+ * a 421, a timeout or protocol error on the way; code is then 421/451, ours or the server's).
+ */
+export interface ProbeResult {
+  readonly step: 'session' | 'mail' | 'rcpt';
+  readonly code: number;
+  readonly text: string;
+}
+
+/** Asks the downstream whether it would take a recipient, without sending mail. */
+export interface RecipientProber {
+  /** smtp://host:port or lmtp://host:port, for logs. */
+  readonly name: string;
+  /** Connect, EHLO/LHLO, MAIL FROM:<mailFrom>, RCPT TO:<rcpt>, QUIT: never DATA. Never throws. */
+  probe(mailFrom: string, rcpt: string): Promise<ProbeResult>;
+  close(): Promise<void>;
+}
+
 /** A reply line longer than this without a line end is a protocol error (RFC 5321 allows 512). */
 const MAX_REPLY_LINE = 16 * 1024;
 const MAX_REPLY_LINES = 1000;
@@ -383,7 +404,7 @@ interface TransactionOutcome {
 
 const QUIT_TIMEOUT_MS = 2000;
 
-class SmtpTransport implements Transport {
+class SmtpTransport implements Transport, RecipientProber {
   readonly name: string;
   readonly #dest: Destination;
   readonly #lmtp: boolean;
@@ -452,6 +473,49 @@ class SmtpTransport implements Transport {
         continue;
       }
       return results as RcptResult[];
+    }
+  }
+
+  /**
+   * A callout: one transaction that stops after RCPT TO, on a connection of its own that is
+   * closed (QUIT) afterwards, never pooled: a mail server counts refused RCPTs per session
+   * (Postfix's smtpd_soft_error_limit slows such a client down), so probes do not share one.
+   * At most maxConnections run at once; more wait for a slot.
+   */
+  async probe(mailFrom: string, rcpt: string): Promise<ProbeResult> {
+    if (this.#closed) return { step: 'session', code: 421, text: '4.3.2 transport is closed' };
+    if (UNSAFE_ADDRESS.test(mailFrom)) return { step: 'mail', code: 501, text: '5.1.7 bad sender address syntax' };
+    if (rcpt === '' || UNSAFE_ADDRESS.test(rcpt)) return { step: 'rcpt', code: 501, text: '5.1.3 bad recipient address syntax' };
+    let conn: Connection;
+    try {
+      conn = await this.#acquire();
+    } catch (err) {
+      const e = err instanceof DeliveryError ? err : new DeliveryError(451, `4.3.0 ${errText(err)}`);
+      return { step: 'session', code: e.code, text: e.text };
+    }
+    const t = this.#cmdTimeout;
+    const check = (r: SmtpReply): SmtpReply => {
+      if (r.code === 421) throw new DeliveryError(421, replyText(r), true);
+      return r;
+    };
+    try {
+      const utf8 = NON_ASCII.test(mailFrom) || NON_ASCII.test(rcpt);
+      // Delivery would refuse such an address for good (see #transaction): so does the probe.
+      if (utf8 && !conn.ext.smtputf8) return { step: 'rcpt', code: 550, text: `5.6.7 ${this.#label} does not support SMTPUTF8, which this address needs` };
+      const mailCmd = `MAIL FROM:<${mailFrom}>${utf8 ? ' SMTPUTF8' : ''}\r\n`;
+      const rcptCmd = `RCPT TO:<${rcpt}>\r\n`;
+      conn.write(conn.ext.pipelining ? mailCmd + rcptCmd : mailCmd);
+      const mail = check(await conn.read(t, 'MAIL FROM'));
+      if (mail.code < 200 || mail.code >= 300) return { step: 'mail', code: mail.code, text: replyText(mail) };
+      if (!conn.ext.pipelining) conn.write(rcptCmd);
+      const rr = check(await conn.read(t, 'RCPT TO'));
+      return { step: 'rcpt', code: rr.code, text: replyText(rr) };
+    } catch (err) {
+      const e = err instanceof DeliveryError ? err : new DeliveryError(451, `4.3.0 probe of ${this.#label} failed: ${errText(err)}`);
+      conn.fail(e);
+      return { step: 'session', code: e.code, text: e.text };
+    } finally {
+      this.#release(conn, false); // QUIT (or drop a broken connection); never back to the pool
     }
   }
 
@@ -760,5 +824,10 @@ class SmtpTransport implements Transport {
 
 /** A Transport that forwards over SMTP or LMTP with a pool of reused connections. */
 export function createSmtpTransport(opts: SmtpTransportOptions): Transport {
+  return new SmtpTransport(opts);
+}
+
+/** A RecipientProber for callouts: the same protocol code, one connection per probe. */
+export function createSmtpProber(opts: Omit<SmtpTransportOptions, 'dataTimeoutMs' | 'idleTimeoutMs'>): RecipientProber {
   return new SmtpTransport(opts);
 }
