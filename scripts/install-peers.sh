@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian peers the tests drive (swaks, Postfix's smtp-source/smtp-sink and a
-# private Postfix, Dovecot LMTP/POP3/IMAP, redis-server, rbldnsd, dnsmasq, openssl) when they
-# are missing. Runs as `npm test`'s pretest
+# private Postfix, Dovecot LMTP/POP3/IMAP, redis-server, rbldnsd, dnsmasq, openssl, ucspi-tcp's
+# tcpserver, HAProxy, oidentd) when they are missing. Runs as `npm test`'s pretest
 # step, so a fresh Debian 12 machine needs nothing else. Quick when all is there already.
 set -euo pipefail
 
@@ -12,6 +12,9 @@ command -v swaks >/dev/null 2>&1 || need+=(swaks libnet-ssleay-perl libio-socket
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 { [ -x /usr/sbin/rbldnsd ] && [ -x /usr/sbin/dnsmasq ]; } || need+=(rbldnsd dnsmasq-base)
+{ command -v tcpserver >/dev/null 2>&1 && command -v tcprules >/dev/null 2>&1; } || need+=(ucspi-tcp)
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+[ -x /usr/sbin/oidentd ] || need+=(oidentd)
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0

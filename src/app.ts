@@ -16,6 +16,7 @@ import { startAdmin } from './admin/server.ts';
 import { startLogWatcher, type LogWatcher } from './relayers/log-watcher.ts';
 import { DnsResolver } from './dns/resolver.ts';
 import type { Logger } from './util/log.ts';
+import { pidFile } from './queue/daemon-signal.ts';
 
 export class App {
   readonly config: Config;
@@ -29,6 +30,7 @@ export class App {
   private popWatcher: LogWatcher | undefined;
   private dns: DnsResolver | undefined;
   private current: Config;
+  private scanTimer: NodeJS.Timeout | undefined;
 
   constructor(config: Config, log: Logger) {
     this.config = config;
@@ -42,7 +44,7 @@ export class App {
   }
 
   get pidFile(): string {
-    return path.join(this.current.data_dir, 'mxguard.pid');
+    return pidFile(this.current.data_dir);
   }
 
   async start(): Promise<Array<{ host: string; port: number }>> {
@@ -59,14 +61,22 @@ export class App {
     const bound = await this.server.listen();
     this.admin = await startAdmin(config, this.store, this.log);
     await fsp.writeFile(this.pidFile, `${process.pid}\n`);
+    this.scanTimer = setInterval(() => void this.adoptNewMessages(), config.queue.scan_interval);
+    this.scanTimer.unref();
     return bound;
+  }
+
+  /** SIGUSR2 from `mxguard stdio`, and every queue.scan_interval: deliver what other processes queued. */
+  async adoptNewMessages(): Promise<void> {
+    await this.forwarder?.rescan({ newOnly: true });
+    this.spool?.removeStaleNew();
   }
 
   private sessionDeps(config: Config): SessionDeps {
     const forwarder = this.forwarder as Forwarder;
     return {
       config,
-      policy: new PolicyEngine(buildChecks(config, this.store, this.resolverFor(config)), this.log),
+      policy: new PolicyEngine(buildChecks(config, this.store, this.resolverFor(config), this.log), this.log),
       spool: this.spool as Spool,
       log: this.log,
       tls: loadTlsContext(config),
@@ -127,6 +137,7 @@ export class App {
 
   async stop(graceMs = 30_000): Promise<void> {
     this.log.info('stopping');
+    clearInterval(this.scanTimer);
     await this.server?.close(graceMs);
     await this.admin?.close();
     await this.forwarder?.stop(graceMs);

@@ -1,7 +1,8 @@
 // The Obtuse smtpd rules file (issue 4, Must show 2 and 5) through real SMTP sessions, with the
 // client's reverse DNS served by a real dnsmasq: allow / deny (answers, then closes) / noto
 // (refuses that recipient, the session goes on), %I %H %T expansion, KNOWN / UNKNOWN, noto_delay,
-// and `mxguard check` naming a rules line that does not parse.
+// IDENT (RFC 1413, asked of a real oidentd) for user@host sources and %U, and `mxguard check`
+// naming a rules line that does not parse.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -12,6 +13,7 @@ import { stringify } from 'yaml';
 import { withTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import { startDnsmasq } from './harness/dns.ts';
+import { startOidentd } from './harness/identd.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/cli/main.ts');
 // Seed 004's example shape (test/fixtures/obtuse-example.rules), keyed to this test's client.
@@ -104,6 +106,35 @@ test('noto_delay holds the refusal back', async () => {
     c.send('RCPT TO:<outside@far.test>\r\n');
     assert.match(await c.reply(3000), /^550 5\.7\.1 Relaying denied/);
     assert.ok(Date.now() - t0 >= 680, `held ${Date.now() - t0} ms`);
+    c.close();
+  });
+});
+
+test('ident: true asks the client\'s real identd (oidentd): user@host sources and %U', async (t) => {
+  const identd = await startOidentd();
+  t.after(() => identd.stop());
+  const me = os.userInfo().username; // oidentd names the owner of our client socket
+  const identRules = path.join(dir, 'ident_rules');
+  fs.writeFileSync(identRules, `noto:${me}@ALL:ALL:*@private.example.test:550 5.7.1 %U@%I may not write to %T\nallow:ALL:ALL:ALL\n`);
+  const settings = { rules_file: identRules, ident: true, ident_port: identd.port, ident_timeout: '3s' };
+  await withTestApp(config(withPtr.port, settings), async (app) => {
+    const c = await open(app, 'friend@src.test');
+    c.send('RCPT TO:<boss@private.example.test>\r\n');
+    assert.equal(await c.reply(), `550 5.7.1 ${me}@127.0.0.1 may not write to <boss@private.example.test>`);
+    c.send('RCPT TO:<user@example.test>\r\n');
+    assert.equal(await c.reply(), '250 2.1.5 Ok');
+    c.close();
+    const asked = app.logs().find((l) => l.check === 'rules_file' && /smtp connection from /.test(String(l.msg)));
+    // smtpd's log line names the IDENT user (the host stays UNKNOWN: no rule here needs its name).
+    assert.match(String(asked?.msg), new RegExp(`^smtp connection from ${me}@UNKNOWN\\(127\\.0\\.0\\.1\\) attempted`));
+  });
+  // No identd answering (its port closed): no user, so the user@host rule cannot match.
+  const closed = { ...settings, ident_port: identd.port };
+  await identd.stop();
+  await withTestApp(config(withPtr.port, closed), async (app) => {
+    const c = await open(app, 'friend@src.test');
+    c.send('RCPT TO:<boss@private.example.test>\r\n');
+    assert.equal(await c.reply(), '250 2.1.5 Ok');
     c.close();
   });
 });

@@ -1,4 +1,4 @@
-// The mxguard command line: start | check | queue.
+// The mxguard command line: start | stdio | check | queue | relay | user | relaytest.
 import { Command } from 'commander';
 import { ConfigError, checkConfigFile, defaultConfig, loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
@@ -8,6 +8,7 @@ import { queueDelete, queueFlush, queueList, queueShow } from './queue.ts';
 import { relayCommand } from './relay.ts';
 import { userCommand } from './user.ts';
 import { relaytestMain } from './relaytest.ts';
+import { runStdio, stdioLogger } from '../stdio.ts';
 
 // Spool fsyncs run in libuv's thread pool; the default 4 threads would serialise them.
 process.env.UV_THREADPOOL_SIZE ??= '16';
@@ -53,6 +54,7 @@ async function start(file: string | undefined): Promise<void> {
     );
   });
   process.on('SIGUSR1', () => void app.rescanQueue());
+  process.on('SIGUSR2', () => void app.adoptNewMessages());
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -90,6 +92,31 @@ program
     const result = await checkConfigFile(opts.config);
     (result.ok ? console.log : console.error)(result.output);
     process.exitCode = result.ok ? 0 : 1;
+  });
+
+program
+  .command('stdio')
+  .description('one SMTP session on standard input/output, for inetd, systemd socket activation or tcpserver (honours TCPREMOTEIP, REMOTE_ADDR and RBLSMTPD); a running `mxguard start` delivers')
+  .option('-c, --config <file>', 'YAML configuration file')
+  .action(async (opts: { config?: string }) => {
+    let config: Config;
+    try {
+      config = await loadConfig(opts.config);
+    } catch (err) {
+      // Standard output is the client: a broken config is a temporary failure there.
+      console.error(err instanceof ConfigError ? err.message : `mxguard: ${(err as Error).message}`);
+      process.stdout.write('421 4.3.0 Service not available: configuration error\r\n');
+      process.exit(1);
+    }
+    const log = stdioLogger(config);
+    let code = 1;
+    try {
+      code = await runStdio(config, log);
+    } catch (err) {
+      log.fatal({ err }, 'stdio session failed');
+    }
+    log.flush();
+    process.exit(code);
   });
 
 const queue = program.command('queue').description('inspect and manage the spool').option('-c, --config <file>', 'YAML configuration file');

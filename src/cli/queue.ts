@@ -4,6 +4,7 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config/schema.ts';
 import { listQueue, readQueueFile, Spool, writeStateFile, type QueuedMessage, type SpoolPaths } from '../queue/spool.ts';
+import { signalDaemon } from '../queue/daemon-signal.ts';
 import { listSegments, markDoneExternally, readSegment, segmentPath, type JournalRecord } from '../queue/journal.ts';
 
 function spoolPaths(config: Config): SpoolPaths {
@@ -11,14 +12,8 @@ function spoolPaths(config: Config): SpoolPaths {
 }
 
 async function signalServer(config: Config): Promise<string> {
-  try {
-    const pid = Number((await fsp.readFile(path.join(config.data_dir, 'mxguard.pid'), 'utf8')).trim());
-    if (!Number.isInteger(pid) || pid <= 0) return 'no running mxguard found';
-    process.kill(pid, 'SIGUSR1');
-    return `told mxguard (pid ${pid})`;
-  } catch {
-    return 'no running mxguard found; it will pick this up when it starts';
-  }
+  const pid = await signalDaemon(config.data_dir, 'SIGUSR1');
+  return pid === undefined ? 'no running mxguard found; it will pick this up when it starts' : `told mxguard (pid ${pid})`;
 }
 
 /** Messages still in the journal (on their first delivery attempt). */

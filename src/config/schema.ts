@@ -68,14 +68,45 @@ const deliver = z.string().superRefine((v, ctx) => {
   }
 });
 
+/** A downstream MTA to talk to: smtp://host:port or lmtp://host:port. */
+const downstream = z.string().superRefine((v, ctx) => {
+  if (!/^(smtp|lmtp):\/\/[^/]+:\d+$/.test(v)) ctx.addIssue({ code: 'custom', message: `"${v}" is not smtp://host:port or lmtp://host:port` });
+});
+
+/** An envelope sender: "<>" or "" for the null sender, else local@domain (with or without <>). */
+const envelopeSender = z.string().transform((v, ctx) => {
+  const a = v.trim().replace(/^<(.*)>$/, '$1');
+  if (a !== '' && !/^[^\s<>@\x00-\x1f\x7f]+@[^\s<>@\x00-\x1f\x7f]+$/.test(a)) {
+    ctx.addIssue({ code: 'custom', message: `"${v}" is not an address (local@domain), nor <> for the null sender` });
+    return z.NEVER;
+  }
+  return a;
+});
+
 export const configSchema = z.strictObject({
   /** The Obtuse smtpd rules file (seed 004): [allow|deny|noto]:SourceList:FromList:ToList[:XXX message]. */
   rules_file: z.string().min(1).optional(),
   /** Hold deny and noto answers of the rules file back this long (smtpd's noto_delay). */
   noto_delay: duration.default(0),
+  /** Ask the client's identd (RFC 1413) who is connecting, for the rules file's user@host sources, USER@… and %U; only when a rule uses them. */
+  ident: z.boolean().default(false),
+  /** Give up on the identd after this long (most clients run none: the connection is refused at once, or times out). */
+  ident_timeout: duration.default(5000),
+  /** The identd port (113; another only for tests). */
+  ident_port: z.number().int().min(1).max(65535).default(113),
   /** Our name in the banner, EHLO reply and Received header. */
   hostname: domain.default(os.hostname().toLowerCase()),
   listen: z.array(hostPort).min(1).default(['127.0.0.1:2525']),
+  proxy_protocol: z
+    .strictObject({
+      /** Listen addresses (each also under `listen`) where every connection begins with a PROXY header, v1 or v2 (HAProxy's send-proxy, send-proxy-v2). */
+      listen: z.array(hostPort).default([]),
+      /** The proxies that may connect there; anyone else is dropped before the banner (the header could claim any address). */
+      trusted: z.array(cidr).default(['127.0.0.1', '::1']),
+      /** How long a proxy may take to send its header. */
+      timeout: duration.default(10_000),
+    })
+    .prefault({}),
   /** Mail for these domains is ours to accept; everything else is relaying. */
   local_domains: z.array(domain).default(['localhost']),
   data_dir: z.string().min(1).default('./var'),
@@ -190,6 +221,26 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** Valid local recipients, one address or @domain (catch-all) per line; re-read when it changes. Unset: every local address is taken. */
       file: z.string().min(1).optional(),
+      /** Ask the downstream MTA whether a local recipient exists (RCPT TO, never DATA) and cache its answer: Postfix's reject_unverified_recipient, Exim's callout. Absent: off. */
+      callout: z
+        .strictObject({
+          /** Whom to ask: smtp://host:port or lmtp://host:port. Default: deliver, when that is SMTP or LMTP. */
+          target: downstream.optional(),
+          // The TTLs: Exim keeps callout answers 24h / 2h; Postfix re-probes after 7d / 3h (in the
+          // background, while it goes on using the old answer). We have no background refresh, so
+          // positive_ttl is how long a deleted mailbox still gets mail, which then bounces: a day.
+          // negative_ttl is how long a new mailbox is still refused: an hour (a spammer's list
+          // of made-up names costs one probe per name per hour).
+          /** Keep "this user exists" this long (0 = ask every time). */
+          positive_ttl: duration.default(86_400_000),
+          /** Keep "no such user" (a 5xx to RCPT) this long (0 = ask every time). */
+          negative_ttl: duration.default(3_600_000),
+          /** The longest a probe may take, connect to the answer to RCPT; past it the client gets 451 4.4.3 (never a 5xx). */
+          timeout: duration.refine((ms) => ms > 0, 'must be longer than 0').default(30_000),
+          /** MAIL FROM of the probe: "<>" (the null sender, as Exim's callout), or an address for a downstream that refuses <>. */
+          sender: envelopeSender.default(''),
+        })
+        .optional(),
     })
     .prefault({}),
   mail_from: z
@@ -269,6 +320,8 @@ export const configSchema = z.strictObject({
       connections: z.number().int().positive().max(256).default(8),
       /** Bounce (RFC 3464 DSN) to the sender when the downstream refuses for good or max_age passes. */
       bounce: z.boolean().default(true),
+      /** Look for messages `mxguard stdio` queued this often (it also signals the daemon, when it may). */
+      scan_interval: duration.default(60_000),
     })
     .prefault({}),
   dns: z
@@ -304,6 +357,16 @@ export const configSchema = z.strictObject({
       file: z.string().optional(),
     })
     .prefault({}),
+}).superRefine((c, ctx) => {
+  // Cross-section checks: they run once every section is valid.
+  c.proxy_protocol.listen.forEach((entry, i) => {
+    if (!c.listen.includes(entry)) ctx.addIssue({ code: 'custom', path: ['proxy_protocol', 'listen', i], message: `"${entry}" is not one of the listen addresses (${c.listen.join(', ')})` });
+  });
+  const callout = c.recipients.callout;
+  if (callout !== undefined && callout.target === undefined && !/^(smtp|lmtp):\/\//.test(c.deliver ?? '')) {
+    const deliver = c.deliver === undefined ? 'the default Maildir' : c.deliver;
+    ctx.addIssue({ code: 'custom', path: ['recipients', 'callout'], message: `needs a target (smtp://host:port or lmtp://host:port): deliver is ${deliver}, which cannot be asked about recipients` });
+  }
 });
 
 export type Config = z.output<typeof configSchema>;

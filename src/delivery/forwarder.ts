@@ -43,6 +43,7 @@ export class Forwarder {
   private cachedBytes = 0;
   private stopped = false;
   private idle: (() => void) | undefined;
+  private scanning: Promise<void> = Promise.resolve();
 
   constructor(opts: { transport: Transport; spool: Spool; config: Config; log: Logger }) {
     this.transport = opts.transport;
@@ -62,6 +63,7 @@ export class Forwarder {
 
   /** A freshly committed message: deliver as soon as a connection is free. */
   enqueue(msg: CommittedMessage): void {
+    if (this.jobs.has(msg.envelope.id)) return; // a rescan found its file first
     let cached = msg.cached;
     if (cached && this.cachedBytes + msg.size > CACHE_LIMIT) cached = undefined;
     if (cached) this.cachedBytes += msg.size;
@@ -75,10 +77,18 @@ export class Forwarder {
    * `mxguard queue flush|delete`) new state from disk: deleted messages are dropped, and
    * deferred ones whose state file says "now" are retried now.
    */
-  async rescan(): Promise<void> {
+  rescan(opts: { newOnly?: boolean } = {}): Promise<void> {
+    // One scan at a time: two overlapping scans could both adopt a new file.
+    const next = this.scanning.then(() => this.scan(opts));
+    this.scanning = next.catch((err: unknown) => this.log.error({ err }, 'queue scan failed'));
+    return next;
+  }
+
+  private async scan(opts: { newOnly?: boolean }): Promise<void> {
     const ids = new Set(await listQueue(this.spool.paths));
     const doneElsewhere = new Map<number, Set<string>>();
-    for (const [id, job] of this.jobs) {
+    // newOnly: just adopt the messages other processes (`mxguard stdio`) queued meanwhile.
+    if (!opts.newOnly) for (const [id, job] of this.jobs) {
       if (job.journal) {
         // `mxguard queue delete` marks journaled messages done in the segment's .done file.
         const seq = job.journal.seq;
@@ -88,7 +98,7 @@ export class Forwarder {
     }
     for (const id of ids) {
       const known = this.jobs.get(id);
-      if (known && known.timer === undefined) continue; // ready or being delivered
+      if (known && (known.timer === undefined || opts.newOnly)) continue; // ready or being delivered
       if (this.spool.writing.has(id)) continue; // still being received
       let queued;
       try {
@@ -107,6 +117,8 @@ export class Forwarder {
         continue;
       }
       const nextAt = queued.state?.nextAt ?? 0;
+      // A message this process queued while the file was read is delivered from enqueue().
+      if (!known && this.jobs.has(id)) continue;
       if (known) {
         if (nextAt < known.nextAt) {
           clearTimeout(known.timer);

@@ -18,6 +18,10 @@ export interface SessionInfo {
   authUser?: string;
   /** Recipients accepted in this session so far, over all its transactions. */
   rcptCount: number;
+  /** The client's host name as the launcher found it (tcpserver's TCPREMOTEHOST); null: it has none. */
+  readonly clientHostname?: string | null;
+  /** rblsmtpd's RBLSMTPD variable under `mxguard stdio`: non-empty refuses every RCPT, empty skips the DNS blocklists. */
+  readonly rblsmtpd?: string;
 }
 
 export interface TransactionInfo {

@@ -8,6 +8,11 @@
 // to a queue file of its own, so journal segments live only for seconds. A queue file without
 // a valid trailer was never acknowledged (crash in mid-DATA) and is removed.
 //
+// Shared mode (`mxguard stdio`, one short-lived process per connection, beside a running
+// daemon): the journal has one writer, the daemon, so a shared spool writes every message to
+// spool/queue/<id>.new, syncs it, and links it to <id> only when complete; the daemon's rescan
+// sees finished files only and never takes a half-written one for a crash leftover.
+//
 // Queue file layout: the message octets (CRLF lines, not dot-stuffed), then the envelope as
 // one JSON line, then a fixed 21-octet trailer "MXQ1 <15-digit message length>\n".
 import fs from 'node:fs';
@@ -20,6 +25,10 @@ import { isEnvelope, type DeliveryState, type Envelope } from './envelope.ts';
 import type { MessageBody } from '../delivery/types.ts';
 
 const TRAILER_LEN = 21;
+/** A shared spool's message until it is complete (see the header). */
+const NEW_SUFFIX = '.new';
+/** A .new file untouched this long belongs to a process that died (data_timeout is minutes). */
+const STALE_NEW_MS = 86_400_000;
 /** Messages up to this size stay in memory until committed (and are delivered from memory). */
 const MEMORY_LIMIT = 256 * 1024;
 
@@ -74,8 +83,12 @@ export class Spool {
   /** IDs being written right now: a rescan must not take them for broken files. */
   readonly writing = new Set<string>();
 
-  private constructor(paths: SpoolPaths) {
+  /** A spool that other processes write to at the same time (see the header): no journal. */
+  readonly shared: boolean;
+
+  private constructor(paths: SpoolPaths, shared: boolean) {
     this.paths = paths;
+    this.shared = shared;
     this.dirSync = SyncGroup.forDirectory(paths.queue);
     this.journal = new Journal(paths.journal);
   }
@@ -84,9 +97,11 @@ export class Spool {
    * Opens (creating) the spool under `dir`. Messages a previous run left in the journal get
    * queue files of their own first, so the forwarder finds everything in spool/queue.
    */
-  static async open(dir: string): Promise<Spool> {
+  static async open(dir: string, opts: { shared?: boolean } = {}): Promise<Spool> {
     const paths = Spool.at(dir);
     await fsp.mkdir(paths.queue, { recursive: true, mode: 0o700 });
+    // A sharing process leaves recovery to the daemon, which owns the journal.
+    if (opts.shared) return new Spool(paths, true);
     // Spools of earlier versions wrote into incoming/ first: nothing there was acknowledged.
     await fsp.rm(path.join(dir, 'incoming'), { recursive: true, force: true });
     const segments = listSegments(paths.journal);
@@ -106,7 +121,7 @@ export class Spool {
       }
       fs.closeSync(dirFd);
     }
-    return new Spool(paths);
+    return new Spool(paths, false);
   }
 
   /** The spool's paths (for the CLI, which only reads). */
@@ -141,6 +156,20 @@ export class Spool {
 
   async writeState(id: string, state: DeliveryState): Promise<void> {
     await writeStateFile(this.paths, id, state);
+  }
+
+  /** Removes the .new files of `mxguard stdio` processes that died mid-message (never acknowledged). */
+  removeStaleNew(maxAgeMs = STALE_NEW_MS): void {
+    const cutoff = Date.now() - maxAgeMs;
+    for (const name of fs.readdirSync(this.paths.queue)) {
+      if (!name.endsWith(NEW_SUFFIX)) continue;
+      const file = path.join(this.paths.queue, name);
+      try {
+        if (fs.statSync(file).mtimeMs < cutoff) fs.unlinkSync(file);
+      } catch {
+        // gone meanwhile
+      }
+    }
   }
 
   close(): void {
@@ -182,7 +211,7 @@ export class MessageWriter {
   constructor(spool: Spool, id: string, prefix: Buffer) {
     this.spool = spool;
     this.id = id;
-    this.file = spool.queuePath(id);
+    this.file = spool.shared ? spool.queuePath(id) + NEW_SUFFIX : spool.queuePath(id);
     spool.writing.add(id);
     this.add([prefix]);
   }
@@ -213,15 +242,24 @@ export class MessageWriter {
   async commit(envelope: Envelope): Promise<CommittedMessage> {
     await this.writing;
     if (this.failed) throw this.failed;
-    if (this.fd === undefined) {
+    if (this.fd === undefined && !this.spool.shared) {
       const journal = await this.spool.journal.append(envelope, this.chunks, this.size);
       this.spool.writing.delete(this.id);
       return { envelope, size: this.size, cached: this.chunks, journal };
     }
-    const fd = this.fd;
+    const fd = (this.fd ??= await open(this.file, 'wx', 0o600));
     await writev(fd, queueFileParts(envelope, this.chunks, this.size));
-    // The directory fsync starts after the file was created, so it covers the new entry.
-    await Promise.all([fdatasync(fd), this.spool.dirSync.sync()]);
+    if (this.spool.shared) {
+      await fdatasync(fd);
+      // link() and not rename(): it refuses to replace a queue file of the same ID (EEXIST →
+      // 451, the client retries) where rename would silently drop the other message.
+      fs.linkSync(this.file, this.spool.queuePath(this.id));
+      unlinkIfThere(this.file);
+      await this.spool.dirSync.sync();
+    } else {
+      // The directory fsync starts after the file was created, so it covers the new entry.
+      await Promise.all([fdatasync(fd), this.spool.dirSync.sync()]);
+    }
     this.fd = undefined;
     this.spool.writing.delete(this.id);
     fs.closeSync(fd);

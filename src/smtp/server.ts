@@ -1,11 +1,14 @@
 // The listening side: accepts connections on every `listen` address, enforces
 // limits.max_connections and limits.max_connections_per_ip, and runs one Session per client.
+// On the addresses under proxy_protocol.listen a trusted proxy (HAProxy) connects and sends a
+// PROXY header first: the session, its limits and its checks then see the client it names.
 import net from 'node:net';
 import tls from 'node:tls';
 import fs from 'node:fs';
-import { Session, type SessionDeps } from './session.ts';
+import { Session, socketConnection, type Connection, type SessionDeps } from './session.ts';
+import { parseProxyHeader } from './proxy-protocol.ts';
 import { parseHostPort, type Config } from '../config/schema.ts';
-import { plainIp } from '../util/cidr.ts';
+import { AddressList, plainIp } from '../util/cidr.ts';
 import type { Logger } from '../util/log.ts';
 
 export function loadTlsContext(config: Config): tls.SecureContext | undefined {
@@ -39,7 +42,8 @@ export class SmtpServer {
     for (const entry of this.deps.config.listen) {
       const hp = parseHostPort(entry);
       if (!hp) throw new Error(`bad listen address ${entry}`);
-      const server = net.createServer({ noDelay: true }, (socket) => this.accept(socket));
+      const proxied = this.deps.config.proxy_protocol.listen.includes(entry);
+      const server = net.createServer({ noDelay: true }, (socket) => (proxied ? this.acceptProxied(socket) : this.accept(socket, socketConnection(socket))));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen({ host: hp.host, port: hp.port, backlog: 511 }, () => {
@@ -56,9 +60,29 @@ export class SmtpServer {
     return bound;
   }
 
-  private accept(socket: net.Socket): void {
+  /** A proxy listener: only trusted proxies, and only after a valid PROXY header. */
+  private acceptProxied(socket: net.Socket): void {
+    const pp = this.deps.config.proxy_protocol;
+    const proxy = plainIp(socket.remoteAddress ?? '');
+    socket.on('error', () => undefined);
+    if (!proxyTrust(pp.trusted).has(proxy)) {
+      this.log.warn({ ip: proxy, check: 'proxy_protocol', setting: 'proxy_protocol.trusted' }, 'connection refused: not a trusted proxy');
+      socket.destroy();
+      return;
+    }
+    void readProxyHeader(socket, pp.timeout).then((result) => {
+      if (typeof result === 'string') {
+        this.log.warn({ ip: proxy, check: 'proxy_protocol', reason: result }, 'connection dropped: no valid PROXY header');
+        socket.destroy();
+        return;
+      }
+      this.accept(socket, result, proxy);
+    });
+  }
+
+  private accept(socket: net.Socket, connection: Connection, proxy?: string): void {
     const config = this.deps.config;
-    const ip = plainIp(socket.remoteAddress ?? '');
+    const ip = connection.remoteIp;
     socket.on('error', () => undefined);
     if (this.stopping) {
       socket.end(`421 4.3.2 ${config.hostname} Service shutting down\r\n`);
@@ -76,7 +100,8 @@ export class SmtpServer {
       return;
     }
     this.perIp.set(ip, fromIp + 1);
-    const session: Session = new Session(socket, this.deps, () => {
+    if (proxy !== undefined) this.log.debug({ ip, proxy }, 'proxied connection');
+    const session: Session = new Session(socket, connection, this.deps, () => {
       this.sessions.delete(session);
       const n = (this.perIp.get(ip) ?? 1) - 1;
       if (n <= 0) this.perIp.delete(ip);
@@ -85,6 +110,7 @@ export class SmtpServer {
     });
     this.sessions.add(session);
     void session.start();
+    if (proxy !== undefined) socket.resume(); // readProxyHeader() left it paused
   }
 
   get connectionCount(): number {
@@ -106,4 +132,45 @@ export class SmtpServer {
       for (const s of this.sessions) s.forceClose();
     }
   }
+}
+
+/** proxy_protocol.trusted as a matcher, built once per list. */
+const trustLists = new WeakMap<readonly string[], AddressList>();
+function proxyTrust(trusted: readonly string[]): AddressList {
+  let list = trustLists.get(trusted);
+  if (!list) trustLists.set(trusted, (list = new AddressList(trusted)));
+  return list;
+}
+
+/**
+ * Reads the PROXY header (v1 or v2) a proxy sends before anything else. Resolves with the
+ * client it names (a LOCAL header, the proxy's own health check: the socket's own addresses),
+ * or with the reason there is none. What follows the header is put back for the session, and
+ * the socket is left paused.
+ */
+export function readProxyHeader(socket: net.Socket, timeoutMs: number): Promise<Connection | string> {
+  return new Promise((resolve) => {
+    let buf: Buffer = Buffer.alloc(0);
+    const finish = (result: Connection | string, rest?: Buffer): void => {
+      clearTimeout(timer);
+      socket.off('data', onData);
+      socket.off('close', onClose);
+      socket.pause();
+      if (rest && rest.length > 0) socket.unshift(rest);
+      resolve(result);
+    };
+    const onData = (chunk: Buffer): void => {
+      buf = buf.length === 0 ? chunk : Buffer.concat([buf, chunk]);
+      const h = parseProxyHeader(buf);
+      if (h.kind === 'incomplete') return;
+      if (h.kind === 'invalid') return finish(h.reason);
+      const rest = buf.subarray(h.consumed);
+      if (h.kind === 'local') return finish(socketConnection(socket), rest);
+      finish({ remoteIp: h.source.ip, remotePort: h.source.port, localIp: h.destination.ip, localPort: h.destination.port }, rest);
+    };
+    const onClose = (): void => finish('closed before the header');
+    const timer = setTimeout(() => finish(`no header within ${timeoutMs} ms`), timeoutMs);
+    socket.on('data', onData);
+    socket.once('close', onClose);
+  });
 }

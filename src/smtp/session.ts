@@ -4,6 +4,7 @@
 // stays buffered, and replies are written in one batch when the input runs dry (RFC 2920).
 import tls from 'node:tls';
 import type net from 'node:net';
+import type { Duplex } from 'node:stream';
 import { parseCommandLine, parseHeloArg, parsePath, type Address, type PathParams } from './command.ts';
 import { DataDecoder } from './data-decoder.ts';
 import { multiline, receivedHeader } from './replies.ts';
@@ -32,6 +33,38 @@ export interface SessionDeps {
   readonly store?: Store;
   /** Checks AUTH credentials; no authenticator, no AUTH. */
   readonly authenticator?: Authenticator;
+}
+
+/**
+ * What a session needs of its connection: a TCP socket, or the inherited standard input and
+ * output of `mxguard stdio` (src/smtp/stdio-socket.ts). It emits 'timeout' after setTimeout's
+ * idle time, as net.Socket does.
+ */
+export type SessionSocket = Duplex & {
+  setTimeout(ms: number): unknown;
+  setNoDelay?(noDelay?: boolean): unknown;
+};
+
+/** Who is talking to whom: from the socket, a PROXY protocol header or tcpserver's variables. */
+export interface Connection {
+  readonly remoteIp: string;
+  readonly remotePort: number;
+  readonly localIp: string;
+  readonly localPort: number;
+  /** The client's host name as the launcher found it (tcpserver's TCPREMOTEHOST); null: it has none. */
+  readonly clientHostname?: string | null;
+  /** rblsmtpd's RBLSMTPD variable, when `mxguard stdio` runs with it set. */
+  readonly rblsmtpd?: string;
+}
+
+/** The connection facts of a plain TCP socket. */
+export function socketConnection(socket: net.Socket): Connection {
+  return {
+    remoteIp: plainIp(socket.remoteAddress ?? ''),
+    remotePort: socket.remotePort ?? 0,
+    localIp: plainIp(socket.localAddress ?? ''),
+    localPort: socket.localPort ?? 0,
+  };
 }
 
 /** Command line limit (RFC 5321 4.5.3.1.4), including CRLF. */
@@ -70,7 +103,7 @@ let sessionCounter = 0;
 
 export class Session {
   readonly info: SessionInfo;
-  private socket: net.Socket;
+  private socket: SessionSocket;
   private readonly deps: SessionDeps;
   private readonly config: Config;
   private readonly log: Logger;
@@ -94,17 +127,14 @@ export class Session {
   private readonly onClosed: () => void;
   private closeTimer: NodeJS.Timeout | undefined;
 
-  constructor(socket: net.Socket, deps: SessionDeps, onClosed: () => void) {
+  constructor(socket: SessionSocket, connection: Connection, deps: SessionDeps, onClosed: () => void) {
     this.socket = socket;
     this.deps = deps;
     this.config = deps.config;
     this.onClosed = onClosed;
     this.info = {
       sid: (Date.now() % 1e8).toString(36) + (++sessionCounter).toString(36),
-      remoteIp: plainIp(socket.remoteAddress ?? ''),
-      remotePort: socket.remotePort ?? 0,
-      localIp: plainIp(socket.localAddress ?? ''),
-      localPort: socket.localPort ?? 0,
+      ...connection,
       tls: false,
       esmtp: false,
       earlyTalker: false,
@@ -114,8 +144,8 @@ export class Session {
     this.attach(socket);
   }
 
-  private attach(socket: net.Socket): void {
-    socket.setNoDelay(true);
+  private attach(socket: SessionSocket): void {
+    socket.setNoDelay?.(true);
     socket.on('data', this.onData);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
@@ -123,7 +153,7 @@ export class Session {
     socket.setTimeout(this.config.limits.command_timeout);
   }
 
-  private detach(socket: net.Socket): void {
+  private detach(socket: SessionSocket): void {
     socket.off('data', this.onData);
     socket.off('error', this.onError);
     socket.off('close', this.onClose);

@@ -4,21 +4,13 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { freePort, maildirFiles, makeTempDir, parseSinkDump, runSwaks, startDovecotLmtp, startPostfix, startSmtpSink, waitUntil, type Peer } from './peers.ts';
+import { freePort, isAlive, maildirFiles, makeTempDir, parseSinkDump, runSwaks, startDovecotLmtp, startPostfix, startSmtpSink, waitUntil, type Peer } from './peers.ts';
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function assertStops(peer: Peer): Promise<void> {
   const pid = peer.pid;
   await peer.stop();
-  assert.ok(await waitUntil(() => !alive(pid), 5000), `${peer.name} pid ${pid} still alive after stop()`);
+  assert.ok(await waitUntil(() => !isAlive(pid), 5000), `${peer.name} pid ${pid} still alive after stop()`);
   await peer.stop(); // idempotent
 }
 

@@ -46,7 +46,8 @@ const READY_TIMEOUT_MS = 15_000;
 const NOBODY_UID = 65534;
 const NOBODY_GID = 65534;
 
-function isAlive(pid: number): boolean {
+/** The process still exists (signal 0). */
+export function isAlive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
@@ -151,7 +152,7 @@ export function probeBanner(port: number, timeoutMs = 1000): Promise<boolean> {
 }
 
 /** Waits for the 220 banner on port while the child lives; throws with the peer's log otherwise. */
-async function waitReady(name: string, port: number, sp: Spawned, logOf: () => string, probe: (port: number) => Promise<boolean> = probeBanner): Promise<void> {
+export async function waitReady(name: string, port: number, sp: Spawned, logOf: () => string, probe: (port: number) => Promise<boolean> = probeBanner): Promise<void> {
   const deadline = Date.now() + READY_TIMEOUT_MS;
   while (Date.now() < deadline) {
     if (sp.hasExited()) break;
@@ -165,7 +166,7 @@ async function waitReady(name: string, port: number, sp: Spawned, logOf: () => s
 }
 
 /** Starts with a fresh port, retrying when another process grabbed the port in between. */
-async function withPortRetry<T>(start: (port: number) => Promise<T>, fixedPort?: number): Promise<T> {
+export async function withPortRetry<T>(start: (port: number) => Promise<T>, fixedPort?: number): Promise<T> {
   if (fixedPort !== undefined) return start(fixedPort);
   let lastErr: unknown;
   for (let attempt = 0; attempt < 3; attempt++) {
@@ -173,7 +174,8 @@ async function withPortRetry<T>(start: (port: number) => Promise<T>, fixedPort?:
       return await start(await freePort());
     } catch (err) {
       lastErr = err;
-      if (!/in use|EADDRINUSE|bind/i.test(String(err))) throw err;
+      // oidentd says "Unable to set up listening socket"; the others name the bind.
+      if (!/in use|EADDRINUSE|bind|listening socket/i.test(String(err))) throw err;
     }
   }
   throw lastErr;

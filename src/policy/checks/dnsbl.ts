@@ -19,10 +19,14 @@
 // - Answers are cached by the resolver for their TTL, so a client that comes back within it
 //   costs no query.
 //
+// Under `mxguard stdio`, an empty RBLSMTPD variable (rblsmtpd's "known good client") skips all
+// three checks (rblsmtpd.ts).
+//
 // The client check runs at connect; its refusal, like every connect refusal, is answered at RCPT
 // (smtp.delay_reject), so the log shows sender and recipient.
 import net from 'node:net';
 import type { Check } from '../check.ts';
+import type { SessionInfo } from '../context.ts';
 import type { Config } from '../../config/schema.ts';
 import type { DnsResolver, ListResult } from '../../dns/resolver.ts';
 import { normalizeName } from '../../dns/resolver.ts';
@@ -222,6 +226,11 @@ export function listVerdict(c: ListCheckSpec, subject: string, outcomes: readonl
     : { kind: 'reject', check: c.check, code: 554, enhanced: '5.7.1', text, setting: c.setting, log };
 }
 
+/** RBLSMTPD set and empty: the launcher vouched for this client, blocklists are not asked. */
+function vouchedFor(session: SessionInfo): boolean {
+  return session.rblsmtpd === '';
+}
+
 /** `dnsbl.zones`: the client's address against the DNS blocklists (and allowlists), at connect. */
 export function dnsblCheck(config: DnsblSettings, dns: DnsResolver): Check<'connect'> {
   const c: ListCheckSpec = { check: 'dnsbl', setting: 'dnsbl.zones', zones: config.zones, settings: config };
@@ -230,7 +239,7 @@ export function dnsblCheck(config: DnsblSettings, dns: DnsResolver): Check<'conn
     phase: 'connect',
     async run(ctx) {
       const ip = ctx.session.remoteIp;
-      if (c.zones.length === 0 || net.isIP(ip) === 0) return CONTINUE;
+      if (c.zones.length === 0 || net.isIP(ip) === 0 || vouchedFor(ctx.session)) return CONTINUE;
       const outcomes = await askAll(c.zones, (zone) => dns.dnsblQuery(ip, zone));
       return listVerdict(c, `client [${ip}]`, outcomes);
     },
@@ -254,7 +263,7 @@ export function rhsblSenderCheck(config: DnsblSettings, dns: DnsResolver): Check
     name: c.check,
     phase: 'mail',
     async run(ctx) {
-      if (c.zones.length === 0 || ctx.mailFrom.address === '' || ctx.session.authUser !== undefined) return CONTINUE;
+      if (c.zones.length === 0 || ctx.mailFrom.address === '' || ctx.session.authUser !== undefined || vouchedFor(ctx.session)) return CONTINUE;
       const domain = rhsblName(ctx.mailFrom.domain);
       if (domain === undefined) return CONTINUE;
       const outcomes = await askAll(c.zones, (zone) => dns.rhsblQuery(domain, zone));
@@ -270,7 +279,7 @@ export function rhsblHeloCheck(config: DnsblSettings, dns: DnsResolver): Check<'
     name: c.check,
     phase: 'helo',
     async run(ctx) {
-      if (c.zones.length === 0) return CONTINUE;
+      if (c.zones.length === 0 || vouchedFor(ctx.session)) return CONTINUE;
       const name = rhsblName(ctx.helo);
       if (name === undefined) return CONTINUE;
       const outcomes = await askAll(c.zones, (zone) => dns.rhsblQuery(name, zone));

@@ -125,7 +125,7 @@ test('allow returns continue with smtpd\'s log line; no rule matching is a plain
   assert.deepEqual(await none.run(rcpt(session('192.0.2.1'), 'a@b.test', 'c@d.test')), { kind: 'continue' });
 });
 
-test('ident: asked once per session and only when a rule can use the answer; the session\'s own answer wins', async () => {
+test('ident: asked once per session and only when a rule can use the answer', async () => {
   const { lookups } = fakeDns({});
   const asked: string[] = [];
   const ident = async (s: SessionInfo) => {
@@ -138,9 +138,6 @@ test('ident: asked once per session and only when a rule can use the answer; the
   const first = await check.run(rcpt(s, 'a@b.test', 'c@d.test'));
   await check.run(rcpt(s, 'a@b.test', 'e@d.test'));
   assert.ok(first.kind === 'reject' && first.text === 'joe@192.0.2.1 may not');
-  assert.deepEqual(asked, ['192.0.2.1']);
-  const fromSession = await check.run(rcpt(session('192.0.2.2', { identUser: 'ann' }), 'a@b.test', 'c@d.test'));
-  assert.ok(fromSession.kind === 'reject' && fromSession.text === 'ann@192.0.2.2 may not');
   assert.deepEqual(asked, ['192.0.2.1']);
 
   const failing = rulesCheck(userRules, lookups, { notoDelayMs: 0, file: FILE, ident: () => Promise.reject(new Error('ident timeout')) });

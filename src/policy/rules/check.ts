@@ -38,14 +38,6 @@ export interface RulesCheckOptions {
 /** A refusal that may close the session (`closeSession`, for deny). */
 export type ClosingRefusal = RefusalVerdict;
 
-/** Session facts this check reads when the session provides them (not yet in SessionInfo). */
-interface SessionExtras {
-  /** The IDENT user, when the session already asked. */
-  identUser?: string;
-  /** The client's forward-confirmed PTR name; null when it has none. */
-  clientHostname?: string | null;
-}
-
 export const RULES_CHECK = 'rules_file';
 
 export function rulesCheck(rules: readonly Rule[], lookups: RuleLookups, opts: RulesCheckOptions): Check<'rcpt'> {
@@ -55,8 +47,7 @@ export function rulesCheck(rules: readonly Rule[], lookups: RuleLookups, opts: R
     throw new Error(`${opts.file}${line ? `:${line}` : ''}: an RBL.zone entry needs a DNS blocklist lookup and none is configured`);
   }
   const identAnswers = new WeakMap<SessionInfo, Promise<string | undefined>>();
-  const identOf = (session: SessionInfo & SessionExtras): Promise<string | undefined> => {
-    if (session.identUser !== undefined) return Promise.resolve(session.identUser || undefined);
+  const identOf = (session: SessionInfo): Promise<string | undefined> => {
     const ident = opts.ident;
     if (!needs.ident || !ident) return Promise.resolve(undefined);
     let answer = identAnswers.get(session);
@@ -74,7 +65,7 @@ export function rulesCheck(rules: readonly Rule[], lookups: RuleLookups, opts: R
     name: RULES_CHECK,
     phase: 'rcpt',
     async run(ctx): Promise<Verdict> {
-      const session: SessionInfo & SessionExtras = ctx.session;
+      const session = ctx.session;
       const identUser = await identOf(session);
       const from = ctx.tx.mailFrom.address;
       const to = ctx.rcpt.address;
