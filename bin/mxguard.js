@@ -6,4 +6,8 @@ if (major < 24) {
   console.error('Run it through npm, which uses the node@24 devDependency: npx mxguard start');
   process.exit(1);
 }
+// Keep compiled code between runs (in the system's temp dir, or $NODE_COMPILE_CACHE): it saves
+// about a third of the start-up, which `mxguard stdio` pays once per connection.
+const { enableCompileCache } = await import('node:module');
+enableCompileCache?.();
 await import('../src/cli/main.ts');

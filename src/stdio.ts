@@ -57,7 +57,7 @@ export async function runStdio(config: Config, log: Logger, env: NodeJS.ProcessE
     tls: loadTlsContext(config),
     enqueue: (msg) => {
       const told = signalDaemon(config.data_dir, 'SIGUSR2').then((pid) => {
-        if (pid === undefined) log.warn({ id: msg.envelope.id }, 'no mxguard daemon to signal: the message waits in the queue until one starts or rescans');
+        if (pid === undefined) log.warn({ id: msg.envelope.id }, 'could not signal the mxguard daemon (none running, or it runs as another user): the message waits for its next queue scan');
       });
       signals.push(told);
     },

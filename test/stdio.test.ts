@@ -19,7 +19,8 @@ import { freePort, makeTempDir, parseSinkDump, runSwaks, startSmtpSink, waitUnti
 import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts';
 import { startSocketActivate, startTcpserver, type LauncherPeer } from './harness/launchers.ts';
 
-const MAIN = path.resolve(import.meta.dirname, '../src/cli/main.ts');
+// The installed command (bin/mxguard.js, with its compile cache), as an administrator runs it.
+const MAIN = path.resolve(import.meta.dirname, '../bin/mxguard.js');
 const LIMIT = { timeout: 60_000 };
 
 const RULES = [
