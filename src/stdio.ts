@@ -9,7 +9,6 @@
 // waits in the queue until one starts.
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { pino } from 'pino';
 import type { Config } from './config/schema.ts';
 import { Session, type SessionDeps } from './smtp/session.ts';
 import { loadTlsContext } from './smtp/server.ts';
@@ -21,7 +20,7 @@ import { signalDaemon } from './queue/daemon-signal.ts';
 import { openStore } from './store/index.ts';
 import { createAuthenticator } from './auth/index.ts';
 import { DnsResolver } from './dns/resolver.ts';
-import type { Logger } from './util/log.ts';
+import { createLogger, type Logger } from './util/log.ts';
 
 /**
  * Where stdio mode logs: log.file, else standard error — unless standard error is the client's
@@ -29,9 +28,8 @@ import type { Logger } from './util/log.ts';
  * reach the client.
  */
 export function stdioLogger(config: Config): Logger {
-  const dest = config.log.file ?? (sameFile(0, 2) ? path.join(config.data_dir, 'stdio.log') : undefined);
-  const destination = dest ? pino.destination({ dest, mkdir: true, sync: true }) : pino.destination({ fd: 2, sync: true });
-  return pino({ level: config.log.level, base: { pid: process.pid, mode: 'stdio' }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+  const file = config.log.file ?? (sameFile(0, 2) ? path.join(config.data_dir, 'stdio.log') : undefined);
+  return createLogger(config.log.level, file, { fd: 2, sync: true, fields: { mode: 'stdio' } });
 }
 
 /** Runs the session to its end; resolves with the exit code. */

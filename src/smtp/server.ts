@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import { Session, socketConnection, type Connection, type SessionDeps } from './session.ts';
 import { parseProxyHeader } from './proxy-protocol.ts';
 import { parseHostPort, type Config } from '../config/schema.ts';
-import { AddressList, plainIp } from '../util/cidr.ts';
+import { addressListOf, plainIp } from '../util/cidr.ts';
 import type { Logger } from '../util/log.ts';
 
 export function loadTlsContext(config: Config): tls.SecureContext | undefined {
@@ -65,7 +65,7 @@ export class SmtpServer {
     const pp = this.deps.config.proxy_protocol;
     const proxy = plainIp(socket.remoteAddress ?? '');
     socket.on('error', () => undefined);
-    if (!proxyTrust(pp.trusted).has(proxy)) {
+    if (!addressListOf(pp.trusted).has(proxy)) {
       this.log.warn({ ip: proxy, check: 'proxy_protocol', setting: 'proxy_protocol.trusted' }, 'connection refused: not a trusted proxy');
       socket.destroy();
       return;
@@ -132,14 +132,6 @@ export class SmtpServer {
       for (const s of this.sessions) s.forceClose();
     }
   }
-}
-
-/** proxy_protocol.trusted as a matcher, built once per list. */
-const trustLists = new WeakMap<readonly string[], AddressList>();
-function proxyTrust(trusted: readonly string[]): AddressList {
-  let list = trustLists.get(trusted);
-  if (!list) trustLists.set(trusted, (list = new AddressList(trusted)));
-  return list;
 }
 
 /**

@@ -16,7 +16,7 @@ import { refusalReply, type FinalVerdict, type RefusalVerdict } from '../policy/
 import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
 import type { Envelope } from '../queue/envelope.ts';
 import type { Logger } from '../util/log.ts';
-import { AddressList, plainIp } from '../util/cidr.ts';
+import { addressListOf, plainIp } from '../util/cidr.ts';
 import type { Store } from '../store/store.ts';
 import type { Authenticator } from '../auth/index.ts';
 
@@ -90,14 +90,6 @@ type Mode = 'greeting' | 'command' | 'data' | 'closed';
 
 /** Session refusals an authenticated client is excused from (they judge the network, not the user). */
 const WAIVED_AFTER_AUTH = new Set(['helo', 'rdns', 'dnsbl', 'rhsbl_helo']);
-
-/** auth.plaintext_from as a matcher, built once per configuration (EHLO asks on every session). */
-const plaintextFrom = new WeakMap<Config, AddressList>();
-function plaintextAllowed(config: Config, ip: string): boolean {
-  let list = plaintextFrom.get(config);
-  if (!list) plaintextFrom.set(config, (list = new AddressList(config.auth.plaintext_from)));
-  return list.has(ip);
-}
 
 let sessionCounter = 0;
 
@@ -550,7 +542,7 @@ export class Session {
 
   /** May this client authenticate over this connection (TLS, or listed in auth.plaintext_from)? */
   private authSecured(): boolean {
-    return this.info.tls || !this.config.auth.require_tls || plaintextAllowed(this.config, this.info.remoteIp);
+    return this.info.tls || !this.config.auth.require_tls || addressListOf(this.config.auth.plaintext_from).has(this.info.remoteIp);
   }
 
   /** Whether EHLO lists AUTH: enabled, secured, and not hidden from a recent POP user (relay.hide_auth). */

@@ -48,3 +48,11 @@ export class AddressList {
     return this.list.check(plain, family === 6 ? 'ipv6' : 'ipv4');
   }
 }
+
+/** The matcher for a configured address list, built once per list (config arrays never change). */
+const matchers = new WeakMap<readonly string[], AddressList>();
+export function addressListOf(list: readonly string[]): AddressList {
+  let matcher = matchers.get(list);
+  if (!matcher) matchers.set(list, (matcher = new AddressList(list)));
+  return matcher;
+}

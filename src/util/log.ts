@@ -4,9 +4,14 @@ import { pino, type Logger } from 'pino';
 
 export type { Logger };
 
-export function createLogger(level: string, file?: string): Logger {
-  const destination = file ? pino.destination({ dest: file, mkdir: true, sync: false }) : pino.destination({ fd: 1, sync: false });
-  return pino({ level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+/**
+ * Logs to `file`, else to file descriptor `fd` (standard output by default). `sync` writes each
+ * line at once (for short-lived processes); `fields` go into every line.
+ */
+export function createLogger(level: string, file?: string, opts: { fd?: number; sync?: boolean; fields?: Record<string, unknown> } = {}): Logger {
+  const sync = opts.sync ?? false;
+  const destination = file ? pino.destination({ dest: file, mkdir: true, sync }) : pino.destination({ fd: opts.fd ?? 1, sync });
+  return pino({ level, base: { pid: process.pid, ...opts.fields }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
 }
 
 /** A logger that writes nothing, for unit tests. */
