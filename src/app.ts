@@ -61,7 +61,10 @@ export class App {
     const bound = await this.server.listen();
     this.admin = await startAdmin(config, this.store, this.log);
     await fsp.writeFile(this.pidFile, `${process.pid}\n`);
-    this.scanTimer = setInterval(() => void this.adoptNewMessages(), config.queue.scan_interval);
+    this.scanTimer = setInterval(() => {
+      void this.adoptNewMessages();
+      this.spool?.removeStaleNew(); // once per interval, not per SIGUSR2: a day-old file can wait
+    }, config.queue.scan_interval);
     this.scanTimer.unref();
     return bound;
   }
@@ -69,7 +72,6 @@ export class App {
   /** SIGUSR2 from `mxguard stdio`, and every queue.scan_interval: deliver what other processes queued. */
   async adoptNewMessages(): Promise<void> {
     await this.forwarder?.rescan({ newOnly: true });
-    this.spool?.removeStaleNew();
   }
 
   private sessionDeps(config: Config): SessionDeps {

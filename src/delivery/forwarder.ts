@@ -88,7 +88,7 @@ export class Forwarder {
     const ids = new Set(await listQueue(this.spool.paths));
     const doneElsewhere = new Map<number, Set<string>>();
     // newOnly: just adopt the messages other processes (`mxguard stdio`) queued meanwhile.
-    if (!opts.newOnly) for (const [id, job] of this.jobs) {
+    for (const [id, job] of opts.newOnly ? [] : this.jobs) {
       if (job.journal) {
         // `mxguard queue delete` marks journaled messages done in the segment's .done file.
         const seq = job.journal.seq;
