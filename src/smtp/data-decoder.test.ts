@@ -117,3 +117,116 @@ test('random input never throws and never ends before a real CRLF.CRLF', () => {
     }
   }
 });
+
+// --- the 64 KiB output block boundary (issue 8, defect 1) -----------------------------------
+// A line end whose CR or LF lands on the last octets of an output block once threw (421) or,
+// when the network read ended right there, lost the LF. These inputs put a line end at every
+// offset within a few octets of each block boundary, chunked at random, and compare the output
+// with a plain reference decoding byte for byte.
+
+const BLOCK = 64 * 1024;
+
+interface Line {
+  readonly text: string;
+  /** How the client ended it: a real CRLF, or (normalize mode only) a bare LF. */
+  readonly end: '\r\n' | '\n';
+}
+
+/** Lines whose decoded CR lands at `BLOCK*k + skew` for every skew in -4..4, blocks long. */
+function boundaryLines(rand: () => number, blocks: number, bareLf: boolean): Line[] {
+  const lines: Line[] = [];
+  let out = 0; // decoded octets so far
+  let skew = -4;
+  while (out < blocks * BLOCK) {
+    const nextBoundary = (Math.floor(out / BLOCK) + 1) * BLOCK;
+    let len = 1 + Math.floor(rand() * 997);
+    if (nextBoundary - out < 1100) {
+      // Aim this line's CR at the boundary plus skew (cycling through -4..4).
+      len = nextBoundary + skew - out;
+      skew = skew === 4 ? -4 : skew + 1;
+      if (len < 0) len = 0;
+    }
+    const dot = rand() < 0.1;
+    let text = (dot ? '.' : '') + randomText(rand, Math.max(0, len - (dot ? 1 : 0)));
+    const end = bareLf && rand() < 0.2 ? '\n' : '\r\n';
+    // A line after a bare LF is not at a real line start: keep it dot-free to keep the reference simple.
+    if (lines.at(-1)?.end === '\n' && text.startsWith('.')) text = 'x' + text.slice(1);
+    lines.push({ text, end });
+    out += text.length + 2;
+  }
+  return lines;
+}
+
+function randomText(rand: () => number, len: number): string {
+  let s = '';
+  for (let i = 0; i < len; i++) s += String.fromCharCode(32 + Math.floor(rand() * 95));
+  return s;
+}
+
+/** What the client sends: dot-stuffing after each real line start, then CRLF.CRLF. */
+function wireOf(lines: Line[]): Buffer {
+  let atStart = true;
+  const parts: string[] = [];
+  for (const l of lines) {
+    parts.push((atStart && l.text.startsWith('.') ? '.' : '') + l.text + l.end);
+    atStart = l.end === '\r\n';
+  }
+  if (!atStart) parts.push('\r\n'); // the end-of-data line must follow a real CRLF
+  parts.push('.\r\n');
+  return Buffer.from(parts.join(''), 'latin1');
+}
+
+/** The reference decoding: every line with CRLF, dots as the client wrote them. */
+function expectedOf(lines: Line[]): Buffer {
+  let s = lines.map((l) => l.text + '\r\n').join('');
+  if (lines.at(-1)?.end === '\n') s += '\r\n';
+  return Buffer.from(s, 'latin1');
+}
+
+function randomPieces(rand: () => number, wire: Buffer): Buffer[] {
+  const pieces: Buffer[] = [];
+  for (let i = 0; i < wire.length; ) {
+    const r = rand();
+    // Mostly network-sized reads, sometimes tiny ones that end right after a CR or an LF.
+    const n = r < 0.3 ? 1 + Math.floor(rand() * 4) : r < 0.6 ? 1 + Math.floor(rand() * 2000) : 1 + Math.floor(rand() * 70000);
+    pieces.push(wire.subarray(i, i + n));
+    i += n;
+  }
+  return pieces;
+}
+
+test('line ends on every offset around the 64 KiB block boundary, at random chunkings, decode byte for byte', () => {
+  const rand = prng(8);
+  for (let round = 0; round < 40; round++) {
+    const normalize = round % 2 === 1;
+    const lines = boundaryLines(rand, 3 + (round % 4), normalize);
+    const wire = wireOf(lines);
+    const expected = expectedOf(lines);
+    for (let k = 0; k < 3; k++) {
+      const d = decoder(normalize, 1 << 26, 1 << 20);
+      const { out, end } = decode(d, randomPieces(rand, wire));
+      assert.equal(end, wire.length, `round ${round}: end of data`);
+      assert.equal(d.failed, false, `round ${round}: ${JSON.stringify(d.problems)}`);
+      assert.equal(d.size, expected.length);
+      assert.ok(out.equals(expected), `round ${round}: decoded output differs at octet ${firstDifference(out, expected)}`);
+    }
+  }
+});
+
+test('a read that ends right after a CR LF on the block boundary keeps the LF', () => {
+  for (let skew = -3; skew <= 3; skew++) {
+    const line = 'a'.repeat(BLOCK - 2 + skew);
+    const wire = Buffer.from(`${line}\r\nnext\r\n.\r\n`);
+    const cut = line.length + 2; // the read ends just after the CR LF
+    const d = decoder(false, 1 << 26, 1 << 20);
+    const { out, end } = decode(d, [wire.subarray(0, cut), wire.subarray(cut)]);
+    assert.equal(end, wire.length);
+    assert.equal(out.toString(), `${line}\r\nnext\r\n`, `skew ${skew}`);
+  }
+});
+
+function firstDifference(a: Buffer, b: Buffer): number {
+  const n = Math.min(a.length, b.length);
+  for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
+  return n;
+}

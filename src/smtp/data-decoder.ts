@@ -23,6 +23,7 @@ const DOT = 3; // real line start, then "." (not yet emitted)
 const DOT_CR = 4; // real line start, ".", CR
 
 const BLOCK = 64 * 1024;
+const CRLF = Buffer.from('\r\n');
 
 export class DataDecoder {
   readonly problems: DataProblems = { bareLf: false, bareCr: false, nul: false, longLine: false, tooBig: false };
@@ -167,10 +168,7 @@ export class DataDecoder {
   }
 
   private crlf(): void {
-    if (this.room(2)) {
-      this.block[this.used++] = 13;
-      this.block[this.used++] = 10;
-    }
+    if (this.room(2)) this.append(CRLF, 0, 2);
   }
 
   private room(len: number): boolean {
@@ -183,8 +181,12 @@ export class DataDecoder {
   }
 
   private copy(src: Uint8Array, start: number, end: number): void {
-    let len = end - start;
-    if (len <= 0 || !this.room(len)) return;
+    const len = end - start;
+    if (len > 0 && this.room(len)) this.append(src, start, len);
+  }
+
+  /** Appends octets to the output, starting a new block whenever one is full (even mid CR LF). */
+  private append(src: Uint8Array, start: number, len: number): void {
     while (len > 0) {
       const space = BLOCK - this.used;
       if (space === 0) {
