@@ -3,7 +3,21 @@
 # private Postfix, Dovecot LMTP/POP3/IMAP, redis-server, rbldnsd, dnsmasq, openssl, ucspi-tcp's
 # tcpserver, HAProxy, oidentd) when they are missing. Runs as `npm test`'s pretest
 # step, so a fresh Debian 12 machine needs nothing else. Quick when all is there already.
+#
+# Exim 4.96 (a sending MTA for test/exim.peers.test.ts) is not installed: exim4-daemon-light
+# and Postfix are both mail-transport-agents, so apt would remove Postfix. Its package is only
+# downloaded and unpacked into $MXGUARD_EXIM_ROOT (default /opt/mxguard-test-peers/exim; the
+# binary is usr/sbin/exim4 there, without its setuid bit), with the shared libraries it needs
+# and the system user Debian-exim that the binary looks up when it starts. test/harness/exim.ts
+# runs it with a private configuration (-C).
 set -euo pipefail
+
+EXIM_ROOT=${MXGUARD_EXIM_ROOT:-/opt/mxguard-test-peers/exim}
+EXIM_BIN=$EXIM_ROOT/usr/sbin/exim4
+
+exim_ready() {
+  [ -x "$EXIM_BIN" ] && getent passwd Debian-exim >/dev/null && ! ldd "$EXIM_BIN" 2>/dev/null | grep -q 'not found'
+}
 
 need=()
 command -v swaks >/dev/null 2>&1 || need+=(swaks libnet-ssleay-perl libio-socket-ssl-perl libauthen-sasl-perl)
@@ -16,18 +30,56 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ -x /usr/sbin/oidentd ] || need+=(oidentd)
 
-if [ ${#need[@]} -eq 0 ]; then
+need_exim=0
+exim_ready || need_exim=1
+
+if [ ${#need[@]} -eq 0 ] && [ $need_exim -eq 0 ]; then
   exit 0
 fi
 
-echo "install-peers: installing ${need[*]}"
+what="${need[*]}"
+[ $need_exim -eq 0 ] || what="${what:+$what, }exim4 (unpacked into $EXIM_ROOT)"
+echo "install-peers: installing $what"
 if [ "$(id -u)" -ne 0 ]; then
   SUDO=sudo
-  command -v sudo >/dev/null 2>&1 || { echo "install-peers: need root (or sudo) to apt-get install ${need[*]}" >&2; exit 1; }
+  command -v sudo >/dev/null 2>&1 || { echo "install-peers: need root (or sudo) to install $what" >&2; exit 1; }
 else
   SUDO=
 fi
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
 $SUDO apt-get update -q
-$SUDO apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}"
+if [ ${#need[@]} -gt 0 ]; then
+  $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}"
+fi
+
+if [ $need_exim -eq 1 ]; then
+  work=$(mktemp -d)
+  trap 'rm -rf "$work"' EXIT
+  # apt's download sandbox (user _apt) must be able to write here, or apt warns.
+  if [ "$(id -u)" -eq 0 ] && getent passwd _apt >/dev/null; then chown _apt "$work"; fi
+  (cd "$work" && apt-get download -q exim4-daemon-light)
+  deb=$(ls "$work"/exim4-daemon-light_*.deb)
+  # The libraries it links against (libidn12 is not on every machine); libraries never conflict
+  # with Postfix. The first alternative of each dependency, without its version.
+  libs=$(dpkg-deb -f "$deb" Depends | tr ',' '\n' | sed -e 's/|.*//' -e 's/(.*)//' -e 's/[[:space:]]//g' | grep '^lib' || true)
+  if [ -n "$libs" ]; then
+    # shellcheck disable=SC2086 # one package per word
+    $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends --no-upgrade $libs
+  fi
+  dpkg-deb -x "$deb" "$work/root"
+  chmod u-s,g-s "$work/root/usr/sbin/exim4"
+  $SUDO mkdir -p "$(dirname "$EXIM_ROOT")"
+  $SUDO rm -rf "$EXIM_ROOT.new"
+  $SUDO cp -a "$work/root" "$EXIM_ROOT.new"
+  $SUDO chown -R root:root "$EXIM_ROOT.new"
+  $SUDO rm -rf "$EXIM_ROOT"
+  $SUDO mv "$EXIM_ROOT.new" "$EXIM_ROOT"
+  # The binary looks this user up (EXIM_USER=ref:Debian-exim) before it reads any configuration.
+  if ! getent passwd Debian-exim >/dev/null; then
+    if getent group Debian-exim >/dev/null; then group=(-g Debian-exim); else group=(--user-group); fi
+    $SUDO useradd --system "${group[@]}" --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin Debian-exim
+  fi
+  exim_ready || { echo "install-peers: $EXIM_BIN is still not usable:" >&2; ldd "$EXIM_BIN" >&2 || true; exit 1; }
+  echo "install-peers: $("$EXIM_BIN" -bV 2>/dev/null | head -1 || true) in $EXIM_ROOT"
+fi

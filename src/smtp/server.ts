@@ -2,6 +2,10 @@
 // limits.max_connections and limits.max_connections_per_ip, and runs one Session per client.
 // On the addresses under proxy_protocol.listen a trusted proxy (HAProxy) connects and sends a
 // PROXY header first: the session, its limits and its checks then see the client it names.
+//
+// Connections are half-open capable (allowHalfOpen): a client may shut its sending side and go
+// on reading (Exim sends "." and QUIT, then its FIN); the session answers everything it read
+// before it closes ours.
 import net from 'node:net';
 import tls from 'node:tls';
 import fs from 'node:fs';
@@ -43,7 +47,7 @@ export class SmtpServer {
       const hp = parseHostPort(entry);
       if (!hp) throw new Error(`bad listen address ${entry}`);
       const proxied = this.deps.config.proxy_protocol.listen.includes(entry);
-      const server = net.createServer({ noDelay: true }, (socket) => (proxied ? this.acceptProxied(socket) : this.accept(socket, socketConnection(socket))));
+      const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => (proxied ? this.acceptProxied(socket) : this.accept(socket, socketConnection(socket))));
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen({ host: hp.host, port: hp.port, backlog: 511 }, () => {
@@ -84,20 +88,15 @@ export class SmtpServer {
     const config = this.deps.config;
     const ip = connection.remoteIp;
     socket.on('error', () => undefined);
-    if (this.stopping) {
-      socket.end(`421 4.3.2 ${config.hostname} Service shutting down\r\n`);
-      return;
-    }
+    if (this.stopping) return refuse(socket, `421 4.3.2 ${config.hostname} Service shutting down`);
     const fromIp = this.perIp.get(ip) ?? 0;
     if (this.sessions.size >= config.limits.max_connections) {
       this.log.warn({ ip, check: 'max_connections', setting: 'limits.max_connections' }, 'connection refused: too many connections');
-      socket.end(`421 4.7.0 ${config.hostname} Error: too many connections\r\n`);
-      return;
+      return refuse(socket, `421 4.7.0 ${config.hostname} Error: too many connections`);
     }
     if (fromIp >= config.limits.max_connections_per_ip) {
       this.log.warn({ ip, check: 'max_connections_per_ip', setting: 'limits.max_connections_per_ip' }, 'connection refused: too many connections from this IP');
-      socket.end(`421 4.7.0 ${config.hostname} Error: too many connections from ${ip}\r\n`);
-      return;
+      return refuse(socket, `421 4.7.0 ${config.hostname} Error: too many connections from ${ip}`);
     }
     this.perIp.set(ip, fromIp + 1);
     if (proxy !== undefined) this.log.debug({ ip, proxy }, 'proxied connection');
@@ -134,6 +133,18 @@ export class SmtpServer {
   }
 }
 
+/** How long a refused client may take to close its side before the connection is cut. */
+const REFUSE_LINGER_MS = 5000;
+
+/** Says `reply` and closes; what the client sends meanwhile is read and ignored, and a client that never closes is cut off. */
+function refuse(socket: net.Socket, reply: string): void {
+  socket.end(`${reply}\r\n`);
+  socket.resume();
+  const timer = setTimeout(() => socket.destroy(), REFUSE_LINGER_MS);
+  timer.unref();
+  socket.once('close', () => clearTimeout(timer));
+}
+
 /**
  * Reads the PROXY header (v1 or v2) a proxy sends before anything else. Resolves with the
  * client it names (a LOCAL header, the proxy's own health check: the socket's own addresses),
@@ -147,6 +158,7 @@ export function readProxyHeader(socket: net.Socket, timeoutMs: number): Promise<
       clearTimeout(timer);
       socket.off('data', onData);
       socket.off('close', onClose);
+      socket.off('end', onClose);
       socket.pause();
       if (rest && rest.length > 0) socket.unshift(rest);
       resolve(result);
@@ -164,5 +176,6 @@ export function readProxyHeader(socket: net.Socket, timeoutMs: number): Promise<
     const timer = setTimeout(() => finish(`no header within ${timeoutMs} ms`), timeoutMs);
     socket.on('data', onData);
     socket.once('close', onClose);
+    socket.once('end', onClose); // the proxy shut its sending side before the header was complete
   });
 }

@@ -116,6 +116,10 @@ export class Session {
   /** An AUTH exchange waiting for the client's next line. */
   private sasl: SaslState | undefined;
   private shuttingDown = false;
+  /** The client has shut its sending side (a FIN, or the end of standard input): no more input comes. */
+  private inputEnded = false;
+  /** A message was being received when the input ended or the connection died. */
+  private lostData = false;
   private readonly onClosed: () => void;
   private closeTimer: NodeJS.Timeout | undefined;
 
@@ -139,6 +143,7 @@ export class Session {
   private attach(socket: SessionSocket): void {
     socket.setNoDelay?.(true);
     socket.on('data', this.onData);
+    socket.on('end', this.onEnd);
     socket.on('error', this.onError);
     socket.on('close', this.onClose);
     socket.on('timeout', this.onTimeout);
@@ -147,6 +152,7 @@ export class Session {
 
   private detach(socket: SessionSocket): void {
     socket.off('data', this.onData);
+    socket.off('end', this.onEnd);
     socket.off('error', this.onError);
     socket.off('close', this.onClose);
     socket.off('timeout', this.onTimeout);
@@ -212,6 +218,43 @@ export class Session {
     if (!this.pumping && this.mode !== 'greeting') void this.pump();
   };
 
+  /**
+   * The client has half-closed (Exim writes "." and QUIT, then shuts its sending side). It still
+   * reads: every command already received is handled and answered, then we close our side
+   * (pump() calls endOfInput() once the buffered input has run dry).
+   */
+  private readonly onEnd = (): void => {
+    this.inputEnded = true;
+    this.log.debug({ mode: this.mode, buffered: this.buf.length }, 'client closed its sending side');
+    if (!this.pumping && this.mode !== 'greeting') void this.pump();
+  };
+
+  /**
+   * All the input there will ever be has been handled: a message it ends inside is dropped
+   * (never acknowledged), an unterminated last line is ignored, and our side is closed.
+   */
+  private endOfInput(): void {
+    if (this.mode === 'data') {
+      this.log.info({ id: this.writer?.id, check: 'data' }, 'client ended its input inside DATA: message dropped');
+      this.dropMessage();
+    } else if (this.buf.length > 0) {
+      this.log.debug({ bytes: this.buf.length }, 'unterminated command line at the end of the input ignored');
+    }
+    this.buf = Buffer.alloc(0);
+    this.close();
+  }
+
+  /** Throws away the message being received (nothing of it was acknowledged). */
+  private dropMessage(): void {
+    const writer = this.writer;
+    this.writer = undefined;
+    this.decoder = undefined;
+    this.tx = undefined;
+    if (!writer) return;
+    this.lostData = true;
+    writer.abort().catch((err: unknown) => this.log.warn({ id: writer.id, err }, 'could not remove an unfinished message'));
+  }
+
   /** Processes buffered input until it runs dry or the session closes. */
   private async pump(): Promise<void> {
     if (this.pumping) return;
@@ -239,6 +282,7 @@ export class Session {
     } finally {
       this.pumping = false;
       if (this.shuttingDown && this.mode === 'command') this.sayGoodbye();
+      if (this.inputEnded && this.mode !== 'closed') this.endOfInput();
       this.flush();
       if (this.socket.isPaused() && this.buf.length < INPUT_HIGH_WATER && this.mode !== 'closed') this.socket.resume();
     }
@@ -715,11 +759,9 @@ export class Session {
 
   private readonly onClose = (): void => {
     if (this.closeTimer) clearTimeout(this.closeTimer);
-    const wasData = this.writer !== undefined;
     this.mode = 'closed';
-    if (this.writer) void this.writer.abort();
-    this.writer = undefined;
-    this.log.info({ lostData: wasData || undefined }, 'disconnect');
+    this.dropMessage();
+    this.log.info({ lostData: this.lostData || undefined }, 'disconnect');
     this.onClosed();
   };
 }

@@ -20,10 +20,12 @@ export function sameFile(a: number, b: number): boolean {
 /**
  * The client connection on standard input and output. When both are one socket, it is used as
  * a socket (it can be half-closed, and a TCP one knows its peer); otherwise (two pipes, a file
- * for testing) the two streams are joined into one duplex.
+ * for testing) the two streams are joined into one duplex. Either way the end of the input
+ * leaves the output open (allowHalfOpen): a client that shuts its sending side after QUIT
+ * (Exim does) still reads every reply; the session closes the output when it is done.
  */
 export function stdioSocket(): SessionSocket {
-  if (fs.fstatSync(0).isSocket() && sameFile(0, 1)) return new net.Socket({ fd: 0, readable: true, writable: true });
+  if (fs.fstatSync(0).isSocket() && sameFile(0, 1)) return new net.Socket({ fd: 0, readable: true, writable: true, allowHalfOpen: true });
   return new JoinedStreams(process.stdin, process.stdout);
 }
 
@@ -35,7 +37,7 @@ class JoinedStreams extends Duplex {
   private timer: NodeJS.Timeout | undefined;
 
   constructor(input: Readable, output: Writable) {
-    super();
+    super({ allowHalfOpen: true });
     this.input = input;
     this.output = output;
     input.on('data', (chunk: Buffer) => {
