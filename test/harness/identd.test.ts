@@ -4,13 +4,18 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import { identLookup, type IdentQuery } from '../../src/smtp/ident.ts';
 import { startOidentd, type IdentdPeer } from './identd.ts';
 import { freePort, waitUntil } from './peers.ts';
+import { deadline, killQuietly, whenGone } from './processes.ts';
 
 const TIMEOUT_MS = 3000;
+const BASH = '/bin/bash';
+const NOBODY_UID = 65534;
+const NOGROUP_GID = 65534;
 
 /** A listening server on 127.0.0.1 whose accepted sockets are handed out in order. */
 async function listen(t: TestContext): Promise<{ port: number; accepted: () => Promise<net.Socket> }> {
@@ -75,18 +80,26 @@ test('oidentd names the owner of our own client socket, and nobody for an unused
 test('oidentd names another user for a socket that user owns (the tests run as root)', async (t) => {
   const peer = await identd(t);
   const server = await listen(t);
-  // A client process running as nobody (65534) connects and stays until we are done.
-  const script = `const s = require('node:net').connect(${server.port}, '127.0.0.1'); s.on('error', () => process.exit(1)); process.stdin.on('data', () => {}); process.stdin.on('end', () => process.exit(0));`;
-  const child = spawn(process.execPath, ['-e', script], { uid: 65534, gid: 65534, stdio: ['pipe', 'ignore', 'pipe'] });
+  // A client process running as nobody (65534) opens the connection and holds it until its
+  // stdin closes. It is the system's bash (its /dev/tcp), started from "/", not the project's
+  // Node: a checkout in a directory nobody may enter (a 0700 home, `mktemp -d`) would make that
+  // spawn fail with EACCES.
+  const script = `exec 3<>/dev/tcp/127.0.0.1/${server.port} || exit 1; read -r _`;
+  const child = spawn(BASH, ['-c', script], { uid: NOBODY_UID, gid: NOGROUP_GID, cwd: '/', stdio: ['pipe', 'ignore', 'pipe'] });
   let stderr = '';
   child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const gone = whenGone(child);
   t.after(async () => {
     child.stdin?.end();
-    child.kill('SIGKILL');
-    await exited;
+    killQuietly(child.pid ?? 0, 'SIGKILL');
+    await Promise.race([gone, deadline(5000)]);
   });
-  const accepted = await server.accepted().catch((err: unknown) => assert.fail(`${String(err)}; client stderr: ${stderr}`));
+  // Fail at once, with the reason, when the client could not start or gave up.
+  const ended = gone.then((g) => {
+    throw new Error(`the client as nobody ended before connecting: ${g.spawnError?.message ?? `exit ${String(g.code ?? g.signal)}`}`);
+  });
+  const accepted = await Promise.race([server.accepted(), ended]).catch((err: unknown) => assert.fail(`${String(err)}; client stderr: ${stderr}`));
+  assert.equal(fs.statSync(`/proc/${String(child.pid)}`).uid, NOBODY_UID, 'the client runs as nobody');
   const user = await identLookup(queryFor(accepted), { port: peer.port, timeoutMs: TIMEOUT_MS });
   assert.equal(user, 'nobody', peer.log());
 });

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import { stringify } from 'yaml';
+import { whenGone } from './processes.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../../src/cli/main.ts');
 const running = new Set<ChildProcess>();
@@ -33,9 +34,16 @@ export async function startMxguard(dir: string, config: Record<string, unknown>,
   const child = spawn(process.execPath, [MAIN, 'start', '-c', file], { stdio: ['ignore', out, out] });
   fs.closeSync(out);
   running.add(child);
-  const exited = new Promise<number | null>((resolve) => child.once('exit', (code) => (running.delete(child), resolve(code))));
+  // Resolves on 'exit', or at once when the spawn failed (then only 'error' comes).
+  let spawnError: Error | undefined;
+  const exited = whenGone(child).then((g) => {
+    running.delete(child);
+    spawnError = g.spawnError;
+    return g.code;
+  });
   const deadline = Date.now() + 15_000;
   for (;;) {
+    if (spawnError) throw new Error(`mxguard could not be started: ${spawnError.message}`);
     if (child.exitCode !== null) throw new Error(`mxguard exited at start-up:\n${fs.readFileSync(logFile, 'utf8')}`);
     if (await canConnect(port)) break;
     if (Date.now() > deadline) {
@@ -53,15 +61,20 @@ export async function startMxguard(dir: string, config: Record<string, unknown>,
     async stop() {
       child.kill('SIGTERM');
       const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
-      const code = await exited;
+      const code = await Promise.race([exited, bound(25_000, `mxguard (PID ${String(child.pid)}) did not exit 25 s after SIGTERM`)]);
       clearTimeout(timer);
       return code;
     },
     async crash() {
       child.kill('SIGKILL');
-      await exited;
+      await Promise.race([exited, bound(5000, `mxguard (PID ${String(child.pid)}) did not exit 5 s after SIGKILL`)]);
     },
   };
+}
+
+/** Rejects after ms (a stop that can never hang the test); does not keep the process alive. */
+function bound(ms: number, why: string): Promise<never> {
+  return new Promise((_, reject) => setTimeout(() => reject(new Error(why)), ms).unref());
 }
 
 function canConnect(port: number): Promise<boolean> {

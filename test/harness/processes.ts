@@ -11,7 +11,13 @@ const live = new Map<number, () => void>();
 let liveSeq = 0;
 let handlersInstalled = false;
 
+/**
+ * Signals a PID (or, negative, a process group). Never 0, 1, -1 (or not an integer): process.kill
+ * would signal our own group, init, or every process we may signal — what a failed spawn's
+ * missing PID (undefined, or a -1 sentinel) must never turn into.
+ */
 export function killQuietly(pid: number, signal: NodeJS.Signals): void {
+  if (!Number.isInteger(pid) || Math.abs(pid) <= 1) return;
   try {
     process.kill(pid, signal);
   } catch {
@@ -19,8 +25,9 @@ export function killQuietly(pid: number, signal: NodeJS.Signals): void {
   }
 }
 
-/** Kills a detached child's whole process group (it leads one), then the PID itself. */
+/** Kills a detached child's whole process group (it leads one), then the PID itself; no-op without a real PID. */
 export function killGroup(pid: number, signal: NodeJS.Signals): void {
+  if (!Number.isInteger(pid) || pid <= 1) return;
   killQuietly(-pid, signal);
   killQuietly(pid, signal);
 }
@@ -63,6 +70,32 @@ export interface Spawned {
   hasExited(): boolean;
 }
 
+/** How a child ended: its exit code or signal, or the error that kept it from starting. */
+export interface Gone {
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  /** Set when the spawn itself failed (ENOENT, EACCES…): no process ever ran, and no 'exit' comes. */
+  readonly spawnError?: Error;
+}
+
+/**
+ * Resolves when `child` has exited — or at once when it never started: a failed spawn emits
+ * 'error' (and 'close') but never 'exit', so waiting for 'exit' alone hangs forever. An 'error'
+ * from a running child (a failed kill()) is not an end and is ignored here.
+ */
+export function whenGone(child: ChildProcess): Promise<Gone> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      resolve({ code: child.exitCode, signal: child.signalCode });
+      return;
+    }
+    child.once('exit', (code, signal) => resolve({ code, signal }));
+    child.on('error', (err) => {
+      if (child.pid === undefined) resolve({ code: null, signal: null, spawnError: err });
+    });
+  });
+}
+
 /** Spawns a daemon in its own process group, capturing stdout+stderr (bounded). */
 export function spawnDaemon(cmd: string, args: readonly string[], opts: { cwd?: string } = {}): Spawned {
   const child = spawn(cmd, args, { cwd: opts.cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -74,19 +107,16 @@ export function spawnDaemon(cmd: string, args: readonly string[], opts: { cwd?: 
   child.stdout?.on('data', collect);
   child.stderr?.on('data', collect);
   let exited = false;
-  const exitedP = new Promise<void>((resolve) => {
-    child.once('exit', () => {
-      exited = true;
-      resolve();
-    });
-    child.once('error', (err) => {
-      out += `\nspawn error: ${err.message}`;
-      exited = true;
-      resolve();
-    });
+  const exitedP = whenGone(child).then((gone) => {
+    if (gone.spawnError) out += `\nspawn error: ${gone.spawnError.message}`;
+    exited = true;
+  });
+  child.on('error', (err) => {
+    if (child.pid !== undefined) out += `\nchild process error: ${err.message}`;
   });
   if (child.pid === undefined) {
-    // spawn failed synchronously-ish (ENOENT arrives as 'error'); keep a sentinel PID.
+    // The spawn failed (the reason arrives as 'error' on the next tick): a sentinel PID, which
+    // stopDaemon and killGroup ignore, and an `exited` that resolves with that 'error'.
     return { child, pid: -1, output: () => out, exited: exitedP, hasExited: () => true };
   }
   return { child, pid: child.pid, output: () => out, exited: exitedP, hasExited: () => exited };
