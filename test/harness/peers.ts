@@ -153,13 +153,15 @@ export function probeBanner(port: number, timeoutMs = 1000): Promise<boolean> {
 
 /** Waits for the 220 banner on port while the child lives; throws with the peer's log otherwise. */
 export async function waitReady(name: string, port: number, sp: Spawned, logOf: () => string, probe: (port: number) => Promise<boolean> = probeBanner): Promise<void> {
-  const deadline = Date.now() + READY_TIMEOUT_MS;
-  while (Date.now() < deadline) {
+  const until = Date.now() + READY_TIMEOUT_MS;
+  while (Date.now() < until) {
     if (sp.hasExited()) break;
     if (await probe(port)) return;
     await sleep(50);
   }
-  const why = sp.hasExited() ? `exited with ${sp.child.exitCode ?? sp.child.signalCode}` : `not ready after ${READY_TIMEOUT_MS} ms`;
+  // A failed spawn (sentinel PID) reports its reason on the next tick: wait for it (bounded).
+  if (sp.hasExited()) await Promise.race([sp.exited, deadline(1000)]);
+  const why = sp.pid <= 0 ? 'could not be started' : sp.hasExited() ? `exited with ${sp.child.exitCode ?? sp.child.signalCode}` : `not ready after ${READY_TIMEOUT_MS} ms`;
   const log = `${sp.output()}\n${logOf()}`.trim();
   console.error(`--- ${name} on port ${port} ${why}; its log:\n${log}\n---`);
   throw new Error(`${name} on 127.0.0.1:${port} ${why}${log ? `: ${log.slice(-1500)}` : ''}`);
