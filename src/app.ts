@@ -50,17 +50,19 @@ export class App {
   async start(): Promise<Array<{ host: string; port: number }>> {
     const config = this.config;
     await fsp.mkdir(config.data_dir, { recursive: true });
-    this.spool = await Spool.open(path.join(config.data_dir, 'spool'));
+    this.spool = await Spool.open(path.join(config.data_dir, 'spool'), { log: this.log.child({ component: 'spool' }) });
     this.store = await openStore(config, this.log);
     this.popWatcher = this.watchPopLogs(config);
     const transport = createTransport(config, this.log);
     this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });
+    for (const m of this.spool.takeRecovered()) this.forwarder.enqueue(m);
     await this.forwarder.rescan();
     this.log.info({ queued: this.forwarder.queued, deliver: transport.name }, 'queue loaded');
     this.server = new SmtpServer(this.sessionDeps(config));
     const bound = await this.server.listen();
     this.admin = await startAdmin(config, this.store, this.log);
-    await fsp.writeFile(this.pidFile, `${process.pid}\n`);
+    // Without a PID file, `mxguard queue` cannot signal us, but mail still flows (a full disk).
+    await fsp.writeFile(this.pidFile, `${process.pid}\n`).catch((err: Error) => this.log.error({ file: this.pidFile, err: err.message }, 'could not write the PID file'));
     this.scanTimer = setInterval(() => {
       void this.adoptNewMessages();
       this.spool?.removeStaleNew(); // once per interval, not per SIGUSR2: a day-old file can wait

@@ -3,7 +3,7 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from '../config/schema.ts';
-import { listQueue, readQueueFile, Spool, writeStateFile, type QueuedMessage, type SpoolPaths } from '../queue/spool.ts';
+import { listCorrupt, listQueue, readQueueFile, Spool, writeStateFile, type QueuedMessage, type SpoolPaths } from '../queue/spool.ts';
 import { signalDaemon } from '../queue/daemon-signal.ts';
 import { listSegments, markDoneExternally, readSegment, segmentPath, type JournalRecord } from '../queue/journal.ts';
 
@@ -33,7 +33,7 @@ async function allMessages(paths: SpoolPaths): Promise<Array<{ id: string; read:
   const journaled = journalRecords(paths).map((record) => ({
     id: record.envelope.id,
     record,
-    read: async (): Promise<QueuedMessage> => ({ envelope: record.envelope, size: record.ref.size }),
+    read: async (): Promise<QueuedMessage> => ({ envelope: record.envelope, size: record.ref.size, crc: record.ref.crc }),
   }));
   return [...files, ...journaled].sort((a, b) => (a.id < b.id ? -1 : 1));
 }
@@ -57,6 +57,11 @@ export async function queueList(config: Config): Promise<string> {
     }
   }
   lines.push(`-- ${ids.length} message${ids.length === 1 ? '' : 's'}, ${total} octets`);
+  const corrupt = await listCorrupt(paths);
+  if (corrupt.length > 0) {
+    lines.push('', `Damaged spool files set aside in ${paths.corrupt} (not delivered; see the error lines in the log):`);
+    for (const name of corrupt) lines.push(`  ${name}`);
+  }
   return lines.join('\n');
 }
 

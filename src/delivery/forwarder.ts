@@ -4,10 +4,9 @@
 // sender with an RFC 3464 DSN, never to the null sender. At start-up it resumes every message
 // left in the spool, so nothing acknowledged is lost across a crash.
 import fsp from 'node:fs/promises';
-import path from 'node:path';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../util/log.ts';
-import { IncompleteSpoolFile, listQueue, messageBody, newQueueId, readQueueFile, type CommittedMessage, type Spool } from '../queue/spool.ts';
+import { DamagedSpoolFile, listQueue, messageBody, newQueueId, readQueueFile, type CommittedMessage, type Spool } from '../queue/spool.ts';
 import type { DeliveryState, Envelope } from '../queue/envelope.ts';
 import { segmentPath, type JournalRef } from '../queue/journal.ts';
 import type { MessageBody, RcptResult, Transport } from './types.ts';
@@ -16,6 +15,8 @@ import { buildBounce } from './dsn.ts';
 interface Job {
   readonly envelope: Envelope;
   readonly size: number;
+  /** CRC-32 of the message octets, checked when they are read back from disk. */
+  readonly crc: number;
   rcpts: string[];
   attempts: number;
   /** The message octets while they are still in memory (first attempt only). */
@@ -26,6 +27,8 @@ interface Job {
   hasState: boolean;
   /** Set while the message lives in the journal (first attempt); else it has a queue file. */
   journal?: JournalRef;
+  /** Reading the message back from disk found it damaged. */
+  damaged?: DamagedSpoolFile;
 }
 
 /** Keep at most this many octets of queued messages in memory; the rest is read from disk. */
@@ -67,7 +70,7 @@ export class Forwarder {
     let cached = msg.cached;
     if (cached && this.cachedBytes + msg.size > CACHE_LIMIT) cached = undefined;
     if (cached) this.cachedBytes += msg.size;
-    const job: Job = { envelope: msg.envelope, size: msg.size, rcpts: [...msg.envelope.rcpts], attempts: 0, cached, nextAt: Date.now(), hasState: false, journal: msg.journal };
+    const job: Job = { envelope: msg.envelope, size: msg.size, crc: msg.crc, rcpts: [...msg.envelope.rcpts], attempts: 0, cached, nextAt: Date.now(), hasState: false, journal: msg.journal };
     this.jobs.set(job.envelope.id, job);
     this.makeReady(job);
   }
@@ -105,15 +108,9 @@ export class Forwarder {
         queued = await readQueueFile(this.spool.paths, id);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code === 'ENOENT') continue;
-        if (err instanceof IncompleteSpoolFile && !this.spool.writing.has(id)) {
-          // Left by a crash in the middle of DATA: never acknowledged, so never ours to deliver.
-          this.log.info({ id }, 'removed an incomplete spool file (its client never got a 250)');
-          this.spool.remove(id, true);
-          continue;
-        }
-        if (err instanceof IncompleteSpoolFile) continue;
-        this.log.error({ id, err: (err as Error).message }, 'unreadable spool file moved aside');
-        await this.quarantine(id);
+        if (this.spool.writing.has(id) || this.jobs.has(id)) continue; // ours, and being written or moved right now
+        // A file named <id> was complete when it was written (spool.ts): this one was acknowledged and is damaged.
+        this.quarantine(id, err);
         continue;
       }
       const nextAt = queued.state?.nextAt ?? 0;
@@ -130,6 +127,7 @@ export class Forwarder {
       const job: Job = {
         envelope: queued.envelope,
         size: queued.size,
+        crc: queued.crc,
         rcpts: queued.state?.rcpts ?? [...queued.envelope.rcpts],
         attempts: queued.state?.attempts ?? 0,
         nextAt,
@@ -151,19 +149,27 @@ export class Forwarder {
     }
   }
 
-  /** Stops starting deliveries; waits up to graceMs for those under way, then closes the transport. */
+  /**
+   * Stops starting deliveries; waits up to graceMs for those under way, then closes the
+   * transport (which cuts off the rest) and lets their attempts settle before the spool closes.
+   */
   async stop(graceMs = 30_000): Promise<void> {
     this.stopped = true;
     for (const job of this.jobs.values()) if (job.timer) clearTimeout(job.timer);
-    if (this.active > 0) {
-      const done = new Promise<void>((r) => (this.idle = r));
-      await Promise.race([done, new Promise((r) => setTimeout(r, graceMs).unref())]);
-    }
+    await this.whenIdle(graceMs);
     await this.transport.close();
+    await this.whenIdle(2000);
+  }
+
+  private whenIdle(ms: number): Promise<void> {
+    if (this.active === 0) return Promise.resolve();
+    const done = new Promise<void>((r) => (this.idle = r));
+    return Promise.race([done, new Promise<void>((r) => setTimeout(r, ms).unref())]);
   }
 
   private schedule(job: Job, at: number): void {
     job.nextAt = at;
+    if (this.stopped) return; // the next start picks it up from the spool
     const wait = at - Date.now();
     if (wait <= 0) return this.makeReady(job);
     // setTimeout holds at most ~24.8 days; retry waits are far shorter, but be safe.
@@ -187,26 +193,33 @@ export class Forwarder {
       }
       if (this.jobs.get(job.envelope.id) !== job) continue; // dropped meanwhile
       this.active++;
-      void this.attempt(job).finally(() => {
-        this.active--;
-        if (this.active === 0 && this.stopped) this.idle?.();
-        this.pump();
-      });
+      void this.attempt(job)
+        .catch((err: unknown) => {
+          // A bug or an I/O error outside the transport: try again later rather than forget the job.
+          this.log.error({ id: job.envelope.id, err }, 'delivery attempt failed');
+          if (this.jobs.get(job.envelope.id) === job) this.schedule(job, Date.now() + (this.config.queue.retry[0] as number));
+        })
+        .finally(() => {
+          this.active--;
+          if (this.active === 0 && this.stopped) this.idle?.();
+          this.pump();
+        });
     }
   }
 
-  private body(job: Job): MessageBody {
+  /** The message as the transport reads it; damage found while reading is noted on the job. */
+  private body(job: Job, addHeaders = job.envelope.addHeaders): MessageBody {
+    const opts = { cached: job.cached, crc: job.crc, onDamage: (err: DamagedSpoolFile) => (job.damaged = err) };
     const j = job.journal;
-    if (j) return messageBody(segmentPath(this.spool.journal.dir, j.seq, 'log'), j.offset, job.size, job.envelope.addHeaders, job.cached);
-    return messageBody(this.spool.queuePath(job.envelope.id), 0, job.size, job.envelope.addHeaders, job.cached);
+    if (j) return messageBody(segmentPath(this.spool.journal.dir, j.seq, 'log'), j.offset, job.size, addHeaders, opts);
+    return messageBody(this.spool.queuePath(job.envelope.id), 0, job.size, addHeaders, opts);
   }
 
   /** Message octets without the added headers, for moving a message out of the journal. */
   private async rawBody(job: Job): Promise<Buffer[]> {
     if (job.cached) return job.cached;
     const parts: Buffer[] = [];
-    const j = job.journal as JournalRef;
-    for await (const chunk of messageBody(segmentPath(this.spool.journal.dir, j.seq, 'log'), j.offset, job.size, undefined).chunks()) parts.push(chunk);
+    for await (const chunk of this.body(job, undefined).chunks()) parts.push(chunk);
     return parts;
   }
 
@@ -236,6 +249,7 @@ export class Forwarder {
       this.log.error({ id: env.id, err }, 'transport failed');
       results = job.rcpts.map((rcpt) => ({ rcpt, status: 'temp', code: 451, text: `4.3.0 local error: ${(err as Error).message}` }));
     }
+    if (job.damaged) return this.setAsideDamaged(job);
     if (this.jobs.get(env.id) !== job) {
       // Deleted (`mxguard queue delete`) while this attempt was under way: nothing more to do.
       if (job.journal) this.spool.journal.done(job.journal, env.id);
@@ -275,7 +289,7 @@ export class Forwarder {
     if (job.journal) {
       // A retry may be days away: give the message a queue file of its own, free the journal.
       try {
-        await this.spool.moveOutOfJournal(env, await this.rawBody(job), job.size);
+        await this.spool.moveOutOfJournal(env, await this.rawBody(job), job.size, job.crc);
       } catch (err) {
         this.log.error({ id: env.id, err: (err as Error).message }, 'could not move the message out of the journal; it stays there');
         this.release(job);
@@ -293,7 +307,6 @@ export class Forwarder {
     for (const r of deferred) this.log.info({ id: env.id, rcpt: r.rcpt, relay: this.transport.name, reply: `${r.code} ${r.text}`, attempt: job.attempts, retryIn: wait / 1000 }, 'deferred');
     job.hasState = true;
     await this.spool.writeState(env.id, state).catch((err: Error) => this.log.warn({ id: env.id, err: err.message }, 'could not write delivery state'));
-    if (this.stopped) return;
     this.schedule(job, state.nextAt);
   }
 
@@ -340,10 +353,25 @@ export class Forwarder {
     this.log.info({ id: job.envelope.id }, 'removed from queue');
   }
 
-  private async quarantine(id: string): Promise<void> {
-    const dir = path.join(path.dirname(this.spool.paths.queue), 'corrupt');
-    await fsp.mkdir(dir, { recursive: true });
-    await fsp.rename(this.spool.queuePath(id), path.join(dir, id)).catch(() => undefined);
+  /** A queue file that does not check out goes to spool/corrupt, with an error line; never deleted. */
+  private quarantine(id: string, err: unknown): void {
+    const kept = this.spool.quarantine(id);
+    this.log.error({ id, err: (err as Error).message, kept: kept ?? 'could not be moved; left in place' }, 'damaged queue file set aside: not delivered');
+  }
+
+  /** The message read back from disk was damaged: nothing was delivered (no final dot); keep it aside. */
+  private setAsideDamaged(job: Job): void {
+    const env = job.envelope;
+    if (job.timer) clearTimeout(job.timer);
+    this.release(job);
+    this.jobs.delete(env.id);
+    if (job.journal) {
+      const kept = this.spool.keepDamagedJournalRecord(env, job.journal);
+      this.log.error({ id: env.id, err: job.damaged?.message, kept: kept ?? 'could not be copied' }, 'damaged journal record set aside: not delivered');
+      this.spool.journal.done(job.journal, env.id);
+    } else {
+      this.quarantine(env.id, job.damaged);
+    }
   }
 }
 

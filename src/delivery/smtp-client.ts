@@ -417,6 +417,8 @@ class SmtpTransport implements Transport, RecipientProber {
   readonly #log: Logger | undefined;
   readonly #label: string;
   #idle: Connection[] = [];
+  /** Every connection not yet discarded, idle or busy: close() ends them all. */
+  #live = new Set<Connection>();
   #total = 0;
   #waiters: PoolWaiter[] = [];
   #closed = false;
@@ -720,6 +722,17 @@ class SmtpTransport implements Transport, RecipientProber {
     const socket = net.connect({ host: this.#dest.host, port: this.#dest.port });
     socket.setNoDelay(true);
     const conn = new Connection(socket, this.#label);
+    this.#live.add(conn);
+    try {
+      return await this.#handshake(conn);
+    } catch (err) {
+      this.#live.delete(conn);
+      throw err;
+    }
+  }
+
+  /** Greeting and EHLO (LHLO; HELO for an old server) on a new connection. */
+  async #handshake(conn: Connection): Promise<Connection> {
     await conn.waitConnected(this.#connectTimeout);
     try {
       const greeting = await conn.read(this.#cmdTimeout, 'the greeting');
@@ -794,6 +807,7 @@ class SmtpTransport implements Transport, RecipientProber {
   #discard(conn: Connection): void {
     if (conn.discarded) return;
     conn.discarded = true;
+    this.#live.delete(conn);
     this.#total -= 1;
     this.#wakeNext();
   }
@@ -819,6 +833,10 @@ class SmtpTransport implements Transport, RecipientProber {
       this.#discard(c);
     }
     await Promise.all(idle.map((c) => c.quit(QUIT_TIMEOUT_MS)));
+    // Deliveries still under way after the forwarder's grace period are cut off: never
+    // confirmed, so they are retried after the restart (at worst a duplicate, never a loss).
+    for (const c of this.#live) c.fail(closing);
+    this.#live.clear();
   }
 }
 

@@ -1,31 +1,35 @@
-// The durable spool. Nothing is acknowledged before it is on disk and synced:
+// The durable spool. Nothing is acknowledged before it is on disk and synced, and every write
+// on the way checks its count (spool-fs.ts: a short write is a full disk, never success):
 // - a small message (up to MEMORY_LIMIT) is appended to the journal (journal.ts), whose
 //   fdatasync is shared by all sessions committing at the same moment;
-// - a large one streams into spool/queue/<id> while DATA arrives; at the end its trailer is
-//   written, the file fdatasynced and, in parallel, the queue directory fsynced (one directory
+// - a large one streams into spool/queue/<id>.new while DATA arrives; at the end its trailer is
+//   written, the file fdatasynced, linked to <id> and the queue directory fsynced (one directory
 //   fsync serves every session that commits meanwhile).
-// A message that needs a second delivery attempt, or that the journal held at a crash, moves
-// to a queue file of its own, so journal segments live only for seconds. A queue file without
-// a valid trailer was never acknowledged (crash in mid-DATA) and is removed.
+// A message that needs a second delivery attempt, or that the journal held at a crash, gets a
+// queue file of its own the same way (<id>.new, then renamed), so journal segments live only
+// for seconds. A file named <id> was therefore complete when written: one whose trailer or CRCs
+// do not check out is damaged, never "a crash in mid-DATA", and it is moved to spool/corrupt
+// with an error line, never deleted. Only <id>.new files are unacknowledged leftovers.
 //
 // Shared mode (`mxguard stdio`, one short-lived process per connection, beside a running
-// daemon): the journal has one writer, the daemon, so a shared spool writes every message to
-// spool/queue/<id>.new, syncs it, and links it to <id> only when complete; the daemon's rescan
-// sees finished files only and never takes a half-written one for a crash leftover.
+// daemon): the journal has one writer, the daemon, so a shared spool writes every message as a
+// queue file; link() refuses to replace a file of the same ID.
 //
 // Queue file layout: the message octets (CRLF lines, not dot-stuffed), then the envelope as
-// one JSON line, then a fixed 21-octet trailer "MXQ1 <15-digit message length>\n".
+// one JSON line, then a fixed 39-octet trailer
+// "MXQ2 <15-digit message length> <message CRC-32> <envelope line CRC-32>\n" (8 hex digits each).
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { SyncGroup } from './sync-group.ts';
-import { Journal, listSegments, readSegment, removeSegment, type JournalRef } from './journal.ts';
+import { Journal, listSegments, parseSegment, removeSegment, segmentPath, type JournalRef } from './journal.ts';
 import { isEnvelope, type DeliveryState, type Envelope } from './envelope.ts';
+import { crc32Of, hex8, spoolFs, writevAll, writevAllSync } from './spool-fs.ts';
 import type { MessageBody } from '../delivery/types.ts';
+import type { Logger } from '../util/log.ts';
 
-const TRAILER_LEN = 21;
-/** A shared spool's message until it is complete (see the header). */
+const TRAILER_LEN = 39;
+/** A queue file until it is complete (see the header). */
 const NEW_SUFFIX = '.new';
 /** A .new file untouched this long belongs to a process that died (data_timeout is minutes). */
 const STALE_NEW_MS = 86_400_000;
@@ -36,13 +40,12 @@ const MEMORY_LIMIT = 256 * 1024;
 // microseconds: they run synchronously, because a thread-pool round trip per call costs more
 // (context switches) than the call itself. Only the calls that wait for the disk (fdatasync,
 // the directory fsync) and the writes of large messages go to the thread pool.
-const writev = promisify(fs.writev);
-const fdatasync = promisify(fs.fdatasync);
-const open = promisify(fs.open);
 
 export interface SpoolPaths {
   queue: string;
   journal: string;
+  /** Damaged queue files and journal segments, kept for a human to look at. */
+  corrupt: string;
 }
 
 export interface CommittedMessage {
@@ -50,6 +53,8 @@ export interface CommittedMessage {
   /** Message octets when small enough to keep; otherwise read back from the file. */
   readonly cached?: Buffer[];
   readonly size: number;
+  /** CRC-32 of the message octets. */
+  readonly crc: number;
   /** Where the journal holds it; undefined for a message with a queue file of its own. */
   readonly journal?: JournalRef;
 }
@@ -57,11 +62,12 @@ export interface CommittedMessage {
 export interface QueuedMessage {
   readonly envelope: Envelope;
   readonly size: number;
+  readonly crc: number;
   readonly state?: DeliveryState;
 }
 
-/** A spool file whose trailer is missing or wrong: the write never finished. */
-export class IncompleteSpoolFile extends Error {}
+/** A spool file that does not check out (trailer, lengths, CRC or envelope): damaged. */
+export class DamagedSpoolFile extends Error {}
 
 let idCounter = 0;
 
@@ -94,50 +100,69 @@ export class Spool {
   }
 
   /**
-   * Opens (creating) the spool under `dir`. Messages a previous run left in the journal get
-   * queue files of their own first, so the forwarder finds everything in spool/queue.
+   * Opens (creating) the spool under `dir`. The records a previous run left in the journal
+   * stay there and are delivered from it (`recovered`): start-up writes nothing, so it works
+   * on a full disk too. A damaged segment is copied to spool/corrupt, with an error line per
+   * damaged stretch; if no copy can be made it is never deleted.
    */
-  static async open(dir: string, opts: { shared?: boolean } = {}): Promise<Spool> {
+  static async open(dir: string, opts: { shared?: boolean; log?: Logger } = {}): Promise<Spool> {
     const paths = Spool.at(dir);
     await fsp.mkdir(paths.queue, { recursive: true, mode: 0o700 });
     // A sharing process leaves recovery to the daemon, which owns the journal.
     if (opts.shared) return new Spool(paths, true);
     // Spools of earlier versions wrote into incoming/ first: nothing there was acknowledged.
     await fsp.rm(path.join(dir, 'incoming'), { recursive: true, force: true });
-    const segments = listSegments(paths.journal);
-    if (segments.length > 0) {
-      const dirFd = fs.openSync(paths.queue, 'r');
-      for (const seq of segments) {
-        const data = fs.readFileSync(path.join(paths.journal, `${String(seq).padStart(10, '0')}.log`));
-        for (const rec of readSegment(paths.journal, seq)) {
-          const body = data.subarray(rec.ref.offset, rec.ref.offset + rec.ref.size);
-          const fd = fs.openSync(path.join(paths.queue, rec.envelope.id), 'w', 0o600);
-          fs.writevSync(fd, queueFileParts(rec.envelope, [body], rec.ref.size));
-          fs.fdatasyncSync(fd);
-          fs.closeSync(fd);
-        }
-        fs.fsyncSync(dirFd); // the new queue files are durable before the segment goes
-        removeSegment(paths.journal, seq);
-      }
-      fs.closeSync(dirFd);
+    const spool = new Spool(paths, false);
+    for (const seq of listSegments(paths.journal)) spool.recoverSegment(seq, opts.log);
+    return spool;
+  }
+
+  /** Messages a previous run left in the journal, for the forwarder; taken once. */
+  takeRecovered(): CommittedMessage[] {
+    return this.recovered.splice(0);
+  }
+
+  private readonly recovered: CommittedMessage[] = [];
+
+  /** Start-up recovery of one journal segment (see open). */
+  private recoverSegment(seq: number, log: Logger | undefined): void {
+    const file = segmentPath(this.paths.journal, seq, 'log');
+    const data = fs.readFileSync(file);
+    const parsed = parseSegment(data, seq);
+    let done = new Set<string>();
+    try {
+      done = new Set(fs.readFileSync(segmentPath(this.paths.journal, seq, 'done'), 'latin1').split('\n').filter(Boolean));
+    } catch {
+      // no .done file: nothing was delivered from it
     }
-    return new Spool(paths, false);
+    const pending = parsed.records.filter((r) => !done.has(r.envelope.id));
+    let keep = false;
+    if (parsed.damage.length > 0) {
+      const kept = moveToCorrupt(this.paths, file, `journal-${String(seq).padStart(10, '0')}-${Date.now()}.log`, [], true);
+      keep = kept === undefined;
+      for (const d of parsed.damage) {
+        log?.error({ segment: file, offset: d.offset, length: d.length, id: d.id, kept: kept ?? `could not copy it; ${file} is kept instead` }, 'damaged journal record: the message in it is not delivered');
+      }
+    }
+    if (parsed.tornAt !== undefined) log?.warn({ segment: file, offset: parsed.tornAt, length: data.length - parsed.tornAt }, 'journal segment ends in an unfinished record (a write cut off; never acknowledged)');
+    if (pending.length === 0 && !keep) {
+      removeSegment(this.paths.journal, seq);
+      return;
+    }
+    this.journal.adopt(seq, pending.length, keep);
+    for (const r of pending) this.recovered.push({ envelope: r.envelope, size: r.ref.size, crc: r.ref.crc, journal: r.ref });
+    if (pending.length > 0) log?.info({ segment: file, messages: pending.length }, 'messages recovered from the journal');
   }
 
   /** The spool's paths (for the CLI, which only reads). */
   static at(dir: string): SpoolPaths {
-    return { queue: path.join(dir, 'queue'), journal: path.join(dir, 'journal') };
+    return { queue: path.join(dir, 'queue'), journal: path.join(dir, 'journal'), corrupt: path.join(dir, 'corrupt') };
   }
 
   /** Gives a journaled message a queue file of its own (before a retry), durably. */
-  async moveOutOfJournal(envelope: Envelope, body: readonly Buffer[], size: number): Promise<void> {
-    const fd = await open(this.queuePath(envelope.id), 'w', 0o600);
-    try {
-      fs.writevSync(fd, queueFileParts(envelope, body, size));
-      await Promise.all([fdatasync(fd), this.dirSync.sync()]);
-    } finally {
-      fs.closeSync(fd);
-    }
+  async moveOutOfJournal(envelope: Envelope, body: readonly Buffer[], size: number, crc: number): Promise<void> {
+    await writeWholeQueueFile(this.paths, envelope, body, size, crc);
+    await this.dirSync.sync();
   }
 
   begin(id: string, prefix: Buffer): MessageWriter {
@@ -154,11 +179,21 @@ export class Spool {
     if (hasState) fs.unlink(this.queuePath(id) + '.state', () => undefined);
   }
 
+  /** Moves a damaged queue file (and its delivery state) to spool/corrupt. Never throws. */
+  quarantine(id: string): string | undefined {
+    return moveToCorrupt(this.paths, this.queuePath(id), id, [this.queuePath(id) + '.state']);
+  }
+
+  /** Keeps a copy of the journal segment that holds a damaged record, named after the message. */
+  keepDamagedJournalRecord(envelope: Envelope, ref: JournalRef): string | undefined {
+    return moveToCorrupt(this.paths, segmentPath(this.paths.journal, ref.seq, 'log'), `${envelope.id}.journal-${String(ref.seq).padStart(10, '0')}.log`, [], true);
+  }
+
   async writeState(id: string, state: DeliveryState): Promise<void> {
     await writeStateFile(this.paths, id, state);
   }
 
-  /** Removes the .new files of `mxguard stdio` processes that died mid-message (never acknowledged). */
+  /** Removes the .new files of writers that died mid-message (never acknowledged). */
   removeStaleNew(maxAgeMs = STALE_NEW_MS): void {
     const cutoff = Date.now() - maxAgeMs;
     for (const name of fs.readdirSync(this.paths.queue)) {
@@ -178,9 +213,59 @@ export class Spool {
   }
 }
 
+/**
+ * Moves (or, with `copy`, copies) a file into spool/corrupt under `name` (made unique), with
+ * its companions. Returns where it went; logs nothing and never throws: the caller logs.
+ */
+function moveToCorrupt(paths: SpoolPaths, file: string, name: string, companions: string[], copy = false): string | undefined {
+  try {
+    fs.mkdirSync(paths.corrupt, { recursive: true, mode: 0o700 });
+    let target = path.join(paths.corrupt, name);
+    if (fs.existsSync(target)) target += `-${Date.now()}`;
+    if (copy) fs.copyFileSync(file, target, fs.constants.COPYFILE_EXCL);
+    else fs.renameSync(file, target);
+    for (const c of companions) {
+      try {
+        fs.renameSync(c, target + path.extname(c));
+      } catch {
+        // not there
+      }
+    }
+    return target;
+  } catch {
+    return undefined;
+  }
+}
+
+/** The spool/corrupt entries, for `mxguard queue`. */
+export async function listCorrupt(paths: SpoolPaths): Promise<string[]> {
+  const names = await fsp.readdir(paths.corrupt).catch(() => [] as string[]);
+  return names.sort();
+}
+
 /** A queue file's parts: message, envelope line, trailer. */
-function queueFileParts(envelope: Envelope, body: readonly Buffer[], size: number): Buffer[] {
-  return [...body, Buffer.from(JSON.stringify(envelope) + '\n'), Buffer.from(`MXQ1 ${String(size).padStart(15, '0')}\n`)];
+function queueFileParts(envelope: Envelope, body: readonly Buffer[], size: number, crc: number): Buffer[] {
+  const env = Buffer.from(JSON.stringify(envelope) + '\n');
+  return [...body, env, Buffer.from(`MXQ2 ${String(size).padStart(15, '0')} ${hex8(crc)} ${hex8(crc32Of([env]))}\n`, 'latin1')];
+}
+
+/**
+ * Writes a whole queue file as <id>.new, fdatasyncs it and renames it to <id> (replacing an
+ * older copy of the same message). The caller fsyncs the directory.
+ */
+async function writeWholeQueueFile(paths: SpoolPaths, envelope: Envelope, body: readonly Buffer[], size: number, crc: number): Promise<void> {
+  const file = path.join(paths.queue, envelope.id);
+  const fd = spoolFs.openSync(file + NEW_SUFFIX, 'w', 0o600);
+  let ok = false;
+  try {
+    writevAllSync(fd, queueFileParts(envelope, body, size, crc));
+    await spoolFs.fdatasync(fd);
+    ok = true;
+  } finally {
+    fs.closeSync(fd);
+    if (!ok) fs.rmSync(file + NEW_SUFFIX, { force: true });
+  }
+  spoolFs.renameSync(file + NEW_SUFFIX, file);
 }
 
 function unlinkIfThere(file: string): void {
@@ -201,9 +286,11 @@ export async function writeStateFile(paths: SpoolPaths, id: string, state: Deliv
 export class MessageWriter {
   readonly id: string;
   private readonly spool: Spool;
+  /** <id>.new: the message becomes <id> only once it is complete and synced. */
   private readonly file: string;
   private chunks: Buffer[] = [];
   private size = 0;
+  private crc = 0;
   private fd: number | undefined;
   private failed: Error | undefined;
   private writing: Promise<void> = Promise.resolve();
@@ -211,7 +298,7 @@ export class MessageWriter {
   constructor(spool: Spool, id: string, prefix: Buffer) {
     this.spool = spool;
     this.id = id;
-    this.file = spool.shared ? spool.queuePath(id) + NEW_SUFFIX : spool.queuePath(id);
+    this.file = spool.queuePath(id) + NEW_SUFFIX;
     spool.writing.add(id);
     this.add([prefix]);
   }
@@ -222,6 +309,7 @@ export class MessageWriter {
       this.chunks.push(b);
       this.size += b.length;
     }
+    this.crc = crc32Of(bufs, this.crc);
     if (this.fd === undefined && this.size <= MEMORY_LIMIT) return undefined;
     // Too big for memory: stream what we have to the file, one write at a time.
     const pending = this.chunks;
@@ -229,8 +317,8 @@ export class MessageWriter {
     this.writing = this.writing.then(async () => {
       if (this.failed) return;
       try {
-        this.fd ??= await open(this.file, 'wx', 0o600);
-        await writev(this.fd, pending);
+        this.fd ??= spoolFs.openSync(this.file, 'wx', 0o600);
+        await writevAll(this.fd, pending);
       } catch (err) {
         this.failed = err as Error;
       }
@@ -238,32 +326,38 @@ export class MessageWriter {
     return this.writing;
   }
 
-  /** Writes the envelope and trailer and makes it all durable. Throws on any I/O error (→ 451). */
+  /**
+   * Writes the envelope and trailer and makes it all durable. Throws on any I/O error, a short
+   * write included (→ 452 when the disk is full, else 451): only a resolved commit may be
+   * acknowledged.
+   */
   async commit(envelope: Envelope): Promise<CommittedMessage> {
     await this.writing;
     if (this.failed) throw this.failed;
     if (this.fd === undefined && !this.spool.shared) {
-      const journal = await this.spool.journal.append(envelope, this.chunks, this.size);
+      const journal = await this.spool.journal.append(envelope, this.chunks, this.size, this.crc);
       this.spool.writing.delete(this.id);
-      return { envelope, size: this.size, cached: this.chunks, journal };
+      return { envelope, size: this.size, crc: this.crc, cached: this.chunks, journal };
     }
-    const fd = (this.fd ??= await open(this.file, 'wx', 0o600));
-    await writev(fd, queueFileParts(envelope, this.chunks, this.size));
-    if (this.spool.shared) {
-      await fdatasync(fd);
-      // link() and not rename(): it refuses to replace a queue file of the same ID (EEXIST →
-      // 451, the client retries) where rename would silently drop the other message.
-      fs.linkSync(this.file, this.spool.queuePath(this.id));
-      unlinkIfThere(this.file);
-      await this.spool.dirSync.sync();
-    } else {
-      // The directory fsync starts after the file was created, so it covers the new entry.
-      await Promise.all([fdatasync(fd), this.spool.dirSync.sync()]);
-    }
+    const fd = (this.fd ??= spoolFs.openSync(this.file, 'wx', 0o600));
+    await writevAll(fd, queueFileParts(envelope, this.chunks, this.size, this.crc));
+    await spoolFs.fdatasync(fd);
+    // link() and not rename(): it refuses to replace a queue file of the same ID (EEXIST →
+    // 451, the client retries) where rename would silently drop the other message.
+    spoolFs.linkSync(this.file, this.spool.queuePath(this.id));
     this.fd = undefined;
-    this.spool.writing.delete(this.id);
     fs.closeSync(fd);
-    return { envelope, size: this.size };
+    unlinkIfThere(this.file);
+    try {
+      await this.spool.dirSync.sync();
+    } catch (err) {
+      // Not durable, so not acknowledged: take the message back out of the queue.
+      unlinkIfThere(this.spool.queuePath(this.id));
+      this.spool.writing.delete(this.id);
+      throw err;
+    }
+    this.spool.writing.delete(this.id);
+    return { envelope, size: this.size, crc: this.crc };
   }
 
   /** Drops the message (refused, failed, or the session died before the end of DATA). */
@@ -280,26 +374,32 @@ export class MessageWriter {
   }
 }
 
-/** Reads the envelope and message length of a queue file. */
+/** Reads and checks the envelope and trailer of a queue file; DamagedSpoolFile when they do not check out. */
 export async function readQueueFile(paths: SpoolPaths, id: string): Promise<QueuedMessage> {
   const file = path.join(paths.queue, id);
   const fh = await fsp.open(file, 'r');
   try {
     const { size: fileSize } = await fh.stat();
-    if (fileSize < TRAILER_LEN) throw new IncompleteSpoolFile(`${file}: no trailer`);
+    if (fileSize < TRAILER_LEN) throw new DamagedSpoolFile(`${file}: no trailer (${fileSize} octets)`);
     const trailer = Buffer.alloc(TRAILER_LEN);
     await fh.read(trailer, 0, TRAILER_LEN, fileSize - TRAILER_LEN);
-    const m = /^MXQ1 (\d{15})\n$/.exec(trailer.toString('latin1'));
-    if (!m || m[1] === undefined) throw new IncompleteSpoolFile(`${file}: no trailer`);
+    const m = /^MXQ2 (\d{15}) ([0-9a-f]{8}) ([0-9a-f]{8})\n$/.exec(trailer.toString('latin1'));
+    if (!m) throw new DamagedSpoolFile(`${file}: no valid trailer`);
     const size = Number(m[1]);
     const envLen = fileSize - TRAILER_LEN - size;
-    if (envLen <= 0) throw new IncompleteSpoolFile(`${file}: bad trailer`);
+    if (envLen <= 1) throw new DamagedSpoolFile(`${file}: the trailer's length does not fit the file`);
     const envBuf = Buffer.alloc(envLen);
     await fh.read(envBuf, 0, envLen, size);
-    const envelope: unknown = JSON.parse(envBuf.toString('utf8'));
-    if (!isEnvelope(envelope)) throw new Error(`${file}: bad envelope`);
+    if (hex8(crc32Of([envBuf])) !== m[3]) throw new DamagedSpoolFile(`${file}: envelope CRC mismatch`);
+    let envelope: unknown;
+    try {
+      envelope = JSON.parse(envBuf.toString('utf8'));
+    } catch {
+      envelope = undefined;
+    }
+    if (!isEnvelope(envelope) || envelope.id !== id) throw new DamagedSpoolFile(`${file}: bad envelope`);
     const state = await readState(paths, id);
-    return { envelope, size, state };
+    return { envelope, size, crc: parseInt(m[2] as string, 16), state };
   } finally {
     await fh.close();
   }
@@ -321,9 +421,21 @@ export async function listQueue(paths: SpoolPaths): Promise<string[]> {
   return names.filter(isQueueId).sort();
 }
 
-/** A message body that streams from memory or from a file (a queue file at 0, or a journal segment). */
-export function messageBody(file: string, start: number, size: number, addHeaders: readonly string[] | undefined, cached?: Buffer[]): MessageBody {
+/**
+ * A message body that streams from memory or from a file (a queue file at 0, or a journal
+ * segment). Octets read from a file are counted and their CRC checked as they stream: a
+ * mismatch throws DamagedSpoolFile at the end, before a transport can send the final dot (or
+ * rename a Maildir file into new/), and `onDamage` hears of it.
+ */
+export function messageBody(
+  file: string,
+  start: number,
+  size: number,
+  addHeaders: readonly string[] | undefined,
+  opts: { cached?: Buffer[]; crc?: number; onDamage?: (err: DamagedSpoolFile) => void } = {},
+): MessageBody {
   const head = addHeaders && addHeaders.length > 0 ? Buffer.from(addHeaders.join('')) : undefined;
+  const { cached, crc } = opts;
   return {
     size: size + (head?.length ?? 0),
     async *chunks() {
@@ -332,9 +444,25 @@ export function messageBody(file: string, start: number, size: number, addHeader
         yield* cached;
         return;
       }
-      if (size === 0) return;
-      const stream = fs.createReadStream(file, { start, end: start + size - 1, highWaterMark: 256 * 1024 });
-      for await (const chunk of stream) yield chunk as Buffer;
+      let got = 0;
+      let sum = 0;
+      if (size > 0) {
+        const stream = fs.createReadStream(file, { start, end: start + size - 1, highWaterMark: 256 * 1024 });
+        for await (const chunk of stream) {
+          const b = chunk as Buffer;
+          got += b.length;
+          if (crc !== undefined) sum = crc32Of([b], sum);
+          yield b;
+        }
+      }
+      let problem: string | undefined;
+      if (got !== size) problem = `${file}: ${got} of ${size} message octets at offset ${start}`;
+      else if (crc !== undefined && sum !== crc) problem = `${file}: message CRC mismatch at offset ${start}`;
+      if (problem) {
+        const err = new DamagedSpoolFile(problem);
+        opts.onDamage?.(err);
+        throw err;
+      }
     },
   };
 }

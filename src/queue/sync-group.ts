@@ -2,6 +2,7 @@
 // so N sessions committing at once cost two fsyncs, not N. Used for the spool directory and
 // for journal segments.
 import fs from 'node:fs';
+import { spoolFs } from './spool-fs.ts';
 
 export class SyncGroup {
   private readonly fd: number;
@@ -31,14 +32,15 @@ export class SyncGroup {
     const batch = this.waiters;
     this.waiters = [];
     this.running = true;
-    (this.data ? fs.fdatasync : fs.fsync)(this.fd, (err) => {
+    const settle = (err?: Error): void => {
       this.running = false;
       for (const w of batch) {
         if (err) w.reject(err);
         else w.resolve();
       }
       if (this.waiters.length > 0) this.start();
-    });
+    };
+    (this.data ? spoolFs.fdatasync : spoolFs.fsync)(this.fd).then(() => settle(), settle);
   }
 
   close(): void {

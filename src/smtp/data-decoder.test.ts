@@ -230,3 +230,12 @@ function firstDifference(a: Buffer, b: Buffer): number {
   for (let i = 0; i < n; i++) if (a[i] !== b[i]) return i;
   return n;
 }
+
+test('the stuffing dot does not count towards the line length limit (RFC 5321 4.5.3.1.6)', () => {
+  const ok = decoder(false, 1 << 20, 1000);
+  decode(ok, [Buffer.from('..' + 'x'.repeat(997) + '\r\n.\r\n')]); // 998 octets of text, 1001 on the wire
+  assert.equal(ok.problems.longLine, false);
+  const long = decoder(false, 1 << 20, 1000);
+  decode(long, [Buffer.from('..' + 'x'.repeat(998) + '\r\n.\r\n')]); // 999 octets of text
+  assert.equal(long.problems.longLine, true);
+});

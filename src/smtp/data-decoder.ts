@@ -90,8 +90,10 @@ export class DataDecoder {
             spanStart = i + 1;
             continue;
           }
-          // The dot was stuffing (already dropped); this octet starts the line's content.
+          // The dot was stuffing (already dropped); this octet starts the line's content. The
+          // stuffing dot does not count towards the line length (RFC 5321 4.5.3.1.6).
           state = MID;
+          lineLen = 0;
           if (b > 13 || (b !== 13 && b !== 10 && b !== 0)) {
             lineLen++;
             continue;

@@ -14,6 +14,7 @@ import type { PolicyEngine, PhaseResult } from '../policy/engine.ts';
 import type { SessionInfo } from '../policy/context.ts';
 import { refusalReply, type FinalVerdict, type RefusalVerdict } from '../policy/verdict.ts';
 import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
+import { isStorageFull } from '../queue/spool-fs.ts';
 import type { Envelope } from '../queue/envelope.ts';
 import type { Logger } from '../util/log.ts';
 import { addressListOf, plainIp } from '../util/cidr.ts';
@@ -527,16 +528,16 @@ export class Session {
     this.buf = this.buf.subarray(end);
     this.mode = 'command';
     this.socket.setTimeout(this.config.limits.command_timeout);
-    return (wait ?? Promise.resolve()).then(() => this.endOfData());
-  }
-
-  private async endOfData(): Promise<void> {
+    // The whole message is in: it is no longer the session's to drop if the client goes away
+    // now (it is committed and queued, as Postfix does after END-OF-MESSAGE).
     const tx = this.tx as Transaction;
-    const decoder = this.decoder as DataDecoder;
-    const writer = this.writer as MessageWriter;
     this.decoder = undefined;
     this.writer = undefined;
     this.tx = undefined;
+    return (wait ?? Promise.resolve()).then(() => this.endOfData(tx, decoder, writer));
+  }
+
+  private async endOfData(tx: Transaction, decoder: DataDecoder, writer: MessageWriter): Promise<void> {
     const refused = dataProblemReply(decoder, this.config);
     if (refused) {
       this.log.info({ id: writer.id, check: 'data', reply: refused, from: tx.mailFrom.address }, 'message refused');
@@ -570,8 +571,12 @@ export class Session {
     try {
       committed = await writer.commit(envelope);
     } catch (err) {
-      this.log.error({ id: writer.id, err }, 'spool write failed');
       await writer.abort().catch(() => undefined);
+      if (isStorageFull(err)) {
+        this.log.error({ id: writer.id, err: (err as Error).message }, 'spool write failed: file system full');
+        return this.finishTransaction('452 4.3.1 Insufficient system storage');
+      }
+      this.log.error({ id: writer.id, err }, 'spool write failed');
       return this.finishTransaction('451 4.3.0 Error: queue file write error');
     }
     this.log.info({ id: writer.id, from: envelope.mailFrom, rcpts: envelope.rcpts, size: committed.size }, 'queued');
