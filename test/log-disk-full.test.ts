@@ -5,13 +5,13 @@
 // with its usual graceful stop. Needs root (it mounts the tmpfs); fails, never skips, without.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { freePort, startSmtpSink, waitUntil, type SmtpSinkPeer } from './harness/peers.ts';
 import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts';
 import { RawClient } from './harness/smtp-talk.ts';
+import { fill, mountTmpfs } from './harness/tmpfs.ts';
 
 const cleanups: Array<() => Promise<unknown> | void> = [];
 after(async () => {
@@ -23,39 +23,6 @@ after(async () => {
     }
   }
 });
-
-/** Mounts a tmpfs of `size` on `dir`, and schedules its unmount (before the rest of the clean-up). */
-function mountTmpfs(dir: string, size: string): void {
-  const uid = process.getuid?.();
-  if (uid !== 0) throw new Error(`this test mounts a tmpfs to fill it up and must run as root (uid 0); it runs as uid ${uid}`);
-  const r = spawnSync('mount', ['-t', 'tmpfs', '-o', `size=${size},mode=0755`, 'tmpfs', dir], { encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`cannot mount a tmpfs on ${dir} (mount exit ${r.status}): ${r.stderr || r.error?.message}`);
-  cleanups.push(() => {
-    if (spawnSync('umount', [dir]).status !== 0) spawnSync('umount', ['-l', dir]);
-  });
-}
-
-/** Fills the file system holding `file` (no byte left); returns the bytes written. */
-function fill(file: string): number {
-  const fd = fs.openSync(file, 'a');
-  let total = 0;
-  try {
-    for (const size of [65536, 4096, 512, 64, 1]) {
-      const chunk = Buffer.alloc(size, 0x78);
-      for (;;) {
-        try {
-          total += fs.writeSync(fd, chunk);
-        } catch (err) {
-          if ((err as NodeJS.ErrnoException).code !== 'ENOSPC') throw err;
-          break;
-        }
-      }
-    }
-  } finally {
-    fs.closeSync(fd);
-  }
-  return total;
-}
 
 interface LogLine {
   level: number;
@@ -131,7 +98,7 @@ test('log file on a full file system: mail keeps flowing, dropped lines are coun
   fs.chmodSync(dir, 0o755); // smtp-sink writes its dumps as nobody
   const logDir = path.join(dir, 'logfs');
   fs.mkdirSync(logDir);
-  mountTmpfs(logDir, '256k');
+  cleanups.push(mountTmpfs(logDir, '256k'));
   const logFile = path.join(logDir, 'mxguard.log');
   const filler = path.join(logDir, 'filler');
 

@@ -276,10 +276,16 @@ function unlinkIfThere(file: string): void {
   }
 }
 
+/** Writes a message's delivery state (not synced: losing it only means an earlier retry). */
 export async function writeStateFile(paths: SpoolPaths, id: string, state: DeliveryState): Promise<void> {
   const file = path.join(paths.queue, id + '.state');
-  await fsp.writeFile(file + '.tmp', JSON.stringify(state));
-  await fsp.rename(file + '.tmp', file);
+  try {
+    await fsp.writeFile(file + '.tmp', JSON.stringify(state));
+    await fsp.rename(file + '.tmp', file);
+  } catch (err) {
+    await fsp.rm(file + '.tmp', { force: true });
+    throw err;
+  }
 }
 
 /** Collects one message while DATA streams in; small messages stay in memory until commit. */
