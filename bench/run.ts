@@ -9,6 +9,16 @@ import os from 'node:os';
 import path from 'node:path';
 import { freePort, startPostfix, startSmtpSink } from '../test/harness/peers.ts';
 import { startMxguard } from '../test/harness/mxguard-process.ts';
+import { describeStartup, measureStdioStartup } from './startup.ts';
+
+// BENCH_STARTUP_ONLY=1: only the `mxguard stdio` start-up (bench/startup.ts), no throughput cells.
+const STARTUP_RUNS = Number(process.env.BENCH_STARTUP_RUNS ?? 15);
+if (process.env.BENCH_STARTUP_ONLY) {
+  const r = await measureStdioStartup(STARTUP_RUNS);
+  console.log(describeStartup(r));
+  console.log(`per run (banner ms / CPU ms): ${r.samples.map((x) => `${x.bannerMs.toFixed(0)}/${x.cpuMs.toFixed(0)}`).join(' ')}`);
+  process.exit(0);
+}
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SCALE = Number(process.env.BENCH_SCALE ?? 1);
@@ -160,6 +170,8 @@ const rows = CELLS.map((cell) => {
   return { cell, sink, mxRate, ratio, pfRate, pfRatio, cpu: median(s.map((x) => x.cpuPerMsg)), rss: Math.max(...s.map((x) => x.rss)) };
 });
 if (only) process.exit(0);
+const startup = await measureStdioStartup(STARTUP_RUNS);
+console.log(describeStartup(startup));
 const at = (name: string) => rows.find((r) => r.cell.name === name) as (typeof rows)[number];
 const t20 = at('1 KiB, 20 sessions');
 const t1 = at('1 KiB, 1 session');
@@ -196,6 +208,9 @@ Peak RSS is the kernel's high-water mark for the cell. It is mostly heap that V8
 growing it under load: in a separate check of 30,000 messages at 20 sessions (in-process,
 \`process.memoryUsage()\`) the live heap after GC was 12 MiB with heapTotal 144 MiB, and RSS
 stayed flat from the second 10,000 messages on (no leak).
+
+Start-up of \`mxguard stdio\` (one process per connection under inetd, systemd or tcpserver;
+bench/startup.ts, \`BENCH_STARTUP_ONLY=1 npm run bench\` runs only this): ${describeStartup(startup).replace(/^mxguard stdio start-up /, '')}.
 
 Per-round figures (msg/s):
 

@@ -4,6 +4,11 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { withTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
+import { startMxguard } from './harness/mxguard-process.ts';
+import { freePort, makeTempDir } from './harness/peers.ts';
+import { checkConfigFile } from '../src/config/load.ts';
+import fs from 'node:fs';
+import path from 'node:path';
 
 const CLOSED = { forward_from_ip: ['192.0.2.0/24'] };
 
@@ -93,6 +98,76 @@ test('an authenticated client is not held to its HELO name; ban.ip still applies
       assert.equal(r[3], '250 2.1.5 Ok');
       c.close();
     });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+// Issue 9 item 13: ban.mailfrom_regex runs on a linear-time engine. With V8's backtracking
+// RegExp, ^(a+)+$ against 29 a's and a domain took seconds (0.4 s for 26 here, doubling with each
+// character) and froze every session; now the other session's MAIL is answered at once.
+test('ban.mailfrom_regex ^(a+)+$: a sender that would backtrack for seconds does not delay another session', { timeout: 90_000 }, async () => {
+  const dir = await makeTempDir('mxguard-redos');
+  const config = {
+    hostname: 'mx.example.test',
+    data_dir: dir,
+    local_domains: ['example.test'],
+    deliver: `maildir:${path.join(dir, 'maildir')}`,
+    mail_from: { require_domain: false },
+    relay: CLOSED,
+    ban: { mailfrom_regex: ['^(a+)+$', '^(b+)+@'] },
+    log: { level: 'warn' },
+  };
+  const mx = await startMxguard(dir, config, await freePort());
+  try {
+    const checked = await checkConfigFile(path.join(dir, 'mxguard.yaml'));
+    assert.equal(checked.ok, true, `mxguard check accepts the pattern (the engine is linear): ${checked.output}`);
+    const hostile = await RawClient.connect(mx.port);
+    const other = await RawClient.connect(mx.port);
+    try {
+      await hostile.reply();
+      await other.reply();
+      hostile.send('EHLO hostile.example\r\n');
+      other.send('EHLO other.example\r\n');
+      await hostile.reply();
+      await other.reply();
+      const t0 = performance.now();
+      hostile.send(`MAIL FROM:<${'a'.repeat(29)}@x.test>\r\n`);
+      await new Promise((r) => setTimeout(r, 50));
+      other.send('MAIL FROM:<bob@src.test>\r\nRCPT TO:<u@example.test>\r\n');
+      const otherReplies = await other.replies(2, 30_000);
+      const otherMs = performance.now() - t0;
+      const hostileReply = await hostile.reply(30_000);
+      const hostileMs = performance.now() - t0;
+      assert.equal(otherReplies[0], '250 2.1.0 Ok');
+      assert.equal(otherReplies[1], '250 2.1.5 Ok');
+      assert.equal(hostileReply, '250 2.1.0 Ok');
+      // Measured: both under 20 ms here; the old engine froze the server for 50 s with 31 a's.
+      assert.ok(otherMs < 2000, `the other session waited ${Math.round(otherMs)} ms`);
+      assert.ok(hostileMs < 2000, `the hostile MAIL took ${Math.round(hostileMs)} ms`);
+      hostile.send(`RSET\r\nMAIL FROM:<${'b'.repeat(40)}@x.test>\r\nRCPT TO:<u@example.test>\r\n`);
+      const r = await hostile.replies(3);
+      assert.equal(r[2]?.split('\n')[0], `550 5.7.1 <${'b'.repeat(40)}@x.test>: Sender address rejected`);
+    } finally {
+      hostile.close();
+      other.close();
+    }
+  } finally {
+    await mx.stop();
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('mxguard check: a ban.mailfrom_regex the linear engine cannot run (lookahead, backreference) is refused at its line', async () => {
+  const dir = await makeTempDir('mxguard-regex-check');
+  try {
+    const file = path.join(dir, 'mxguard.yaml');
+    fs.writeFileSync(file, `data_dir: ${dir}\nban:\n  mailfrom_regex:\n    - '^(a+)+$'\n    - '^(?=x)y'\n    - '(a)\\1'\n`);
+    const r = await checkConfigFile(file);
+    assert.equal(r.ok, false);
+    assert.match(r.output, new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:5:7: ban\\.mailfrom_regex\\[1\\]: not a regular expression: invalid or unsupported Perl syntax: \`\\(\\?=\``, 'm'));
+    assert.match(r.output, /:6:7: ban\.mailfrom_regex\[2\]: not a regular expression: invalid escape sequence/);
+    assert.doesNotMatch(r.output, /mailfrom_regex\[0\]/);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }

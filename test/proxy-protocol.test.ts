@@ -4,7 +4,9 @@
 // other loopback addresses (swaks --local-interface) so that it differs from HAProxy's own.
 // Also: only proxy_protocol.trusted may connect there, a connection without a valid header (or
 // without one in time) is dropped before the banner, v2 LOCAL (a health check) gets a session of
-// its own addresses, and a proxy listener that is not a listen address is a config error.
+// its own addresses that may not send mail, a header naming no client (PROXY UNKNOWN, AF_UNIX,
+// AF_UNSPEC) is dropped (issue 9), and a proxy listener that is not a listen address is a config
+// error.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -94,6 +96,92 @@ test('PROXY v2 LOCAL (a health check): a session with the connection\'s own addr
     c.close();
     d.close();
     assert.ok(await waitUntil(() => app.logs().some((l) => l.ip === '198.51.100.7' && l.msg === 'connect'), 2000));
+  });
+});
+
+const V2_SIG = Buffer.from([0x0d, 0x0a, 0x0d, 0x0a, 0x00, 0x0d, 0x0a, 0x51, 0x55, 0x49, 0x54, 0x0a]);
+
+function v2Header(verCmd: number, famProto: number, block: Buffer): Buffer {
+  const fixed = Buffer.from([verCmd, famProto, 0, 0]);
+  fixed.writeUInt16BE(block.length, 2);
+  return Buffer.concat([V2_SIG, fixed, block]);
+}
+
+/** An IPv4 address block: source, destination, ports. */
+function v4Block(src: string, dst: string, sport: number, dport: number): Buffer {
+  const b = Buffer.alloc(12);
+  src.split('.').forEach((o, i) => (b[i] = Number(o)));
+  dst.split('.').forEach((o, i) => (b[4 + i] = Number(o)));
+  b.writeUInt16BE(sport, 8);
+  b.writeUInt16BE(dport, 10);
+  return b;
+}
+
+test('PROXY UNKNOWN, v2 AF_UNIX and AF_UNSPEC from the trusted proxy: dropped with a warning, never a session of the (loopback, relay-trusted) proxy', LIMIT, async () => {
+  await withTestApp(BEHIND_PROXY, async (app) => {
+    const headers = [
+      Buffer.from('PROXY UNKNOWN\r\n'),
+      Buffer.from('PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n'),
+      v2Header(0x21, 0x31, Buffer.alloc(216)),
+      v2Header(0x21, 0x00, Buffer.alloc(0)),
+    ];
+    for (const h of headers) {
+      const c = await RawClient.connect(app.port);
+      c.send(Buffer.concat([h, Buffer.from('EHLO relay.test\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<victim@elsewhere.test>\r\n')]));
+      assert.ok(await c.closed(), 'closed');
+      await assert.rejects(c.reply(500), /connection closed after 0\/1 replies/, 'no banner, no reply');
+      c.close();
+    }
+    const drops = app.logs().filter((l) => l.msg === 'connection dropped: the PROXY header names no client');
+    assert.deepEqual(
+      drops.map((l) => [l.level, l.reason]),
+      [
+        [40, 'PROXY UNKNOWN'],
+        [40, 'PROXY UNKNOWN'],
+        [40, 'PROXY v2 with AF_UNIX'],
+        [40, 'PROXY v2 with AF_UNSPEC'],
+      ],
+    );
+    assert.ok(!app.logs().some((l) => l.msg === 'connect'), 'no session');
+  });
+});
+
+test('PROXY v2 LOCAL (a health check) may talk but never send mail, not even to a local domain; v2 UDP is taken as the client it names', LIMIT, async () => {
+  await withTestApp(BEHIND_PROXY, async (app) => {
+    const c = await RawClient.connect(app.port);
+    c.send(Buffer.concat([v2Header(0x20, 0x00, Buffer.alloc(0)), Buffer.from('EHLO haproxy.test\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<alice@example.test>\r\nQUIT\r\n')]));
+    const [banner, ehlo, mail, rcpt, quit] = await c.replies(5);
+    assert.match(banner ?? '', /^220 /);
+    assert.match(ehlo ?? '', /^250-/);
+    assert.equal(mail, '550 5.7.1 Error: a proxy health check connection (PROXY LOCAL) may not send mail');
+    assert.match(rcpt ?? '', /^503 5\.5\.1 /);
+    assert.match(quit ?? '', /^221 /);
+    c.close();
+    assert.ok(app.logs().some((l) => l.msg === 'PROXY LOCAL (proxy health check): a session that may not send mail'));
+
+    // DGRAM over IPv4: the header names a client address, which is who the session is.
+    const u = await RawClient.connect(app.port);
+    u.send(Buffer.concat([v2Header(0x21, 0x12, v4Block('198.51.100.9', '127.0.0.1', 4000, 25)), Buffer.from('HELO udp.test\r\nMAIL FROM:<a@a.test>\r\nRCPT TO:<victim@elsewhere.test>\r\n')]));
+    const [, , , relay] = await u.replies(4);
+    assert.match(relay ?? '', /^554 5\.7\.1 <victim@elsewhere\.test>: Relay access denied/, 'the proxied client (198.51.100.9) may not relay');
+    u.close();
+    assert.ok(await waitUntil(() => app.logs().some((l) => l.msg === 'PROXY header names a UDP client: taken as that client' && l.client === '198.51.100.9' && l.level === 40), 2000));
+    assert.ok(app.logs().some((l) => l.msg === 'connect' && l.ip === '198.51.100.9'));
+  });
+});
+
+test('a real HAProxy SMTP health check (send-proxy-v2 sends LOCAL) passes: the server stays up and mail still flows through it', LIMIT, async () => {
+  await withTestApp(BEHIND_PROXY, async (app) => {
+    const hap = await startHaproxy({ backend: { host: '127.0.0.1', port: app.port }, sendProxy: 'v2', healthCheck: true });
+    try {
+      // Checks every 300 ms; three failed ones (HAProxy's default "fall 3") would take the server down.
+      assert.ok(await waitUntil(() => app.logs().filter((l) => l.msg === 'PROXY LOCAL (proxy health check): a session that may not send mail').length >= 4, 10_000), 'health checks arrive as PROXY LOCAL');
+      const ok = await swaksVia(hap.port, '127.0.0.8', 'alice@example.test', 'after health checks');
+      assert.match(ok.stdout, /<- {2}250 2\.0\.0 Ok: queued as/, ok.stdout);
+      assert.ok(!app.logs().some((l) => l.msg === 'connection dropped: the PROXY header names no client'));
+    } finally {
+      await hap.stop();
+    }
   });
 });
 

@@ -5,12 +5,15 @@
 //   POST   /api/relayers/<ip>       a login from <ip> now (or ?at=<epoch seconds>)
 //   DELETE /api/relayers/<ip>
 // Every /api call carries `Authorization: Bearer <admin.token>`; the comparison is constant-time.
+// <ip> is stored as the SMTP side sees clients (IPv4-mapped IPv6 as IPv4, IPv6 canonical); one
+// that is not an IP address (or a bad %-escape) is 400.
 import http from 'node:http';
 import net from 'node:net';
 import crypto from 'node:crypto';
 import { parseHostPort, type Config } from '../config/schema.ts';
 import type { Store } from '../store/store.ts';
 import type { Logger } from '../util/log.ts';
+import { canonicalIp } from '../util/cidr.ts';
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {
   const text = typeof body === 'string' ? body + '\n' : JSON.stringify(body) + '\n';
@@ -42,8 +45,15 @@ export async function startAdmin(config: Config, store: Store, log: Logger): Pro
     if (url.pathname === '/api/relayers' && req.method === 'GET') return send(res, 200, await store.relayerList());
     const m = /^\/api\/relayers\/([^/]+)$/.exec(url.pathname);
     if (!m) return send(res, 404, { error: 'not found' });
-    const ip = decodeURIComponent(m[1] as string);
-    if (net.isIP(ip) === 0) return send(res, 400, { error: `"${ip}" is not an IP address` });
+    let raw: string;
+    try {
+      raw = decodeURIComponent(m[1] as string);
+    } catch {
+      return send(res, 400, { error: `"${m[1] as string}" is not an IP address (bad %-escape)` });
+    }
+    // As the SMTP side sees clients: IPv6 canonical, IPv4-mapped IPv6 (::ffff:192.0.2.1) as IPv4.
+    const ip = canonicalIp(raw);
+    if (ip === undefined) return send(res, 400, { error: `${JSON.stringify(raw)} is not an IP address` });
     if (req.method === 'POST') {
       const atText = url.searchParams.get('at');
       if (atText !== null && !/^\d{1,12}$/.test(atText)) return send(res, 400, { error: 'at must be epoch seconds' });

@@ -4,6 +4,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
+import { AuthBusyError, HashRefusedError } from './errors.ts';
 
 const scrypt = promisify(crypto.scrypt) as (password: crypto.BinaryLike, salt: crypto.BinaryLike, keylen: number, options: crypto.ScryptOptions) => Promise<Buffer>;
 
@@ -20,14 +21,65 @@ export async function hashPassword(password: string): Promise<string> {
   return `scrypt$${N}$${R}$${P}$${salt.toString('base64')}$${key.toString('base64')}`;
 }
 
-export async function verifyPassword(password: string, stored: string): Promise<boolean> {
-  const m = /^scrypt\$(\d+)\$(\d+)\$(\d+)\$([A-Za-z0-9+/=]+)\$([A-Za-z0-9+/=]+)$/.exec(stored);
-  if (!m) return false;
+/**
+ * The most a users-file line may ask of one check: scrypt's memory is 128·N·r octets, its time
+ * grows with N·r·p. Twice what `mxguard user add` writes (N=2^15, r=8, p=1: 32 MiB, ~50 ms); a
+ * line asking for more is refused, never run (N=2^20 took 3.3 GB and 14 s per check).
+ */
+export const SCRYPT_MAX = { memory: 64 * 1024 * 1024, work: 2 * N * R * P, keyBytes: 64 } as const;
+
+interface ParsedHash {
+  n: number;
+  r: number;
+  p: number;
+  salt: Buffer;
+  key: Buffer;
+}
+
+function parseHash(stored: string): ParsedHash | string {
+  const m = /^scrypt\$(\d{1,10})\$(\d{1,10})\$(\d{1,10})\$([A-Za-z0-9+/=]{1,1024})\$([A-Za-z0-9+/=]{1,1024})$/.exec(stored);
+  if (!m) return 'not a hash of `mxguard user add` (scrypt$N$r$p$salt$key)';
   const [n, r, p] = [Number(m[1]), Number(m[2]), Number(m[3])];
-  if (n > 1 << 20 || r > 32 || p > 16) return false; // a tampered file must not eat the machine
-  const expected = Buffer.from(m[5] as string, 'base64');
-  const key = await scrypt(password, Buffer.from(m[4] as string, 'base64'), expected.length, { N: n, r, p, maxmem: 256 * n * r + MAXMEM });
-  return key.length === expected.length && crypto.timingSafeEqual(key, expected);
+  const key = Buffer.from(m[5] as string, 'base64');
+  if (n < 2 || (n & (n - 1)) !== 0 || r < 1 || p < 1) return `scrypt N=${n} r=${r} p=${p}: N must be a power of 2, r and p at least 1`;
+  if (128 * n * r > SCRYPT_MAX.memory || n * r * p > SCRYPT_MAX.work) {
+    return `scrypt N=${n} r=${r} p=${p} asks for ${Math.ceil((128 * n * r) / 2 ** 20)} MiB and ${((n * r * p) / (N * R * P)).toFixed(1)}× the work of a check; at most ${SCRYPT_MAX.memory / 2 ** 20} MiB and ${SCRYPT_MAX.work / (N * R * P)}× (set the password again with \`mxguard user add\`)`;
+  }
+  if (key.length < 16 || key.length > SCRYPT_MAX.keyBytes) return `a key of ${key.length} octets; 16 to ${SCRYPT_MAX.keyBytes}`;
+  return { n, r, p, salt: Buffer.from(m[4] as string, 'base64'), key };
+}
+
+/** Why this mxguard will not check a password against `stored` (undefined: it will). */
+export function hashProblem(stored: string): string | undefined {
+  const h = parseHash(stored);
+  return typeof h === 'string' ? h : undefined;
+}
+
+/** False for a wrong password, and for a hash that hashProblem refuses (which is never run). */
+export async function verifyPassword(password: string, stored: string): Promise<boolean> {
+  const h = parseHash(stored);
+  if (typeof h === 'string') return false;
+  const key = await scrypt(password, h.salt, h.key.length, { N: h.n, r: h.r, p: h.p, maxmem: 256 * h.n * h.r + MAXMEM });
+  return crypto.timingSafeEqual(key, h.key);
+}
+
+/** A line of the users file that this mxguard refuses (1-based line number). */
+export interface UsersFileProblem {
+  line: number;
+  user: string;
+  message: string;
+}
+
+/** The lines of `text` (a users file) whose hash hashProblem refuses. */
+export function usersFileProblems(text: string): UsersFileProblem[] {
+  const out: UsersFileProblem[] = [];
+  text.split('\n').forEach((line, i) => {
+    const colon = line.indexOf(':');
+    if (line.startsWith('#') || colon <= 0) return;
+    const message = hashProblem(line.slice(colon + 1).trim());
+    if (message !== undefined) out.push({ line: i + 1, user: line.slice(0, colon), message });
+  });
+  return out;
 }
 
 /** A user name as the file stores it: no colon, no white space or control characters. */
@@ -61,16 +113,42 @@ export function writeUsers(file: string, users: ReadonlyMap<string, string>): vo
   fs.renameSync(file + '.tmp', file);
 }
 
+/** Password checks running now, in this process (all PasswordFiles: they share one thread pool). */
+let checksRunning = 0;
+/** Password checks run since start (each an scrypt); for tests and metrics. */
+let checksRun = 0;
+
+export function passwordCheckCounts(): { running: number; run: number } {
+  return { running: checksRunning, run: checksRun };
+}
+
+/** libuv's thread pool size (UV_THREADPOOL_SIZE, default 4): spool fsyncs and scrypt share it. */
+export function threadPoolSize(): number {
+  const n = Number(process.env.UV_THREADPOOL_SIZE);
+  return Number.isInteger(n) && n >= 1 ? Math.min(n, 1024) : 4;
+}
+
+/**
+ * How many checks may run at once: the setting, but always two pool threads left for the spool's
+ * fsyncs (so no number of AUTHs can delay a 250), and at least one.
+ */
+export function checkLimit(setting: number): number {
+  return Math.max(1, Math.min(setting, threadPoolSize() - 2));
+}
+
 /** The server's view of the file: cached, re-read when its mtime or size changes. */
 export class PasswordFile {
   readonly file: string;
+  /** At most this many checks at once; more get AuthBusyError at once. */
+  readonly limit: number;
   private users = new Map<string, string>();
   private stamp = '';
   /** A real hash to check unknown users against, so their answer takes as long as a wrong password. */
   private dummy: Promise<string> | undefined;
 
-  constructor(file: string) {
+  constructor(file: string, maxConcurrentChecks = 4) {
     this.file = file;
+    this.limit = checkLimit(maxConcurrentChecks);
   }
 
   private current(): Map<string, string> {
@@ -88,13 +166,27 @@ export class PasswordFile {
     return this.users;
   }
 
+  /**
+   * True for the right password. Throws AuthBusyError (nothing checked) when `limit` checks are
+   * running, and HashRefusedError when the user's hash asks for more than SCRYPT_MAX (it is not
+   * run: a check against the dummy hash takes its place, so the answer takes as long).
+   */
   async verify(user: string, password: string): Promise<boolean> {
-    const stored = this.current().get(user);
-    if (stored === undefined) {
-      this.dummy ??= hashPassword(crypto.randomBytes(16).toString('hex'));
-      await verifyPassword(password, await this.dummy);
-      return false;
+    if (checksRunning >= this.limit) throw new AuthBusyError(this.limit);
+    checksRunning++;
+    checksRun++;
+    try {
+      const stored = this.current().get(user);
+      const refused = stored === undefined ? undefined : hashProblem(stored);
+      if (stored === undefined || refused !== undefined) {
+        this.dummy ??= hashPassword(crypto.randomBytes(16).toString('hex'));
+        await verifyPassword(password, await this.dummy);
+        if (refused !== undefined) throw new HashRefusedError(user, refused);
+        return false;
+      }
+      return await verifyPassword(password, stored);
+    } finally {
+      checksRunning--;
     }
-    return verifyPassword(password, stored);
   }
 }

@@ -2,13 +2,10 @@
 import { Command } from 'commander';
 import { ConfigError, checkConfigFile, defaultConfig, loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
-import { App } from '../app.ts';
 import { createLogger } from '../util/log.ts';
-import { queueDelete, queueFlush, queueList, queueShow } from './queue.ts';
-import { relayCommand } from './relay.ts';
-import { userCommand } from './user.ts';
-import { relaytestMain } from './relaytest.ts';
 import { runStdio, stdioLogger } from '../stdio.ts';
+// Each command loads what it needs when it runs (dynamic imports below): `mxguard stdio` starts
+// once per connection and must not pay for the daemon, the forwarder or the other commands.
 
 // Spool fsyncs run in libuv's thread pool; the default 4 threads would serialise them.
 process.env.UV_THREADPOOL_SIZE ??= '16';
@@ -27,6 +24,7 @@ async function start(file: string | undefined): Promise<void> {
     process.exit(1);
   }
   const log = createLogger(config.log.level, config.log.file);
+  const { App } = await import('../app.ts');
   const app = new App(config, log);
   try {
     await app.start();
@@ -89,7 +87,8 @@ program
   .description('validate a configuration file without starting (exit 0 = valid)')
   .requiredOption('-c, --config <file>', 'YAML configuration file')
   .action(async (opts: { config: string }) => {
-    const result = await checkConfigFile(opts.config);
+    const { usersFileMessages } = await import('./user.ts');
+    const result = await checkConfigFile(opts.config, usersFileMessages);
     (result.ok ? console.log : console.error)(result.output);
     process.exitCode = result.ok ? 0 : 1;
   });
@@ -131,10 +130,14 @@ const withQueueConfig = (fn: (config: Config, ...args: string[]) => Promise<stri
     }
   };
 };
-queue.command('list').description('list queued messages').action(withQueueConfig(queueList));
-queue.command('show <id>').description('show one message: envelope, delivery state, headers').action(withQueueConfig(queueShow));
-queue.command('flush').description('retry every deferred message now').action(withQueueConfig(queueFlush));
-queue.command('delete <id>').description('remove a message from the queue').action(withQueueConfig(queueDelete));
+const queueFn = (name: 'queueList' | 'queueShow' | 'queueFlush' | 'queueDelete') => async (config: Config, ...args: string[]) => {
+  const fn = (await import('./queue.ts'))[name] as (config: Config, ...args: string[]) => Promise<string>;
+  return fn(config, ...args);
+};
+queue.command('list').description('list queued messages').action(withQueueConfig(queueFn('queueList')));
+queue.command('show <id>').description('show one message: envelope, delivery state, headers').action(withQueueConfig(queueFn('queueShow')));
+queue.command('flush').description('retry every deferred message now').action(withQueueConfig(queueFn('queueFlush')));
+queue.command('delete <id>').description('remove a message from the queue').action(withQueueConfig(queueFn('queueDelete')));
 
 /** `mxguard NAME [-c FILE] <command> [args...]`: runs `fn`, prints its output; errors exit 1. */
 function subcommands(name: string, description: string, args: string, fn: (config: Config, command: string, args: readonly string[]) => Promise<string>): void {
@@ -155,8 +158,8 @@ function subcommands(name: string, description: string, args: string, fn: (confi
     });
 }
 
-subcommands('relay', 'POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]', 'IP addresses, ticks (epoch seconds) or minutes', relayCommand);
-subcommands('user', 'SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list', 'user names', userCommand);
+subcommands('relay', 'POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]', 'IP addresses, ticks (epoch seconds) or minutes', async (c, cmd, args) => (await import('./relay.ts')).relayCommand(c, cmd, args));
+subcommands('user', 'SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list', 'user names', async (c, cmd, args) => (await import('./user.ts')).userCommand(c, cmd, args));
 
 program
   .command('relaytest')
@@ -166,6 +169,7 @@ program
   .allowExcessArguments()
   .argument('[args...]', 'HOST[:PORT] and options; --help for details')
   .action(async (args: string[]) => {
+    const { relaytestMain } = await import('./relaytest.ts');
     process.exitCode = await relaytestMain(args);
   });
 

@@ -95,6 +95,24 @@ describe('defaults', () => {
     assert.equal(config.limits.command_timeout, 90_000);
     assert.deepEqual(config.queue.retry, [30_000, 3_600_000]);
   });
+
+  test('IDN domains may be written in Unicode and are kept in their ASCII (xn--) form', () => {
+    const { config } = parseConfigText(
+      yaml('local_domains: [bücher.example, BÜCHER.example., xn--bcher-kva.test]', 'relay:', '  relay_to: [münchen.example]', '  forward_from: [пример.example]'),
+      'mx.yaml',
+      '/srv/mx',
+    );
+    assert.deepEqual(config.local_domains, ['xn--bcher-kva.example', 'xn--bcher-kva.example', 'xn--bcher-kva.test']);
+    assert.deepEqual(config.relay.relay_to, ['xn--mnchen-3ya.example']);
+    assert.deepEqual(config.relay.forward_from, ['xn--e1afmkfd.example']);
+    // Still refused: what no IDNA mapping makes a host name.
+    assert.deepEqual(where(problems(yaml('local_domains: [bücher.example, "bü cher.example", "-x.example"]'))), ['1:33 local_domains[1]', '1:52 local_domains[2]']);
+  });
+
+  test('limits.max_line_length: 0 (no limit) by default, or at least 80', () => {
+    assert.equal(parseConfigText('', 'mx.yaml', '/srv/mx').config.limits.max_line_length, 0);
+    assert.equal(parseConfigText(yaml('limits:', '  max_line_length: 1000'), 'mx.yaml', '/srv/mx').config.limits.max_line_length, 1000);
+  });
 });
 
 describe('YAML syntax errors', () => {
@@ -198,7 +216,8 @@ describe('schema problems at the exact node', () => {
       ['limits:\n  max_message_size: -5\n', 'limits.max_message_size', 'must be at least 0, got -5'],
       ['limits:\n  max_rcpts: 0\n', 'limits.max_rcpts', 'must be greater than 0, got 0'],
       ['limits:\n  max_rcpts: 2.5\n', 'limits.max_rcpts', 'expected a whole number, got 2.5'],
-      ['limits:\n  max_line_length: 20\n', 'limits.max_line_length', 'must be at least 80, got 20'],
+      ['limits:\n  max_line_length: 20\n', 'limits.max_line_length', 'must be 0 (no limit) or at least 80, got 20'],
+      ['limits:\n  max_line_length: -1\n', 'limits.max_line_length', 'must be at least 0, got -1'],
       ['queue:\n  connections: 1000\n', 'queue.connections', 'must be at most 256, got 1000'],
       ['queue:\n  retry: []\n', 'queue.retry', 'must list at least 1 entry'],
       ['listen: 0.0.0.0:25\n', 'listen', 'expected a list, got "0.0.0.0:25"'],
@@ -540,4 +559,67 @@ test('an unanchored relay.pop_log_pattern gets a warning: forged user names coul
   const unanchored = parseConfigText("relay:\n  pop_log_pattern: 'Login: .*rip=(?<ip>[0-9.]+)'\n", 'f.yaml', os.tmpdir());
   assert.equal(unanchored.warnings[0]?.key, 'relay.pop_log_pattern');
   assert.equal(parseConfigText("relay:\n  pop_log_pattern: '^\\S+ \\S+ pop3-login: Info: Login: .*rip=(?<ip>[0-9.]+)'\n", 'f.yaml', os.tmpdir()).warnings.length, 0);
+});
+
+describe('check: files, directories and networks mxguard cannot use (issue 9)', () => {
+  test('recipients.file missing or a directory; data_dir not a directory or under a file', async () => {
+    const dir = fs.mkdtempSync(path.join(tmp, 'usable-'));
+    const file = path.join(dir, 'mx.yaml');
+    const aFile = path.join(dir, 'plain-file');
+    fs.writeFileSync(aFile, 'x\n');
+    fs.mkdirSync(path.join(dir, 'recipients.d'));
+    fs.writeFileSync(file, yaml('data_dir: plain-file', 'recipients:', '  file: recipients.d'));
+    let r = await checkConfigFile(file);
+    assert.equal(r.ok, false);
+    assert.deepEqual(r.output.split('\n'), [
+      `${file}:1:11: data_dir: ${aFile} is not a directory`,
+      `${file}:3:9: recipients.file: ${path.join(dir, 'recipients.d')} is a directory, not a list of recipients`,
+      `${file}: 2 problems, config not usable`,
+    ]);
+    fs.writeFileSync(file, yaml('recipients:', '  file: nobody.txt', 'data_dir: plain-file/var'));
+    r = await checkConfigFile(file);
+    assert.deepEqual(r.output.split('\n').slice(0, 2), [
+      `${file}:2:9: recipients.file: ${path.join(dir, 'nobody.txt')} does not exist (every local recipient would get 451)`,
+      `${file}:3:11: data_dir: cannot use ${path.join(aFile, 'var')}: a part of the path is not a directory`,
+    ]);
+    // A data_dir that does not exist yet but can be created, and a real recipients file: fine.
+    fs.writeFileSync(path.join(dir, 'recipients.txt'), 'alice@example.test\n');
+    fs.writeFileSync(file, yaml('recipients:', '  file: recipients.txt', 'data_dir: new/var'));
+    r = await checkConfigFile(file);
+    assert.equal(r.ok, true, r.output);
+  });
+
+  test('data_dir on a read-only file system is refused (even for root)', { skip: process.getuid?.() !== 0 && 'needs root to mount' }, async () => {
+    const { spawnSync } = await import('node:child_process');
+    const dir = fs.mkdtempSync(path.join(tmp, 'ro-'));
+    const mnt = path.join(dir, 'ro');
+    fs.mkdirSync(mnt);
+    const m = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,ro', 'tmpfs', mnt], { encoding: 'utf8' });
+    assert.equal(m.status, 0, `mount: ${m.stderr}`);
+    try {
+      const file = path.join(dir, 'mx.yaml');
+      fs.writeFileSync(file, yaml(`data_dir: ${mnt}`));
+      const r = await checkConfigFile(file);
+      assert.match(r.output, new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}:1:11: data_dir: ${mnt.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')} is on a read-only file system$`, 'm'));
+      fs.writeFileSync(file, yaml(`data_dir: ${mnt}/sub/var`));
+      assert.match((await checkConfigFile(file)).output, /:1:11: data_dir: cannot create .*\/ro\/sub\/var: .*\/ro is on a read-only file system$/m);
+    } finally {
+      if (spawnSync('umount', [mnt]).status !== 0) spawnSync('umount', ['-l', mnt]);
+    }
+  });
+
+  test('relay.forward_from_ip refuses an open relay (0.0.0.0/0, ::/0, ::ffff:0:0/96); every CIDR setting refuses host bits', () => {
+    const p = problems(yaml('relay:', '  forward_from_ip:', '    - 192.0.2.0/24', '    - 0.0.0.0/0', '    - "::/0"', '    - "::ffff:0:0/96"', 'ban:', '  ip: [10.1.2.3/8, "2001:db8::1/32", 10.0.0.0/8]', 'limits:', '  tarpit_except: [192.0.2.1/32, 192.0.2.128/25]'));
+    assert.deepEqual(
+      p.map((m) => `${m.line}:${m.column} ${m.key}: ${m.message}`),
+      [
+        '4:7 relay.forward_from_ip[1]: "0.0.0.0/0" takes in every IPv4 address: every client could relay (an open relay); list your own networks',
+        '5:7 relay.forward_from_ip[2]: "::/0" takes in every address: every client could relay (an open relay); list your own networks',
+        '6:7 relay.forward_from_ip[3]: "::ffff:0:0/96" takes in every IPv4 address: every client could relay (an open relay); list your own networks',
+        '8:8 ban.ip[0]: "10.1.2.3/8" has host bits set past the /8 prefix: write the network 10.0.0.0/8, or the single address 10.1.2.3',
+        '8:20 ban.ip[1]: "2001:db8::1/32" has host bits set past the /32 prefix: write the network 2001:db8::/32, or the single address 2001:db8::1',
+      ],
+    );
+    assert.deepEqual(problems(yaml('relay:', '  forward_from_ip: [10.1.2.3/8]')).map((m) => `${m.line}:${m.column} ${m.key}`), ['2:21 relay.forward_from_ip[0]']);
+  });
 });

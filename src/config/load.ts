@@ -172,6 +172,16 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
     }
   }
 
+  // Files and directories mxguard must be able to use from the start.
+  const unusable: ConfigMessage[] = [];
+  if (config.recipients.file !== undefined) {
+    const problem = recipientsFileProblem(config.recipients.file);
+    if (problem) unusable.push(at(nodeOffset(locate(doc, ['recipients', 'file'])), 'recipients.file', problem));
+  }
+  const dataDirProblem = writableDirProblem(config.data_dir);
+  if (dataDirProblem) unusable.push(at(nodeOffset(locate(doc, ['data_dir'])), 'data_dir', dataDirProblem));
+  if (unusable.length > 0) throw new ConfigError(sortMessages(unusable));
+
   // 5. Warnings about a valid config.
   if (!config.tls) {
     config.listen.forEach((entry, i) => {
@@ -206,10 +216,15 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
   return { config, warnings: sortMessages(warnings) };
 }
 
-/** For `mxguard check -c FILE`: never throws; `output` is the summary and warnings, or the problems. */
-export async function checkConfigFile(file: string): Promise<{ ok: boolean; output: string }> {
+/**
+ * For `mxguard check -c FILE`: never throws; `output` is the summary and warnings, or the problems.
+ * `more` adds problems found in the files the config names (the users file, which the CLI checks).
+ */
+export async function checkConfigFile(file: string, more?: (config: Config) => ConfigMessage[]): Promise<{ ok: boolean; output: string }> {
   try {
     const { config, warnings } = await loadConfigFile(file);
+    const problems = more?.(config) ?? [];
+    if (problems.length > 0) throw new ConfigError(problems);
     const summary =
       `${file}: OK: listen ${config.listen.join(', ')}; local domains ${config.local_domains.join(', ') || '(none)'}; ` +
       `deliver ${config.deliver ?? '(none)'}`;
@@ -267,6 +282,56 @@ function tlsFileProblem(file: string): { fatal: boolean; message: string } | und
     return { fatal: false, message: `${file} is not readable by this user` };
   }
   return undefined;
+}
+
+/** recipients.file must be a readable file: a directory or a missing file would refuse (451) every local recipient. */
+function recipientsFileProblem(file: string): string | undefined {
+  let stat: fs.Stats;
+  try {
+    stat = fs.statSync(file);
+  } catch (err) {
+    const code = errorCode(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR') return `${file} does not exist (every local recipient would get 451)`;
+    return `cannot read ${file}: ${code ?? errorText(err)}`;
+  }
+  if (!stat.isFile()) return `${file} is ${stat.isDirectory() ? 'a directory' : 'not a regular file'}, not a list of recipients`;
+  try {
+    fs.accessSync(file, fs.constants.R_OK);
+  } catch {
+    return `${file} is not readable by this user`;
+  }
+  return undefined;
+}
+
+/**
+ * data_dir must be a directory this user can write (spool, state, maildir), or be creatable: its
+ * nearest existing ancestor a writable directory.
+ */
+function writableDirProblem(dir: string): string | undefined {
+  let cur = dir;
+  for (;;) {
+    let stat: fs.Stats | undefined;
+    try {
+      stat = fs.statSync(cur);
+    } catch (err) {
+      const code = errorCode(err);
+      if (code !== 'ENOENT') return `cannot use ${dir}: ${code === 'ENOTDIR' ? 'a part of the path is not a directory' : (code ?? errorText(err))}`;
+    }
+    if (stat) {
+      if (!stat.isDirectory()) return cur === dir ? `${dir} is not a directory` : `cannot create ${dir}: ${cur} is not a directory`;
+      try {
+        fs.accessSync(cur, fs.constants.W_OK | fs.constants.X_OK);
+      } catch (err) {
+        const code = errorCode(err);
+        const why = code === 'EROFS' ? 'is on a read-only file system' : 'is not writable by this user';
+        return cur === dir ? `${dir} ${why}` : `cannot create ${dir}: ${cur} ${why}`;
+      }
+      return undefined;
+    }
+    const parent = path.dirname(cur);
+    if (parent === cur) return `cannot create ${dir}`;
+    cur = parent;
+  }
 }
 
 const LOOPBACK = new AddressList(['127.0.0.0/8', '::1']);

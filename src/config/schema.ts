@@ -5,7 +5,9 @@ import os from 'node:os';
 import net from 'node:net';
 import { z } from 'zod';
 import { parseDuration, parseSize } from '../util/units.ts';
-import { cidrError } from '../util/cidr.ts';
+import { cidrError, cidrHostBitsError, coversEverything } from '../util/cidr.ts';
+import { asciiDomain } from '../util/idna.ts';
+import { linearRegexError } from '../util/regex.ts';
 
 // The union messages are what load.ts shows (as "expected …, got X") for a value of the wrong type.
 const duration = z.union([z.string(), z.number()], { error: 'a duration such as 30s, 2m, 1h or 5d' }).transform((v, ctx) => {
@@ -27,28 +29,34 @@ const size = z.union([z.string(), z.number().int().nonnegative()], { error: 'a s
 });
 
 const cidr = z.string().superRefine((v, ctx) => {
-  const err = cidrError(v);
+  const err = cidrError(v) ?? cidrHostBitsError(v);
   if (err) ctx.addIssue({ code: 'custom', message: err });
+});
+
+/** relay.forward_from_ip: a network that takes in every client makes an open relay. */
+const relayCidr = cidr.superRefine((v, ctx) => {
+  const all = coversEverything(v);
+  if (all) ctx.addIssue({ code: 'custom', message: `"${v}" takes in ${all}: every client could relay (an open relay); list your own networks` });
 });
 
 const hostPort = z.string().superRefine((v, ctx) => {
   if (!parseHostPort(v)) ctx.addIssue({ code: 'custom', message: `"${v}" is not host:port (e.g. 0.0.0.0:25, [::]:25)` });
 });
 
+/** A domain name; an IDN may be written in Unicode (bücher.example) and is kept in its ASCII (xn--) form. */
 const domain = z
   .string()
-  .regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$/, 'not a domain name')
-  .transform((d) => d.toLowerCase().replace(/\.$/, ''));
+  .transform((d) => asciiDomain(d))
+  .pipe(z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?$/, 'not a domain name'))
+  .transform((d) => d.replace(/\.$/, ''));
 
 /** reject | tempfail | score, for a check whose finding is a matter of policy (seed 002: reject or tag?). */
 const action = z.enum(['reject', 'tempfail', 'score']);
 
+/** A regular expression for the linear-time engine (util/regex.ts): RE2 syntax. */
 const regex = z.string().superRefine((v, ctx) => {
-  try {
-    new RegExp(v, 'i');
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: `not a regular expression: ${(err as Error).message}` });
-  }
+  const err = linearRegexError(v);
+  if (err) ctx.addIssue({ code: 'custom', message: `not a regular expression: ${err}` });
 });
 
 /** One DNS list: its zone, weight, which answers count, and 5xx or 4xx when it decides. */
@@ -136,11 +144,30 @@ export const configSchema = z.strictObject({
       max_message_size: size.default(25 * 1024 * 1024),
       /** DMail max_rcpts: recipients per message. */
       max_rcpts: z.number().int().positive().default(100),
-      /** Text line in DATA, octets including CRLF (RFC 5321: 1000). */
-      max_line_length: z.number().int().min(80).default(1000),
+      /** Longest text line taken in DATA, octets including CRLF; 0 = no limit (lines are stored as sent, as Postfix does). */
+      max_line_length: z
+        .number()
+        .int()
+        .min(0)
+        .superRefine((v, ctx) => {
+          if (v > 0 && v < 80) ctx.addIssue({ code: 'custom', message: `must be 0 (no limit) or at least 80, got ${v}` });
+        })
+        .default(0),
       max_errors: z.number().int().positive().default(20),
       command_timeout: duration.default(300_000),
       data_timeout: duration.default(180_000),
+      /** From our reply to the end of the next command line, however slowly it trickles (RFC 5321 4.5.3.2: at least 5m). */
+      command_deadline: duration.refine((ms) => ms > 0, 'must be longer than 0').default(300_000),
+      /** From 354 to the final dot, plus the time data_min_rate allows for the octets received (RFC 5321 4.5.3.2: 10m). */
+      data_deadline: duration.refine((ms) => ms > 0, 'must be longer than 0').default(600_000),
+      /** Octets per second a message may arrive at and still make its deadline (Postfix smtpd_min_data_rate); 0: no allowance. */
+      data_min_rate: z.number().int().nonnegative().default(500),
+      /** Stress mode (Postfix's) from this fraction of max_connections on: the stress deadlines apply to every session. */
+      stress_at: z.number().gt(0).max(1).default(0.8),
+      /** command_deadline in stress mode. */
+      stress_command_deadline: duration.refine((ms) => ms > 0, 'must be longer than 0').default(10_000),
+      /** data_deadline in stress mode. */
+      stress_data_deadline: duration.refine((ms) => ms > 0, 'must be longer than 0').default(60_000),
       max_connections: z.number().int().positive().default(1000),
       max_connections_per_ip: z.number().int().positive().default(20),
       /** DMail tarpit_start: from this many recipients in a session on, each RCPT is answered more slowly (0 = off). */
@@ -154,7 +181,7 @@ export const configSchema = z.strictObject({
   relay: z
     .strictObject({
       /** DMail forward_from_ip: clients that may relay. Default: loopback only. */
-      forward_from_ip: z.array(cidr).default(['127.0.0.0/8', '::1']),
+      forward_from_ip: z.array(relayCidr).default(['127.0.0.0/8', '::1']),
       /** DMail forward_from: sender domains that may relay (a hole for anyone who forges them). */
       forward_from: z.array(domain).default([]),
       /** DMail relay_to: recipient domains we relay to (backup MX, partners). */
@@ -171,16 +198,13 @@ export const configSchema = z.strictObject({
       hide_auth: z.array(z.enum(['recentpop'])).default([]),
       /** POP/IMAP server logs to follow: every successful login adds its client IP to the relayers table. */
       pop_logs: z.array(z.string().min(1)).default([]),
-      /** A regular expression with a named group (?<ip>…) for a successful login line; default: Dovecot's and Courier's. */
+      /** A regular expression (RE2 syntax, linear-time) with a named group (?<ip>…) for a successful login line; default: Dovecot's and Courier's. */
       pop_log_pattern: z
         .string()
         .superRefine((v, ctx) => {
-          try {
-            if (!/\(\?<ip>/.test(v)) ctx.addIssue({ code: 'custom', message: 'needs a named group (?<ip>...) for the client address' });
-            new RegExp(v);
-          } catch (err) {
-            ctx.addIssue({ code: 'custom', message: `not a regular expression: ${(err as Error).message}` });
-          }
+          if (!/\(\?P?<ip>/.test(v)) ctx.addIssue({ code: 'custom', message: 'needs a named group (?<ip>...) for the client address' });
+          const err = linearRegexError(v);
+          if (err) ctx.addIssue({ code: 'custom', message: `not a regular expression: ${err}` });
         })
         .optional(),
     })
@@ -202,6 +226,8 @@ export const configSchema = z.strictObject({
       failure_window: duration.default(900_000),
       /** Each failed attempt is answered this much later (times the failures so far), to slow guessing. */
       failure_delay: duration.default(1000),
+      /** Password-file checks (scrypt, 32 MiB each) at once; more AUTHs get 454 at once. Never more than UV_THREADPOOL_SIZE − 2, so the spool's fsyncs always find a thread. */
+      max_concurrent_checks: z.number().int().positive().default(4),
     })
     .prefault({}),
   store: z

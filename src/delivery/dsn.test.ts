@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { buildBounce, shouldBounce, statusOf } from './dsn.ts';
+import { buildBounce, buildSuccessReport, shouldBounce, statusOf } from './dsn.ts';
 import { rfc5322Date } from '../util/date.ts';
 import type { RcptResult } from './types.ts';
 
@@ -164,4 +164,98 @@ test('buildBounce: 8-bit original headers are carried and flagged', () => {
   assert.equal(b.eightBit, true);
   assert.ok(b.raw.includes(Buffer.from('Subject: caf\xe9\r\n', 'latin1')));
   assert.match(b.raw.toString('latin1'), /Content-Type: text\/rfc822-headers\r\nContent-Transfer-Encoding: 8bit/);
+});
+
+test('buildBounce: ORCPT as Original-Recipient, ENVID as Original-Envelope-Id (RFC 3461 6.3)', () => {
+  const b = buildBounce({
+    reportingMta: 'mx.example.test',
+    original: { id: 'Q', mailFrom: 's@example.org', receivedAt: 0, headers },
+    failed: [failed[0] as RcptResult],
+    dsn: { ret: 'HDRS', envid: 'env 42+x' },
+    rcptDsn: { 'nobody@example.test': { notify: ['FAILURE'], orcpt: { type: 'rfc822', addr: 'old-nobody@example.org' } } },
+  });
+  const { top, parts } = parseMultipart(b.raw.toString('utf8'));
+  assert.match(top.get('content-type') ?? '', /report-type=delivery-status;/);
+  const [msgFields, r1] = (parts[1]?.body ?? '').replace(/\r\n$/, '').split('\r\n\r\n').map(parseFields) as [Map<string, string>, Map<string, string>];
+  assert.equal(msgFields.get('original-envelope-id'), 'env 42+x');
+  assert.equal(r1.get('original-recipient'), 'rfc822; old-nobody@example.org');
+  assert.equal(r1.get('final-recipient'), 'rfc822; nobody@example.test');
+  assert.ok((parts[1]?.body ?? '').indexOf('Original-Recipient') < (parts[1]?.body ?? '').indexOf('Final-Recipient'), 'RFC 3464 order');
+  assert.equal(parts[2]?.headers.get('content-type'), 'text/rfc822-headers', 'RET=HDRS: headers only');
+});
+
+test('buildBounce: UTF-8 addresses give message/global-delivery-status, UTF-8 headers message/global-headers (RFC 6533)', () => {
+  const utf8Headers = Buffer.from('From: J\u00fcrgen <j\u00fcrgen@b\u00fccher.example>\r\nSubject: gr\u00fc\u00dfe\r\n', 'utf8');
+  const b = buildBounce({
+    reportingMta: 'mx.example.test',
+    original: { id: 'Q', mailFrom: 'j\u00fcrgen@b\u00fccher.example', receivedAt: 0, headers: utf8Headers },
+    failed: [{ rcpt: 'm\u00fcller@example.test', status: 'perm', code: 550, text: '5.6.7 no SMTPUTF8 downstream' }],
+    rcptDsn: { 'm\u00fcller@example.test': { orcpt: { type: 'utf-8', addr: 'm\u00fcller@old.example' } } },
+  });
+  assert.equal(b.smtputf8, true, 'a UTF-8 sender in To: needs SMTPUTF8');
+  assert.equal(b.eightBit, true);
+  const { top, parts } = parseMultipart(b.raw.toString('utf8'));
+  assert.match(top.get('content-type') ?? '', /report-type=global-delivery-status;/);
+  assert.equal(top.get('to'), '<j\u00fcrgen@b\u00fccher.example>');
+  assert.equal(parts[1]?.headers.get('content-type'), 'message/global-delivery-status');
+  assert.equal(parts[1]?.headers.get('content-transfer-encoding'), '8bit');
+  const [, r1] = (parts[1]?.body ?? '').replace(/\r\n$/, '').split('\r\n\r\n').map(parseFields) as [Map<string, string>, Map<string, string>];
+  assert.equal(r1.get('final-recipient'), 'utf-8; m\u00fcller@example.test');
+  assert.equal(r1.get('original-recipient'), 'utf-8; m\u00fcller@old.example');
+  assert.equal(r1.get('status'), '5.6.7');
+  assert.equal(parts[2]?.headers.get('content-type'), 'message/global-headers');
+
+  // All-ASCII addresses: the plain RFC 3464 type, and no SMTPUTF8 needed.
+  const plain = buildBounce({
+    reportingMta: 'mx.example.test',
+    original: { id: 'Q', mailFrom: 's@example.org', receivedAt: 0, headers },
+    failed: [{ rcpt: 'a@example.test', status: 'perm', code: 550, text: 'no' }],
+  });
+  assert.equal(plain.smtputf8, false);
+  assert.match(plain.raw.toString('latin1'), /Content-Type: message\/delivery-status\r\n/);
+});
+
+test('buildBounce: RET=FULL returns the whole message as message/rfc822, CRLF and 998-octet lines', () => {
+  const msg = Buffer.from('Subject: full\r\nFrom: s@example.org\r\n\r\nthe body line\nbare lf line\r\n' + 'z'.repeat(1500) + '\r\n');
+  const b = buildBounce({
+    reportingMta: 'mx.example.test',
+    original: { id: 'Q', mailFrom: 's@example.org', receivedAt: 0, headers: Buffer.from('Subject: full\r\nFrom: s@example.org\r\n') },
+    failed: [{ rcpt: 'a@example.test', status: 'perm', code: 550, text: 'no' }],
+    dsn: { ret: 'FULL' },
+    fullMessage: msg,
+  });
+  const raw = b.raw.toString('latin1');
+  for (const line of raw.split('\r\n')) assert.ok(Buffer.byteLength(line) <= 998);
+  assert.equal(/\r(?!\n)|(?<!\r)\n/.test(raw), false);
+  const { parts } = parseMultipart(raw);
+  assert.equal(parts[2]?.headers.get('content-type'), 'message/rfc822');
+  assert.match(parts[2]?.body ?? '', /^Subject: full\r\nFrom: s@example\.org\r\n\r\nthe body line\r\nbare lf line\r\n/);
+  // Without RET=FULL the same input returns headers only.
+  const hdrs = buildBounce({ reportingMta: 'mx', original: { id: 'Q', mailFrom: 's@example.org', receivedAt: 0, headers }, failed: [{ rcpt: 'a@x', status: 'perm', code: 550, text: 'no' }], fullMessage: msg });
+  assert.doesNotMatch(hdrs.raw.toString('latin1'), /the body line/);
+});
+
+test('buildSuccessReport: Action delivered / relayed, status 2.x, headers only', () => {
+  const b = buildSuccessReport({
+    reportingMta: 'mx.example.test',
+    original: { id: 'Q', mailFrom: 's@example.org', receivedAt: 0, headers },
+    delivered: [
+      { rcpt: 'a@example.test', status: 'ok', code: 250, text: '2.0.0 Ok: queued as X', dsnAction: 'relayed' },
+      { rcpt: 'b@example.test', status: 'ok', code: 250, text: '2.0.0 <b@example.test> Saved', dsnAction: 'delivered' },
+      { rcpt: 'c@example.test', status: 'perm', code: 550, text: 'no' },
+    ],
+    dsn: { envid: 'E1', ret: 'FULL' },
+    rcptDsn: { 'a@example.test': { notify: ['SUCCESS'], orcpt: { type: 'rfc822', addr: 'orig-a@example.org' } } },
+  });
+  const { top, parts } = parseMultipart(b.raw.toString('utf8'));
+  assert.equal(top.get('subject'), 'Successful Mail Delivery Report');
+  const groups = (parts[1]?.body ?? '').replace(/\r\n$/, '').split('\r\n\r\n').map(parseFields);
+  assert.equal(groups.length, 3, 'only the delivered recipients');
+  assert.equal(groups[0]?.get('original-envelope-id'), 'E1');
+  assert.equal(groups[1]?.get('action'), 'relayed');
+  assert.equal(groups[1]?.get('original-recipient'), 'rfc822; orig-a@example.org');
+  assert.equal(groups[1]?.get('status'), '2.0.0');
+  assert.equal(groups[2]?.get('action'), 'delivered');
+  assert.equal(parts[2]?.headers.get('content-type'), 'text/rfc822-headers', 'RET applies to failures only');
+  assert.throws(() => buildSuccessReport({ reportingMta: 'mx', original: { id: 'Q', mailFrom: 's@x', receivedAt: 0, headers }, delivered: [] }), RangeError);
 });

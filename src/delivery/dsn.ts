@@ -1,9 +1,12 @@
-// Non-delivery reports (bounces) as RFC 3464 delivery status notifications:
+// Non-delivery reports (bounces) and success notices as RFC 3464 delivery status notifications:
 // multipart/report with a human-readable part, message/delivery-status, and the original
-// message's header block (text/rfc822-headers). CRLF line ends, lines of at most 998 octets.
+// message's header block (text/rfc822-headers), or the whole message for RET=FULL. The DSN
+// requests of RFC 3461 show as Original-Envelope-Id and Original-Recipient; UTF-8 addresses use
+// RFC 6533's message/global-delivery-status. CRLF line ends, lines of at most 998 octets.
 import { randomBytes } from 'node:crypto';
-import type { RcptResult } from './types.ts';
+import type { MessageDsn, RcptDsn, RcptResult } from './types.ts';
 import { rfc5322Date } from '../util/date.ts';
+import { utf8AddrEncode } from '../util/xtext.ts';
 
 export interface BounceInput {
   /** Our host name: Reporting-MTA, From: MAILER-DAEMON@<it>, the Message-ID's domain. */
@@ -25,6 +28,12 @@ export interface BounceInput {
   readonly remoteMta?: string;
   /** The report's own time (ms); default now. For reproducible tests. */
   readonly now?: number;
+  /** RET / ENVID of the original MAIL (RFC 3461): ENVID becomes Original-Envelope-Id. */
+  readonly dsn?: MessageDsn;
+  /** NOTIFY / ORCPT per original recipient: ORCPT becomes Original-Recipient. */
+  readonly rcptDsn?: Readonly<Record<string, RcptDsn>>;
+  /** The whole original message, returned when it asked RET=FULL; else the headers are. */
+  readonly fullMessage?: Buffer;
 }
 
 export interface Bounce {
@@ -34,6 +43,8 @@ export interface Bounce {
   readonly raw: Buffer;
   /** True when raw holds 8-bit octets (non-ASCII addresses or original headers). */
   readonly eightBit: boolean;
+  /** Its own header block is UTF-8 (a UTF-8 sender in To:): it needs SMTPUTF8 downstream. */
+  readonly smtputf8: boolean;
 }
 
 /** Whether a failure may be reported to this envelope sender: never to the null sender. */
@@ -116,70 +127,105 @@ function headerBlock(headers: Buffer): Buffer {
 
 /** Builds the DSN for the original sender. Throws if the sender is the null sender or nothing failed. */
 export function buildBounce(input: BounceInput): Bounce {
-  const { original, reportingMta } = input;
-  if (!shouldBounce(original.mailFrom)) throw new RangeError('never bounce to the null sender');
   const failed = input.failed.filter((r) => r.status !== 'ok');
   if (failed.length === 0) throw new RangeError('buildBounce needs at least one failed recipient');
+  return buildReport(input, failed, input.reason ?? 'failed');
+}
+
+/**
+ * A success DSN (RFC 3461 4.1): for recipients that asked NOTIFY=SUCCESS and were delivered
+ * into a mail store ('delivered') or handed to a downstream without DSN ('relayed'). Carries
+ * the original headers only. Throws for the null sender or an empty list.
+ */
+export function buildSuccessReport(input: Omit<BounceInput, 'failed' | 'reason' | 'fullMessage'> & { readonly delivered: readonly RcptResult[] }): Bounce {
+  const delivered = input.delivered.filter((r) => r.status === 'ok');
+  if (delivered.length === 0) throw new RangeError('buildSuccessReport needs at least one delivered recipient');
+  return buildReport(input, delivered, 'success');
+}
+
+const NON_ASCII = /[^\x00-\x7f]/;
+
+/** The address-type;address value of a recipient field, in 7-bit or RFC 6533 global form. */
+function addressField(type: string, addr: string, global: boolean): string {
+  if (type === 'utf-8' || NON_ASCII.test(addr)) return `utf-8; ${global ? oneLine(addr) : utf8AddrEncode(addr, false)}`;
+  return `${type}; ${oneLine(addr)}`;
+}
+
+function buildReport(input: Omit<BounceInput, 'failed'>, rcpts: readonly RcptResult[], kind: 'failed' | 'delayed-expired' | 'success'): Bounce {
+  const { original, reportingMta } = input;
+  if (!shouldBounce(original.mailFrom)) throw new RangeError('never bounce to the null sender');
+  const success = kind === 'success';
   const now = input.now ?? Date.now();
   const mta = oneLine(reportingMta);
-  const reason = input.reason ?? 'failed';
   const boundary = `=_mxguard_${randomBytes(12).toString('hex')}`;
   const msgId = `<${new Date(now).toISOString().replace(/\D/g, '').slice(0, 14)}.${randomBytes(6).toString('hex')}@${mta}>`;
   const sender = oneLine(original.mailFrom);
+  const orcptOf = (r: RcptResult): { type: string; addr: string } | undefined => input.rcptDsn?.[r.rcpt]?.orcpt;
+  // RFC 6533: UTF-8 addresses go in message/global-delivery-status.
+  const global = rcpts.some((r) => NON_ASCII.test(r.rcpt) || NON_ASCII.test(orcptOf(r)?.addr ?? '') || orcptOf(r)?.type === 'utf-8');
 
   const top = [
     field('From', `MAILER-DAEMON@${mta} (Mail Delivery System)`),
     field('To', `<${sender}>`),
-    field('Subject', 'Undelivered Mail Returned to Sender'),
+    field('Subject', success ? 'Successful Mail Delivery Report' : 'Undelivered Mail Returned to Sender'),
     field('Date', rfc5322Date(now)),
     field('Message-ID', msgId),
     field('Auto-Submitted', 'auto-replied'),
     field('MIME-Version', '1.0'),
-    `Content-Type: multipart/report; report-type=delivery-status;\r\n boundary="${boundary}"`,
+    `Content-Type: multipart/report; report-type=${global ? 'global-delivery-status' : 'delivery-status'};\r\n boundary="${boundary}"`,
     '',
     'This is a MIME-encapsulated message.',
     '',
   ];
 
   const intro =
-    reason === 'delayed-expired'
-      ? 'Your message could not be delivered before its time in the queue ran out. Delivery attempts have stopped for the recipients below.'
-      : 'Your message could not be delivered to one or more recipients. The recipients and the reasons are listed below.';
+    kind === 'success'
+      ? 'Your message was successfully delivered to the destinations listed below. If it was delivered to a mailbox, you will receive no further notifications. Otherwise you may still receive notifications of mail delivery errors from other systems.'
+      : kind === 'delayed-expired'
+        ? 'Your message could not be delivered before its time in the queue ran out. Delivery attempts have stopped for the recipients below.'
+        : 'Your message could not be delivered to one or more recipients. The recipients and the reasons are listed below.';
   const human = [
     `This is the mail system at host ${mta}.`,
     '',
     ...wrap(intro, 76),
     '',
-    'If you need help, please contact your postmaster and include this report.',
-    '',
+    ...(success ? [] : ['If you need help, please contact your postmaster and include this report.', '']),
     '                   The mail system',
     '',
-    ...failed.map((r) => `<${oneLine(r.rcpt)}>: ${r.code} ${oneLine(r.text)}`).flatMap((l) => hardSplit(l, '    ')),
+    ...rcpts.map((r) => `<${oneLine(r.rcpt)}>: ${success ? `${r.dsnAction ?? 'delivered'}: ` : ''}${r.code} ${oneLine(r.text)}`).flatMap((l) => hardSplit(l, '    ')),
   ];
 
   const perMessage = [
+    ...(input.dsn?.envid !== undefined ? [field('Original-Envelope-Id', input.dsn.envid)] : []),
     field('Reporting-MTA', `dns; ${mta}`),
     field('X-Original-Queue-ID', original.id),
     field('Arrival-Date', rfc5322Date(input.arrivalDate ?? original.receivedAt)),
   ];
-  const perRcpt = failed.map((r) => {
-    const lines = [
-      field('Final-Recipient', `rfc822; ${oneLine(r.rcpt)}`),
-      field('Action', 'failed'),
-      field('Status', statusOf(r)),
-    ];
+  const perRcpt = rcpts.map((r) => {
+    const lines: string[] = [];
+    const orcpt = orcptOf(r);
+    if (orcpt) lines.push(field('Original-Recipient', addressField(orcpt.type, orcpt.addr, global)));
+    lines.push(field('Final-Recipient', addressField('rfc822', r.rcpt, global)));
+    lines.push(field('Action', success ? (r.dsnAction ?? 'delivered') : 'failed'));
+    lines.push(field('Status', statusOf(r)));
     if (input.remoteMta !== undefined) lines.push(field('Remote-MTA', `dns; ${oneLine(input.remoteMta)}`));
     lines.push(field('Diagnostic-Code', `smtp; ${r.code} ${oneLine(r.text)}`));
     lines.push(field('Last-Attempt-Date', rfc5322Date(now)));
     return lines.join('\r\n');
   });
 
-  const headers = headerBlock(original.headers);
-  const anyEightBit = (s: string): boolean => /[^\x00-\x7f]/.test(s);
+  const anyEightBit = (s: string): boolean => NON_ASCII.test(s);
   const humanText = human.join('\r\n');
   const statusText = [perMessage.join('\r\n'), ...perRcpt].join('\r\n\r\n');
-  const headersEightBit = headers.some((b) => b > 127);
   const cte = (eight: boolean): string => `Content-Transfer-Encoding: ${eight ? '8bit' : '7bit'}`;
+  // RET=FULL (failures only): the whole message, when the forwarder could give it.
+  const full = !success && input.dsn?.ret === 'FULL' && input.fullMessage !== undefined ? normalizeMessage(input.fullMessage) : undefined;
+  const returned = full ?? headerBlock(original.headers);
+  const returnedHead = full ? full.subarray(0, Math.max(0, full.indexOf('\r\n\r\n'))) : returned;
+  const returnedEightBit = returned.some((b) => b > 127);
+  // RFC 6533 / 6532: UTF-8 header fields go in message/global(-headers); other 8-bit octets as before.
+  const utf8Head = returnedHead.some((b) => b > 127) && isUtf8(returnedHead);
+  const returnedType = full ? (utf8Head ? 'message/global' : 'message/rfc822') : utf8Head ? 'message/global-headers' : 'text/rfc822-headers';
 
   const parts: Buffer[] = [
     Buffer.from(top.join('\r\n') + '\r\n', 'utf8'),
@@ -194,25 +240,43 @@ export function buildBounce(input: BounceInput): Bounce {
         '',
         `--${boundary}`,
         'Content-Description: Delivery report',
-        'Content-Type: message/delivery-status',
+        `Content-Type: ${global ? 'message/global-delivery-status' : 'message/delivery-status'}`,
         cte(anyEightBit(statusText)),
         '',
         statusText,
         '',
         `--${boundary}`,
-        'Content-Description: Undelivered Message Headers',
-        'Content-Type: text/rfc822-headers',
-        cte(headersEightBit),
+        `Content-Description: ${full ? 'Undelivered Message' : success ? 'Message Headers' : 'Undelivered Message Headers'}`,
+        `Content-Type: ${returnedType}`,
+        cte(returnedEightBit),
         '',
         '',
       ].join('\r\n'),
       'utf8',
     ),
-    headers,
+    returned,
     Buffer.from(`\r\n--${boundary}--\r\n`, 'utf8'),
   ];
   const raw = Buffer.concat(parts);
-  return { mailFrom: '', rcpts: [original.mailFrom], raw, eightBit: raw.some((b) => b > 127) };
+  return { mailFrom: '', rcpts: [original.mailFrom], raw, eightBit: raw.some((b) => b > 127), smtputf8: NON_ASCII.test(sender) };
+}
+
+/** A whole message as CRLF lines of at most 998 octets, ending in CRLF (RET=FULL). */
+function normalizeMessage(msg: Buffer): Buffer {
+  const text = msg.toString('latin1').replace(/\r\n|\r|\n/g, '\n').replace(/\0/g, '');
+  const lines = text.split('\n');
+  if (lines[lines.length - 1] === '') lines.pop();
+  const out = lines.flatMap((l) => hardSplit(l, ' ')).join('\r\n');
+  return Buffer.from(out === '' ? '' : out + '\r\n', 'latin1');
+}
+
+function isUtf8(b: Buffer): boolean {
+  try {
+    new TextDecoder('utf-8', { fatal: true }).decode(b);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Wraps prose at spaces. */

@@ -10,7 +10,7 @@ import { DamagedSpoolFile, listQueue, messageBody, newQueueId, readQueueFile, ty
 import type { DeliveryState, Envelope } from '../queue/envelope.ts';
 import { segmentPath, type JournalRef } from '../queue/journal.ts';
 import type { MessageBody, RcptResult, Transport } from './types.ts';
-import { buildBounce } from './dsn.ts';
+import { buildBounce, buildSuccessReport, type Bounce } from './dsn.ts';
 
 interface Job {
   readonly envelope: Envelope;
@@ -243,6 +243,8 @@ export class Forwarder {
         body: this.body(job),
         eightBit: env.eightBit,
         smtputf8: env.smtputf8,
+        dsn: env.dsn,
+        rcptDsn: env.rcptDsn,
       });
     } catch (err) {
       // Transports report trouble as results; an exception is a bug or an I/O error here.
@@ -278,6 +280,9 @@ export class Forwarder {
       deferred.length = 0;
     }
     if (failed.length > 0) await this.bounce(job, failed, expired);
+    // NOTIFY=SUCCESS that no downstream took on (it offered no DSN, or we delivered): ours to report.
+    const succeeded = results.filter((r) => r.status === 'ok' && r.dsnAction !== undefined && env.rcptDsn?.[r.rcpt]?.notify?.includes('SUCCESS') === true);
+    if (succeeded.length > 0) await this.notifySuccess(job, succeeded);
 
     if (deferred.length === 0) {
       this.release(job);
@@ -310,30 +315,73 @@ export class Forwarder {
     this.schedule(job, state.nextAt);
   }
 
-  /** Queues a DSN to the sender for the failed recipients (never for the null sender). */
-  private async bounce(job: Job, failed: RcptResult[], expired: boolean): Promise<void> {
+  /**
+   * Queues a DSN to the sender for the failed recipients (never for the null sender, nor for a
+   * recipient whose NOTIFY leaves out FAILURE: RFC 3461 4.1).
+   */
+  private async bounce(job: Job, failedAll: RcptResult[], expired: boolean): Promise<void> {
     const env = job.envelope;
     if (env.mailFrom === '' || !this.config.queue.bounce) {
-      this.log.info({ id: env.id, rcpts: failed.map((r) => r.rcpt), setting: env.mailFrom === '' ? undefined : 'queue.bounce' }, 'no bounce sent');
+      this.log.info({ id: env.id, rcpts: failedAll.map((r) => r.rcpt), setting: env.mailFrom === '' ? undefined : 'queue.bounce' }, 'no bounce sent');
       return;
     }
-    const headers = await readHeaderBlock(this.body(job));
+    const unwanted = failedAll.filter((r) => {
+      const notify = env.rcptDsn?.[r.rcpt]?.notify;
+      return notify !== undefined && !notify.includes('FAILURE');
+    });
+    if (unwanted.length > 0) this.log.info({ id: env.id, rcpts: unwanted.map((r) => r.rcpt), notify: unwanted.map((r) => env.rcptDsn?.[r.rcpt]?.notify?.join(',')) }, 'no bounce sent: NOTIFY');
+    const failed = failedAll.filter((r) => !unwanted.includes(r));
+    if (failed.length === 0) return;
+    const body = this.body(job);
+    // RET=FULL returns the whole message, up to RET_FULL_LIMIT (beyond it, the headers only).
+    const full = env.dsn?.ret === 'FULL' && job.size <= RET_FULL_LIMIT ? await readAll(body) : undefined;
+    const headers = full ? headerPart(full) : await readHeaderBlock(body);
     const dsn = buildBounce({
       reportingMta: this.config.hostname,
       original: { id: env.id, mailFrom: env.mailFrom, receivedAt: env.receivedAt, headers },
       failed,
       reason: expired ? 'delayed-expired' : 'failed',
+      dsn: env.dsn,
+      rcptDsn: env.rcptDsn,
+      fullMessage: full,
     });
+    await this.queueReport(job, dsn, 'sender non-delivery notification', 'could not queue the bounce');
+  }
+
+  /** Queues a success DSN (action delivered / relayed) for recipients that asked NOTIFY=SUCCESS. */
+  private async notifySuccess(job: Job, delivered: RcptResult[]): Promise<void> {
+    const env = job.envelope;
+    if (env.mailFrom === '') return;
+    const dsn = buildSuccessReport({
+      reportingMta: this.config.hostname,
+      original: { id: env.id, mailFrom: env.mailFrom, receivedAt: env.receivedAt, headers: await readHeaderBlock(this.body(job)) },
+      delivered,
+      dsn: env.dsn,
+      rcptDsn: env.rcptDsn,
+    });
+    await this.queueReport(job, dsn, 'sender delivery status notification', 'could not queue the success notification');
+  }
+
+  private async queueReport(job: Job, dsn: Bounce, done: string, failed: string): Promise<void> {
+    const env = job.envelope;
     const id = newQueueId();
     const writer = this.spool.begin(id, dsn.raw);
-    const envelope: Envelope = { id, mailFrom: '', rcpts: dsn.rcpts, receivedAt: Date.now(), client: { ip: '127.0.0.1', helo: this.config.hostname, tls: false }, eightBit: dsn.eightBit || undefined };
+    const envelope: Envelope = {
+      id,
+      mailFrom: '',
+      rcpts: dsn.rcpts,
+      receivedAt: Date.now(),
+      client: { ip: '127.0.0.1', helo: this.config.hostname, tls: false },
+      eightBit: dsn.eightBit || undefined,
+      smtputf8: dsn.smtputf8 || undefined,
+    };
     try {
       const committed = await writer.commit(envelope);
-      this.log.info({ id: env.id, bounce: id, to: env.mailFrom }, 'sender non-delivery notification');
+      this.log.info({ id: env.id, bounce: id, to: env.mailFrom }, done);
       this.enqueue(committed);
     } catch (err) {
       await writer.abort().catch(() => undefined);
-      this.log.error({ id: env.id, err }, 'could not queue the bounce');
+      this.log.error({ id: env.id, err }, failed);
     }
   }
 
@@ -373,6 +421,21 @@ export class Forwarder {
       this.quarantine(env.id, job.damaged);
     }
   }
+}
+
+/** RET=FULL returns messages up to this size whole (Postfix's bounce_size_limit is 50 kB). */
+const RET_FULL_LIMIT = 256 * 1024;
+
+async function readAll(body: MessageBody): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const chunk of body.chunks()) parts.push(chunk);
+  return Buffer.concat(parts);
+}
+
+/** The header block of a whole message (through the CRLF before the empty line). */
+function headerPart(msg: Buffer): Buffer {
+  const end = msg.indexOf('\r\n\r\n');
+  return end === -1 ? msg : msg.subarray(0, end + 2);
 }
 
 /** The header block of a message (up to the first empty line, at most 64 KiB). */

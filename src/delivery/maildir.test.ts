@@ -24,7 +24,9 @@ async function tempDir(t: { after(fn: () => Promise<void>): void }): Promise<str
 
 test('mailboxName: local part, lower-cased, safe as a file name', () => {
   assert.equal(mailboxName('Alice@Example.Test'), 'alice');
-  assert.equal(mailboxName('"a@b"@example.test'), '"a@b"');
+  assert.equal(mailboxName('"a@b"@example.test'), 'a@b');
+  assert.equal(mailboxName('"Alice"@example.test'), 'alice', 'a quoted local part names the folder of the unquoted one');
+  assert.equal(mailboxName('"a\\"b"@example.test'), 'a"b');
   assert.equal(mailboxName('../etc@x'), '_._etc');
   assert.equal(mailboxName('.hidden@x'), '_hidden');
   assert.equal(mailboxName('a/b\\c@x'), 'a_b_c');

@@ -15,12 +15,14 @@ export interface MaildirTransportOptions {
 }
 
 /**
- * The mailbox folder for a recipient: its local part, lower-cased, safe as one file name.
+ * The mailbox folder for a recipient: its local part, lower-cased and without quotes, safe as one file name.
  * '/', '\', NUL and control characters become '_', as does a leading '.'; empty becomes '_'.
  */
 export function mailboxName(rcpt: string): string {
   const at = rcpt.lastIndexOf('@');
-  const local = (at === -1 ? rcpt : rcpt.slice(0, at)).toLowerCase();
+  let local = (at === -1 ? rcpt : rcpt.slice(0, at)).toLowerCase();
+  // A quoted local part names the folder of its content: "alice" is alice.
+  if (local.length >= 2 && local.startsWith('"') && local.endsWith('"')) local = local.slice(1, -1).replace(/\\(.)/g, '$1');
   let name = local.replace(/[/\\\x00-\x1f\x7f]/g, '_');
   if (name.startsWith('.')) name = '_' + name.slice(1);
   // File names are limited to 255 bytes; local parts to 64 octets, but do not trust that.
@@ -102,7 +104,7 @@ class MaildirTransport implements Transport {
       await fsp.rename(tmp, final);
       created = false;
       await fsyncDir(path.join(box, 'new'));
-      return { rcpt, status: 'ok', code: 250, text: `2.0.0 delivered to ${final}` };
+      return { rcpt, status: 'ok', code: 250, text: `2.0.0 delivered to ${final}`, dsnAction: 'delivered' };
     } catch (err) {
       if (created) await fsp.unlink(tmp).catch(() => undefined);
       const code = errnoCode(err);

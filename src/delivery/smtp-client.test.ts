@@ -1,7 +1,7 @@
 // Pure parts of the SMTP client; the protocol against real servers is in test/delivery.peers.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ReplyParser, SmtpProtocolError, createSmtpTransport, parseDestination, parseEhloReply, replyText, resultFromReply, type SmtpReply } from './smtp-client.ts';
+import { ReplyParser, SmtpProtocolError, createSmtpTransport, mailDsnParams, parseDestination, parseEhloReply, rcptDsnParams, replyText, resultFromReply, type SmtpReply } from './smtp-client.ts';
 
 const EHLO = '250-mx.example.test Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n';
 const STREAM = '220 mx.example.test ESMTP\r\n' + EHLO + '250 2.1.0 Ok\r\n550 5.1.1 <x@y>: no such user\r\n354 End data with <CR><LF>.<CR><LF>\r\n421-4.3.2 Shutting\r\n421 4.3.2 down\r\n';
@@ -117,4 +117,20 @@ test('addresses that could bend a command line are refused before connecting', a
   const mixed = await t.deliver({ id: 'Q', mailFrom: 'a@b', rcpts: ['c>@d', '', 'e\n@f'], body });
   assert.deepEqual(mixed.map((r) => [r.status, r.code]), [['perm', 501], ['perm', 501], ['perm', 501]]);
   await t.close();
+});
+
+test('DSN parameters for the downstream: xtext-encoded, UTF-8 ORCPT in its 7-bit form, DSN keyword', () => {
+  assert.equal(parseEhloReply({ code: 250, lines: ['mx', 'DSN'] }).dsn, true);
+  assert.equal(parseEhloReply({ code: 250, lines: ['mx', 'PIPELINING'] }).dsn, false);
+  assert.equal(mailDsnParams({}), '');
+  assert.equal(mailDsnParams({ dsn: { ret: 'HDRS', envid: 'a+b c' } }), ' RET=HDRS ENVID=a+2Bb+20c');
+  const rcptDsn = {
+    'a@x.test': { notify: ['SUCCESS', 'FAILURE'] as const, orcpt: { type: 'rfc822', addr: 'old+a@y.test' } },
+    'b@x.test': { orcpt: { type: 'utf-8', addr: 'j\u00fcrgen@y.test' } },
+    'c@x.test': { notify: ['NEVER'] as const },
+  };
+  assert.equal(rcptDsnParams({ rcptDsn }, 'a@x.test'), ' NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;old+2Ba@y.test');
+  assert.equal(rcptDsnParams({ rcptDsn }, 'b@x.test'), ' ORCPT=utf-8;j\\x{FC}rgen@y.test');
+  assert.equal(rcptDsnParams({ rcptDsn }, 'c@x.test'), ' NOTIFY=NEVER');
+  assert.equal(rcptDsnParams({ rcptDsn }, 'd@x.test'), '');
 });

@@ -9,6 +9,7 @@ import type { Socket } from 'node:net';
 import type { Logger } from '../util/log.ts';
 import type { MessageBody, OutgoingMessage, RcptResult, Transport } from './types.ts';
 import { dotStuffChunks } from './dotstuff.ts';
+import { utf8AddrEncode, xtextEncode } from '../util/xtext.ts';
 
 export interface SmtpTransportOptions {
   /** smtp://host:port or lmtp://host:port (LMTP: one reply per recipient after the dot). */
@@ -39,10 +40,12 @@ export interface SmtpExtensions {
   readonly size: number | null;
   readonly eightBitMime: boolean;
   readonly smtputf8: boolean;
+  /** RFC 3461: the server takes NOTIFY, ORCPT, RET and ENVID. */
+  readonly dsn: boolean;
   readonly keywords: ReadonlySet<string>;
 }
 
-export const NO_EXTENSIONS: SmtpExtensions = { pipelining: false, size: null, eightBitMime: false, smtputf8: false, keywords: new Set() };
+export const NO_EXTENSIONS: SmtpExtensions = { pipelining: false, size: null, eightBitMime: false, smtputf8: false, dsn: false, keywords: new Set() };
 
 export class SmtpProtocolError extends Error {}
 
@@ -150,6 +153,7 @@ export function parseEhloReply(r: SmtpReply): SmtpExtensions {
     size,
     eightBitMime: keywords.has('8BITMIME'),
     smtputf8: keywords.has('SMTPUTF8'),
+    dsn: keywords.has('DSN'),
     keywords,
   };
 }
@@ -541,6 +545,13 @@ class SmtpTransport implements Transport, RecipientProber {
     if (ext.size !== null) mailCmd += ` SIZE=${msg.body.size}`;
     if (msg.eightBit === true && ext.eightBitMime) mailCmd += ' BODY=8BITMIME';
     if (wantUtf8) mailCmd += ' SMTPUTF8';
+    if (ext.dsn) mailCmd += mailDsnParams(msg);
+    const rcptCmd = (r: OpenRcpt): string => `RCPT TO:<${r.addr}>${ext.dsn ? rcptDsnParams(msg, r.addr) : ''}\r\n`;
+    // Without DSN downstream, a success notice a recipient asked for is ours to send (RFC 3461 4.1).
+    const okResult = (r: OpenRcpt, reply: SmtpReply): RcptResult => {
+      const res = resultFromReply(r.addr, reply);
+      return res.status === 'ok' && !ext.dsn ? { ...res, dsnAction: this.#lmtp ? 'delivered' : 'relayed' } : res;
+    };
 
     conn.transactions += 1;
     const reused = conn.transactions > 1;
@@ -557,7 +568,7 @@ class SmtpTransport implements Transport, RecipientProber {
       const accepted: OpenRcpt[] = [];
       if (ext.pipelining) {
         let batch = mailCmd + '\r\n';
-        for (const r of open) batch += `RCPT TO:<${r.addr}>\r\n`;
+        for (const r of open) batch += rcptCmd(r);
         conn.write(batch + 'DATA\r\n');
         const mail = check(await conn.read(t, 'MAIL FROM'));
         const mailOk = mail.code >= 200 && mail.code < 300;
@@ -589,7 +600,7 @@ class SmtpTransport implements Transport, RecipientProber {
           return await this.#finish(conn, true);
         }
         for (const r of open) {
-          conn.write(`RCPT TO:<${r.addr}>\r\n`);
+          conn.write(rcptCmd(r));
           const rr = check(await conn.read(t, 'RCPT TO'));
           if (rr.code >= 200 && rr.code < 300) accepted.push(r);
           else results[r.index] = resultFromReply(r.addr, rr);
@@ -609,14 +620,13 @@ class SmtpTransport implements Transport, RecipientProber {
       if (this.#lmtp) {
         for (const r of accepted) {
           const rr = check(await conn.read(this.#dataTimeout, 'end of data'));
-          results[r.index] = resultFromReply(r.addr, rr);
+          results[r.index] = okResult(r, rr);
           if (rr.code < 200 || rr.code >= 300) needRset = true;
         }
       } else {
         const rr = check(await conn.read(this.#dataTimeout, 'end of data'));
-        const res = resultFromReply('', rr);
-        setAll(accepted, rr.code, res.text, res.status);
-        if (res.status !== 'ok') needRset = true;
+        for (const r of accepted) results[r.index] = okResult(r, rr);
+        if (rr.code < 200 || rr.code >= 300) needRset = true;
       }
       return await this.#finish(conn, needRset);
     } catch (err) {
@@ -838,6 +848,27 @@ class SmtpTransport implements Transport, RecipientProber {
     for (const c of this.#live) c.fail(closing);
     this.#live.clear();
   }
+}
+
+/** " RET=… ENVID=…" for MAIL FROM, from the message's DSN request ('' when it made none). */
+export function mailDsnParams(msg: Pick<OutgoingMessage, 'dsn'>): string {
+  let s = '';
+  if (msg.dsn?.ret) s += ` RET=${msg.dsn.ret}`;
+  if (msg.dsn?.envid !== undefined) s += ` ENVID=${xtextEncode(msg.dsn.envid)}`;
+  return s;
+}
+
+/** " NOTIFY=… ORCPT=…" for RCPT TO ('' when the recipient made no DSN request). */
+export function rcptDsnParams(msg: Pick<OutgoingMessage, 'rcptDsn'>, rcpt: string): string {
+  const d = msg.rcptDsn?.[rcpt];
+  if (!d) return '';
+  let s = '';
+  if (d.notify && d.notify.length > 0) s += ` NOTIFY=${d.notify.join(',')}`;
+  if (d.orcpt) {
+    // utf-8 addresses in their 7-bit form (RFC 6533 3), valid with or without SMTPUTF8.
+    s += d.orcpt.type === 'utf-8' ? ` ORCPT=utf-8;${utf8AddrEncode(d.orcpt.addr, false)}` : ` ORCPT=${d.orcpt.type};${xtextEncode(d.orcpt.addr)}`;
+  }
+  return s;
 }
 
 /** A Transport that forwards over SMTP or LMTP with a pool of reused connections. */

@@ -15,9 +15,30 @@ export interface OutgoingMessage {
   /** The recipients still to deliver in this attempt. */
   readonly rcpts: readonly string[];
   readonly body: MessageBody;
-  /** The client declared BODY=8BITMIME / SMTPUTF8; pass them on when the downstream offers them. */
+  /** The client declared BODY=8BITMIME; passed on when the downstream offers it. */
   readonly eightBit?: boolean;
+  /** The message needs SMTPUTF8 (a UTF-8 address or header, RFC 6531 3.2); else it goes without. */
   readonly smtputf8?: boolean;
+  /** DSN requests (RFC 3461), passed on to a downstream that offers DSN. */
+  readonly dsn?: MessageDsn;
+  /** Per recipient NOTIFY / ORCPT, keyed by the address in rcpts. */
+  readonly rcptDsn?: Readonly<Record<string, RcptDsn>>;
+}
+
+/** RFC 3461 per-message parameters: RET and ENVID (decoded from xtext). */
+export interface MessageDsn {
+  readonly ret?: 'FULL' | 'HDRS';
+  readonly envid?: string;
+}
+
+export type NotifyKeyword = 'NEVER' | 'SUCCESS' | 'FAILURE' | 'DELAY';
+
+/** RFC 3461 per-recipient parameters. */
+export interface RcptDsn {
+  /** ['NEVER'] or some of SUCCESS, FAILURE, DELAY; absent: not given (failures are reported). */
+  readonly notify?: readonly NotifyKeyword[];
+  /** ORCPT: its address type ("rfc822", "utf-8", …) and the address, decoded. */
+  readonly orcpt?: { readonly type: string; readonly addr: string };
 }
 
 /** The outcome for one recipient: ok = delivered, temp = try again later, perm = bounce. */
@@ -28,6 +49,12 @@ export interface RcptResult {
   readonly code: number;
   /** The reply text, one line, as received (for logs and the DSN's Diagnostic-Code). */
   readonly text: string;
+  /**
+   * For a delivered recipient: what a success DSN we send would say ('delivered' into a mail
+   * store, 'relayed' to a downstream without DSN). Absent: the downstream took the DSN request
+   * on (it offered DSN), or the transport cannot tell.
+   */
+  readonly dsnAction?: 'delivered' | 'relayed';
 }
 
 export interface Transport {

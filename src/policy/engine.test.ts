@@ -77,3 +77,43 @@ test('tarpit delays grow per recipient past tarpit_start, spare tarpit_except, a
   assert.equal(await delay('192.0.2.1', 500), 60_000, 'capped at a minute');
   assert.equal(await delay('10.1.2.3', 50), 0, 'tarpit_except');
 });
+
+test('concurrent checks of a phase run together (one wait, not the sum); the verdicts still count in registry order', async () => {
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  const started: string[] = [];
+  const finished: string[] = [];
+  const slow = (name: string, ms: number, kind: 'continue' | 'reject' | 'tag'): AnyCheck => ({
+    name,
+    phase: 'mail',
+    concurrent: true,
+    async run() {
+      started.push(name);
+      await sleep(ms);
+      finished.push(`${name} (started: ${started.join(' ')})`);
+      if (kind === 'reject') return { kind, check: name, code: 550, enhanced: '5.7.1', text: name };
+      if (kind === 'tag') return { kind, check: name, score: 1 };
+      return { kind: 'continue' };
+    },
+  });
+  const mail = { session: session('127.0.0.1'), mailFrom: addr('a@b.test'), params: {} };
+  // The later check answers first with a refusal; the earlier one (slower) refuses too: the earlier one wins.
+  const t0 = performance.now();
+  const r = await new PolicyEngine([slow('tag', 300, 'tag'), slow('first', 300, 'reject'), slow('second', 50, 'reject')], silentLogger).run('mail', mail);
+  const ms = performance.now() - t0;
+  assert.equal(r.final?.check, 'first');
+  assert.deepEqual(r.tags, ['tag']);
+  // Every one was started before the first of them finished; in sequence they took 650 ms.
+  assert.equal(finished[0], 'second (started: tag first second)');
+  assert.ok(ms < 2000, `three 300/300/50 ms checks took ${Math.round(ms)} ms`);
+  // A plain check ahead of them decides before any of them starts (ban.ip before dnsbl: no query).
+  started.length = 0;
+  const stop: AnyCheck = { name: 'ban', phase: 'mail', run: () => ({ kind: 'reject', check: 'ban', code: 550, enhanced: '5.7.1', text: 'banned' }) };
+  assert.equal((await new PolicyEngine([stop, slow('dns', 10, 'continue')], silentLogger).run('mail', mail)).final?.check, 'ban');
+  assert.deepEqual(started, []);
+  // A plain check between them still comes in order; a concurrent check that throws is a 451.
+  const broken: AnyCheck = { name: 'broken', phase: 'mail', concurrent: true, run: () => Promise.reject(new Error('resolver down')) };
+  const plain: AnyCheck = { name: 'plain', phase: 'mail', run: () => ({ kind: 'reject', check: 'plain', code: 554, enhanced: '5.7.1', text: 'plain' }) };
+  assert.equal((await new PolicyEngine([slow('dns', 10, 'continue'), plain, broken], silentLogger).run('mail', mail)).final?.check, 'plain');
+  const f = (await new PolicyEngine([slow('dns', 10, 'continue'), broken, plain], silentLogger).run('mail', mail)).final;
+  assert.ok(f && f.kind === 'tempfail' && f.code === 451 && f.check === 'broken');
+});

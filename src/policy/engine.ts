@@ -1,6 +1,13 @@
 // Runs the checks of one phase in order. The first final verdict (accept, reject, tempfail,
 // discard) ends the phase; tags add up. A check that throws is a tempfail (451 4.3.0), never
 // an accept: a broken check must not open the gate.
+//
+// Checks marked `concurrent` (the DNS lookups) are started together: when the engine reaches the
+// first of them, it starts every concurrent check after it as well, so that a phase waits for
+// the slowest lookup, not for the sum of them (a black-holed DNS server costs one dns.timeout
+// per phase). The verdicts are still taken in registry order: a later check's answer counts only
+// when every check ahead of it said continue or tag. The checks before the first concurrent one
+// (ban.ip, say) still decide before any query is sent.
 import type { AnyCheck, Check } from './check.ts';
 import type { PhaseContexts } from './context.ts';
 import type { FinalVerdict, Phase, Verdict } from './verdict.ts';
@@ -28,13 +35,20 @@ export class PolicyEngine {
 
   async run<P extends Phase>(phase: P, ctx: PhaseContexts[P]): Promise<PhaseResult> {
     const result: PhaseResult = { score: 0, headers: [], tags: [], delayMs: 0 };
-    for (const check of this.byPhase[phase] as Check<P>[]) {
+    const checks = this.byPhase[phase] as Check<P>[];
+    let started: Map<Check<P>, Promise<Outcome>> | undefined;
+    for (const [i, check] of checks.entries()) {
+      if (check.concurrent && started === undefined) {
+        started = new Map();
+        for (const later of checks.slice(i)) if (later.concurrent) started.set(later, settle(later, ctx));
+      }
+      const pending = started?.get(check);
+      const outcome = pending ?? runNow(check, ctx);
+      const out = outcome instanceof Promise ? await outcome : outcome;
       let verdict: Verdict;
-      try {
-        const v = check.run(ctx);
-        verdict = v instanceof Promise ? await v : v;
-      } catch (err) {
-        this.log.error({ check: check.name, phase, err }, 'check failed');
+      if ('verdict' in out) verdict = out.verdict;
+      else {
+        this.log.error({ check: check.name, phase, err: out.err }, 'check failed');
         verdict = { kind: 'tempfail', check: check.name, code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later' };
       }
       if (verdict.delayMs) {
@@ -57,4 +71,21 @@ export class PolicyEngine {
     }
     return result;
   }
+}
+
+type Outcome = { verdict: Verdict } | { err: unknown };
+
+/** Runs a check, synchronously when it answers synchronously; never throws. */
+function runNow<P extends Phase>(check: Check<P>, ctx: PhaseContexts[P]): Outcome | Promise<Outcome> {
+  try {
+    const v = check.run(ctx);
+    return v instanceof Promise ? v.then((verdict) => ({ verdict }), (err: unknown) => ({ err })) : { verdict: v };
+  } catch (err) {
+    return { err };
+  }
+}
+
+/** Starts a check now; the promise never rejects (an answer nobody takes must not be unhandled). */
+function settle<P extends Phase>(check: Check<P>, ctx: PhaseContexts[P]): Promise<Outcome> {
+  return Promise.resolve(runNow(check, ctx));
 }

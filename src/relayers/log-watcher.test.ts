@@ -150,6 +150,7 @@ function fakeStore(): Store & { added: Added[]; failNext: number } {
       return 0;
     },
     async counterReset() {},
+    async counterDecr() {},
     async cacheSet() {},
     async cacheGet() {
       return undefined;

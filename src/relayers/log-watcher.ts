@@ -27,6 +27,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Store } from '../store/store.ts';
 import type { Logger } from '../util/log.ts';
+import { linearRegex, type LinearRegex } from '../util/regex.ts';
 
 const open = promisify(fs.open);
 const read = promisify(fs.read);
@@ -70,11 +71,14 @@ export const COURIER_LOGIN = new RegExp(
 /** Used when relay.pop_log_pattern is not set. */
 export const DEFAULT_LOGIN_PATTERNS: readonly RegExp[] = [DOVECOT_LOGIN, COURIER_LOGIN];
 
+/** A built-in pattern (ours, so a RegExp), or relay.pop_log_pattern on the linear-time engine. */
+export type LoginPattern = RegExp | LinearRegex;
+
 /** relay.pop_log_pattern (a regex source with a named group `ip`), or the defaults. */
-export function loginPatterns(pattern?: string): readonly RegExp[] {
+export function loginPatterns(pattern?: string): readonly LoginPattern[] {
   if (pattern === undefined) return DEFAULT_LOGIN_PATTERNS;
-  const re = new RegExp(pattern);
-  if (!/\(\?<ip>/.test(pattern)) throw new Error('relay.pop_log_pattern needs a named group (?<ip>...)');
+  const re = linearRegex(pattern);
+  if (!/\(\?P?<ip>/.test(pattern)) throw new Error('relay.pop_log_pattern needs a named group (?<ip>...)');
   return [re];
 }
 
@@ -89,10 +93,13 @@ function normalizeIp(raw: string): string | undefined {
 }
 
 /** The client IP of a successful login line, or undefined (no pattern matches, or no valid IP). */
-export function loginIp(line: string, patterns: readonly RegExp[]): string | undefined {
+export function loginIp(line: string, patterns: readonly LoginPattern[]): string | undefined {
   for (const re of patterns) {
-    re.lastIndex = 0;
-    const ip = re.exec(line)?.groups?.ip;
+    let ip: string | undefined;
+    if (re instanceof RegExp) {
+      re.lastIndex = 0;
+      ip = re.exec(line)?.groups?.ip;
+    } else ip = re.groups(line)?.ip;
     if (ip === undefined) continue;
     const plain = normalizeIp(ip.trim());
     if (plain !== undefined) return plain;
@@ -120,7 +127,7 @@ export interface LogWatcher {
 
 interface Sink {
   readonly file: string;
-  readonly patterns: readonly RegExp[];
+  readonly patterns: readonly LoginPattern[];
   readonly store: Store;
   readonly keepMs: number;
   readonly log: Logger;

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseCommandLine, parseHeloArg, parseMailbox, parseParams, parsePath } from './command.ts';
+import { badUtf8, parseCommandLine, parseHeloArg, parseMailbox, parseParams, parsePath } from './command.ts';
 import { prng } from '../../test/harness/prng.ts';
 
 test('command verbs are case-insensitive; unknown ones are reported', () => {
@@ -64,4 +64,42 @@ test('random command lines never throw', () => {
     parsePath(line, 'FROM');
     parseHeloArg(line);
   }
+});
+
+test('local parts over 64 octets (VERP, SRS, BATV) are taken; the whole mailbox stays within 256 octets', () => {
+  const srs = 'SRS0=HHH=TT=lists.example.org=very-long-list-name-bounces+subscriber=example.net@forwarder.test';
+  const r = parsePath(`FROM:<${srs}>`, 'FROM');
+  assert.ok(r.ok, JSON.stringify(r));
+  assert.equal(r.address.local.length > 64, true);
+  assert.ok(parsePath(`TO:<${'v'.repeat(100)}@example.test>`, 'TO').ok);
+  const max = `${'x'.repeat(256 - '@b.test'.length)}@b.test`;
+  assert.ok(parsePath(`FROM:<${max}>`, 'FROM').ok);
+  assert.equal(parsePath(`FROM:<x${max}>`, 'FROM').ok, false);
+  // The bound is in octets: 128 two-octet characters are 256 octets of local part alone.
+  assert.equal(parsePath(`FROM:<${'ü'.repeat(128)}@b.test> SMTPUTF8`, 'FROM').ok, false);
+});
+
+test('a quoted local part that needs no quotes is the unquoted one', () => {
+  const r = parsePath('TO:<"alice"@example.test>', 'TO');
+  assert.ok(r.ok);
+  assert.equal(r.address.address, 'alice@example.test');
+  assert.equal(r.address.local, 'alice');
+  const dotted = parsePath('TO:<"a.b\\c"@example.test>', 'TO');
+  assert.ok(dotted.ok);
+  assert.equal(dotted.address.address, 'a.bc@example.test');
+  for (const keep of ['"john doe"', '"a..b"', '"u%victim.test"', '"v!u"', '"u@v"']) {
+    const k = parsePath(`TO:<${keep}@example.test>`, 'TO');
+    assert.ok(k.ok, keep);
+    assert.equal(k.address.local, keep);
+  }
+});
+
+test('badUtf8 judges the raw octets of a command line', () => {
+  assert.equal(badUtf8(Buffer.from('MAIL FROM:<a@b.test>')), false);
+  assert.equal(badUtf8(Buffer.from('MAIL FROM:<jürgen@bücher.test> SMTPUTF8')), false);
+  assert.equal(badUtf8(Buffer.from('MAIL FROM:<j\xfcrgen@b.test>', 'latin1')), true, 'Latin-1 ü');
+  assert.equal(badUtf8(Buffer.from([0x61, 0xc3])), true, 'truncated sequence');
+  assert.equal(badUtf8(Buffer.from([0xc0, 0xaf])), true, 'overlong /');
+  assert.equal(badUtf8(Buffer.from([0xed, 0xa0, 0x80])), true, 'UTF-16 surrogate');
+  assert.equal(badUtf8(Buffer.from([0xf4, 0x90, 0x80, 0x80])), true, 'past U+10FFFF');
 });

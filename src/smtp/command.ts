@@ -1,6 +1,7 @@
 // Parsing of SMTP command lines and of the MAIL FROM / RCPT TO paths (RFC 5321 4.1, RFC 6531
 // for SMTPUTF8). Pure functions over untrusted input: they return a result or an error reply,
 // never throw.
+import { isUtf8 } from 'node:buffer';
 
 export type Verb =
   | 'HELO'
@@ -61,6 +62,8 @@ const DOT_ATOM = new RegExp(`^${ATEXT}+(\\.${ATEXT}+)*$`);
 const QUOTED = /^"([\x20\x21\x23-\x5b\x5d-\x7e\u0080-\uffff]|\\[\x20-\x7e])*"$/;
 const LABEL = '[A-Za-z0-9\\u0080-\\uFFFF]([A-Za-z0-9\\u0080-\\uFFFF-]{0,61}[A-Za-z0-9\\u0080-\\uFFFF])?';
 const DOMAIN = new RegExp(`^${LABEL}(\\.${LABEL})*$`);
+/** The longest mailbox (local@domain) taken, in octets: RFC 5321 4.5.3.1.3's path limit. */
+export const MAX_MAILBOX = 256;
 const ADDRESS_LITERAL = /^\[(?:\d{1,3}(?:\.\d{1,3}){3}|IPv6:[0-9A-Fa-f:.]+)\]$/;
 
 function syntax(text: string): ParsedPath {
@@ -127,7 +130,10 @@ function findPathEnd(s: string): number {
 
 /** Parses local@domain; returns an error text for a bad one. */
 export function parseMailbox(mailbox: string, allowBarePostmaster = false): Address | string {
-  if (mailbox.length > 256) return 'Address too long';
+  // RFC 5321 4.5.3.1.3 bounds a whole path at 256 octets; the 64-octet local part of 4.5.3.1.1
+  // is not enforced (4.5.3.1: accept longer where possible): VERP, SRS, BATV and list
+  // addresses exceed it, and Postfix takes them.
+  if (Buffer.byteLength(mailbox) > MAX_MAILBOX) return 'Address too long';
   const at = mailbox.lastIndexOf('@');
   if (at === -1) {
     if (allowBarePostmaster && mailbox.toLowerCase() === 'postmaster') {
@@ -135,15 +141,31 @@ export function parseMailbox(mailbox: string, allowBarePostmaster = false): Addr
     }
     return 'Bad address syntax: no domain';
   }
-  const local = mailbox.slice(0, at);
+  let local = mailbox.slice(0, at);
   const domain = mailbox.slice(at + 1);
-  if (local === '' || local.length > 64) return 'Bad address syntax: local part';
-  if (!DOT_ATOM.test(local) && !QUOTED.test(local)) return 'Bad address syntax: local part';
+  if (local === '') return 'Bad address syntax: local part';
+  if (!DOT_ATOM.test(local)) {
+    if (!QUOTED.test(local)) return 'Bad address syntax: local part';
+    // "alice" is alice (RFC 5321 4.1.2): keep the quotes only where the local part needs them,
+    // as Postfix does, so that both forms name the same mailbox and match the same rules. They
+    // also stay around the routing characters % and ! (the relay-probe check names the form).
+    const unquoted = local.slice(1, -1).replace(/\\(.)/g, '$1');
+    if (DOT_ATOM.test(unquoted) && !/[%!]/.test(unquoted)) local = unquoted;
+  }
   if (domain === '' || domain.length > 255) return 'Bad address syntax: domain';
   if (!DOMAIN.test(domain) && !ADDRESS_LITERAL.test(domain)) return 'Bad address syntax: domain';
   const lowerDomain = domain.toLowerCase();
   const utf8 = /[^\x00-\x7f]/.test(mailbox);
   return { address: `${local}@${lowerDomain}`, local, domain: lowerDomain, utf8 };
+}
+
+/**
+ * True when a command line's octets are not valid UTF-8 (RFC 6531 3.3 wants UTF-8 there; the
+ * line is decoded lossily, so this must be asked of the raw octets). Postfix answers such a
+ * line "500 5.5.2 Error: bad UTF-8 syntax".
+ */
+export function badUtf8(octets: Uint8Array): boolean {
+  return !isUtf8(octets);
 }
 
 /** "SIZE=100 BODY=8BITMIME SMTPUTF8" → { SIZE: '100', BODY: '8BITMIME', SMTPUTF8: true }. */

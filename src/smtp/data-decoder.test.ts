@@ -84,6 +84,15 @@ test('long lines are flagged at the limit, counting CRLF', () => {
   assert.equal(long.problems.longLine, true);
 });
 
+test('maxLineLength 0 is no limit: a 5000-octet line passes unchanged', () => {
+  const line = 'y'.repeat(5000) + '\r\n';
+  const d = decoder(false, 1 << 20, 0);
+  const { out } = decode(d, [Buffer.from(line + '.\r\n')]);
+  assert.equal(d.problems.longLine, false);
+  assert.equal(d.failed, false);
+  assert.equal(out.toString(), line);
+});
+
 test('size limit stops output but still finds the end', () => {
   const d = decoder(false, 50);
   const { end } = decode(d, [Buffer.from('y'.repeat(40) + '\r\n' + 'z'.repeat(40) + '\r\n.\r\n')]);

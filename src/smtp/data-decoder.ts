@@ -38,9 +38,10 @@ export class DataDecoder {
   private used = 0;
   private readonly done: Buffer[] = [];
 
+  /** maxLineLength: octets including CRLF; 0 = no limit. */
   constructor(opts: { normalize: boolean; maxLineLength: number; maxSize: number }) {
     this.normalize = opts.normalize;
-    this.maxLine = opts.maxLineLength;
+    this.maxLine = opts.maxLineLength > 0 ? opts.maxLineLength : Infinity;
     this.maxSize = opts.maxSize;
   }
 

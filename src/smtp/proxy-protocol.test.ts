@@ -101,13 +101,13 @@ test('v1 TCP6: compressed canonical form, IPv4-mapped as plain IPv4', () => {
   assert.equal(longest.length, 104);
   const unknownLongest = `PROXY UNKNOWN ${full} ${full} 65535 65535\r\n`;
   assert.equal(unknownLongest.length, V1_MAX_LENGTH);
-  assert.deepEqual(parse(unknownLongest), { kind: 'local', version: 1, consumed: V1_MAX_LENGTH });
+  assert.deepEqual(parse(unknownLongest), { kind: 'unknown', version: 1, consumed: V1_MAX_LENGTH, reason: 'PROXY UNKNOWN' });
   assert.equal(parse(longest).kind, 'proxied');
 });
 
-test('v1 UNKNOWN is local, with or without the rest of the line', () => {
-  assert.deepEqual(parse('PROXY UNKNOWN\r\n'), { kind: 'local', version: 1, consumed: 15 });
-  assert.deepEqual(parse('PROXY UNKNOWN whatever the proxy says 1 2\r\nEHLO x\r\n'), { kind: 'local', version: 1, consumed: 43 });
+test('v1 UNKNOWN names no client (never "local"), with or without the rest of the line', () => {
+  assert.deepEqual(parse('PROXY UNKNOWN\r\n'), { kind: 'unknown', version: 1, consumed: 15, reason: 'PROXY UNKNOWN' });
+  assert.deepEqual(parse('PROXY UNKNOWN whatever the proxy says 1 2\r\nEHLO x\r\n'), { kind: 'unknown', version: 1, consumed: 43, reason: 'PROXY UNKNOWN' });
 });
 
 test('v2 PROXY IPv4 with TLVs', () => {
@@ -136,16 +136,22 @@ test('v2 PROXY IPv6 with TLVs; IPv4-mapped comes out as IPv4', () => {
   assert.equal(m.destination.ip, '::');
 });
 
-test('v2 LOCAL, and PROXY with families we ignore, are local', () => {
+test('v2 LOCAL is local; PROXY with AF_UNSPEC, AF_UNIX or no protocol names no client; UDP names its client', () => {
   const local = v2({ verCmd: 0x20, fam: 0x00 });
   assert.deepEqual(parse(local), { kind: 'local', version: 2, consumed: 16 });
   // LOCAL ignores family and address block, whatever they are.
   const localWithBlock = v2({ verCmd: 0x20, fam: 0x11, src: '10.0.0.1', dst: '10.0.0.2', tlvs: TLVS });
   assert.deepEqual(parse(localWithBlock), { kind: 'local', version: 2, consumed: localWithBlock.length });
-  for (const fam of [0x00, 0x10, 0x20, 0x12, 0x22, 0x31, 0x32]) {
-    const h = v2({ verCmd: 0x21, fam, block: Buffer.alloc(fam >> 4 === 3 ? 216 : 12) });
-    assert.deepEqual(parse(h), { kind: 'local', version: 2, consumed: h.length }, `fam 0x${fam.toString(16)}`);
+  const reasons: Record<number, string> = { 0x00: 'AF_UNSPEC', 0x01: 'AF_UNSPEC', 0x10: 'an unspecified protocol', 0x20: 'an unspecified protocol', 0x31: 'AF_UNIX', 0x32: 'AF_UNIX' };
+  for (const [fam, what] of Object.entries(reasons)) {
+    const h = v2({ verCmd: 0x21, fam: Number(fam), block: Buffer.alloc(Number(fam) >> 4 === 3 ? 216 : 12) });
+    assert.deepEqual(parse(h), { kind: 'unknown', version: 2, consumed: h.length, reason: `PROXY v2 with ${what}` }, `fam 0x${Number(fam).toString(16)}`);
   }
+  const udp4 = v2({ verCmd: 0x21, fam: 0x12, src: '203.0.113.7', dst: '192.0.2.25', sport: 53, dport: 25 });
+  assert.deepEqual(parse(udp4), { kind: 'proxied', version: 2, consumed: udp4.length, source: { ip: '203.0.113.7', port: 53 }, destination: { ip: '192.0.2.25', port: 25 }, udp: true });
+  const udp6 = v2({ verCmd: 0x21, fam: 0x22, src: '2001:db8::7', dst: '2001:db8::25', sport: 53, dport: 25 });
+  assert.deepEqual(parse(udp6), { kind: 'proxied', version: 2, consumed: udp6.length, source: { ip: '2001:db8::7', port: 53 }, destination: { ip: '2001:db8::25', port: 25 }, udp: true });
+  assert.equal(parse(v2({ verCmd: 0x21, fam: 0x22, block: Buffer.alloc(12) })).kind, 'invalid', 'UDP6 with an IPv4-sized block');
 });
 
 test('v2 with the maximum length field is accepted', () => {
@@ -171,7 +177,7 @@ test('fed byte by byte: every proper prefix is incomplete, the whole is parsed',
       assert.deepEqual(parseProxyHeader(whole.subarray(0, n)), { kind: 'incomplete' }, `${whole.toString('hex')} at ${n}`);
     }
     const r = parseProxyHeader(whole);
-    assert.ok(r.kind === 'proxied' || r.kind === 'local', JSON.stringify(r));
+    assert.ok(r.kind === 'proxied' || r.kind === 'local' || r.kind === 'unknown', JSON.stringify(r));
     assert.equal(r.consumed, whole.length);
   }
 });
@@ -186,7 +192,7 @@ test('bytes after the header are not consumed', () => {
   ]) {
     const all = Buffer.concat([h, smtp]);
     const r = parseProxyHeader(all);
-    assert.ok(r.kind === 'proxied' || r.kind === 'local', JSON.stringify(r));
+    assert.ok(r.kind === 'proxied' || r.kind === 'local' || r.kind === 'unknown', JSON.stringify(r));
     assert.equal(r.consumed, h.length);
     assert.deepEqual(all.subarray(r.consumed), smtp);
   }
@@ -267,11 +273,12 @@ test('fuzz: mutated headers never throw, consumed never exceeds the input', () =
     v2({ fam: 0x11, src: '192.0.2.1', dst: '192.0.2.2', sport: 1, dport: 2, tlvs: TLVS }),
     v2({ fam: 0x21, src: '2001:db8::1', dst: '::ffff:10.0.0.1', sport: 1, dport: 2, tlvs: TLVS }),
     v2({ verCmd: 0x20, fam: 0x00 }),
+    v2({ verCmd: 0x20, fam: 0x11, src: '10.0.0.1', dst: '10.0.0.2', tlvs: TLVS }),
     v2({ fam: 0x31, block: Buffer.alloc(216, 0x41) }),
   ];
   const alphabet = Buffer.from('PROXY TCP46UNKOW0123456789abcdef.:\r\n\x00\x0d\x0a\x21\x11\xff');
   const pick = (n: number): number => Math.floor(rand() * n);
-  const counts: Record<string, number> = { incomplete: 0, invalid: 0, proxied: 0, local: 0 };
+  const counts: Record<string, number> = { incomplete: 0, invalid: 0, proxied: 0, local: 0, unknown: 0 };
   for (let i = 0; i < 20_000; i++) {
     let b = Buffer.from(seeds[pick(seeds.length)] as Buffer);
     const edits = 1 + pick(4);
@@ -301,7 +308,7 @@ test('fuzz: mutated headers never throw, consumed never exceeds the input', () =
       assert.fail(`threw on ${b.toString('hex')}: ${String(err)}`);
     }
     counts[r.kind] = (counts[r.kind] ?? 0) + 1;
-    if (r.kind === 'proxied' || r.kind === 'local') {
+    if (r.kind === 'proxied' || r.kind === 'local' || r.kind === 'unknown') {
       assert.ok(r.consumed > 0 && r.consumed <= b.length, `consumed ${r.consumed} of ${b.length}: ${b.toString('hex')}`);
     }
     if (r.kind === 'proxied') {
@@ -310,5 +317,5 @@ test('fuzz: mutated headers never throw, consumed never exceeds the input', () =
     }
   }
   // The mutations reach every outcome (the loop is not just producing garbage).
-  for (const k of ['incomplete', 'invalid', 'proxied', 'local']) assert.ok((counts[k] ?? 0) > 100, `${k}: ${JSON.stringify(counts)}`);
+  for (const k of ['incomplete', 'invalid', 'proxied', 'local', 'unknown']) assert.ok((counts[k] ?? 0) > 100, `${k}: ${JSON.stringify(counts)}`);
 });

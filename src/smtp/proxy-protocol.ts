@@ -16,9 +16,15 @@ export type ProxyHeader =
   | { kind: 'incomplete' }
   /** Not a valid PROXY header: the caller drops the connection. */
   | { kind: 'invalid'; reason: string }
-  | { kind: 'proxied'; version: 1 | 2; consumed: number; source: Endpoint; destination: Endpoint }
-  /** v2 LOCAL command, v1 "PROXY UNKNOWN", or a v2 family we ignore: use the real socket addresses. */
-  | { kind: 'local'; version: 1 | 2; consumed: number };
+  /** A client with an IP address; `udp` when the proxy said it came over a datagram protocol. */
+  | { kind: 'proxied'; version: 1 | 2; consumed: number; source: Endpoint; destination: Endpoint; udp?: true }
+  /** v2 LOCAL: the proxy's own connection (a health check), no client behind it. */
+  | { kind: 'local'; version: 2; consumed: number }
+  /**
+   * A well-formed header that names no IP client: v1 "PROXY UNKNOWN", v2 AF_UNSPEC, AF_UNIX or
+   * an unspecified protocol. The caller must not take the proxy for the client.
+   */
+  | { kind: 'unknown'; version: 1 | 2; consumed: number; reason: string };
 
 const V1_PREFIX = Buffer.from('PROXY ', 'latin1');
 /** The longest v1 line, CRLF included (the spec's 107: "PROXY UNKNOWN" + two full IPv6 + ports). */
@@ -78,7 +84,7 @@ function parseV1(buf: Buffer): ProxyHeader {
   if (lf === 0 || window[lf - 1] !== 0x0d) return invalid('PROXY v1 line not ended by CRLF');
   const consumed = lf + 1;
   const line = window.toString('latin1', V1_PREFIX.length, lf - 1);
-  if (line === 'UNKNOWN' || line.startsWith('UNKNOWN ')) return { kind: 'local', version: 1, consumed };
+  if (line === 'UNKNOWN' || line.startsWith('UNKNOWN ')) return { kind: 'unknown', version: 1, consumed, reason: 'PROXY UNKNOWN' };
   const parts = line.split(' ');
   if (parts.length !== 5) return invalid('PROXY v1 line: expected "PROXY TCP4|TCP6 src dst sport dport"');
   const [proto, srcIp, dstIp, srcPort, dstPort] = parts as [string, string, string, string, string];
@@ -126,26 +132,31 @@ function parseV2(buf: Buffer): ProxyHeader {
   const family = famProto >> 4;
   const proto = famProto & 0x0f;
   if (family > 3 || proto > 2) return invalid(`PROXY v2: unknown family/protocol 0x${famProto.toString(16).padStart(2, '0')}`);
-  // PROXY with addresses we cannot use, treated like LOCAL: AF_UNSPEC or an unspecified
-  // protocol (the spec's "unknown or unsupported"), AF_UNIX (the client is local to the proxy,
-  // which is the best address we have), and DGRAM (a UDP client has no business on an SMTP
-  // stream, but the proxy vouches for the connection itself). Their address block is skipped.
-  if (famProto !== 0x11 && famProto !== 0x21) return buf.length < total ? { kind: 'incomplete' } : { kind: 'local', version: 2, consumed: total };
+  // PROXY naming no IP client: AF_UNSPEC or an unspecified protocol (the spec's "unknown or
+  // unsupported") and AF_UNIX. Their address block is skipped; the caller decides (it drops them).
+  // DGRAM over INET/INET6 names a client address like STREAM does (udp: the caller warns).
+  const udp = proto === 2;
+  if (family === 0 || family === 3 || proto === 0) {
+    if (buf.length < total) return { kind: 'incomplete' };
+    const what = family === 3 ? 'AF_UNIX' : family === 0 ? 'AF_UNSPEC' : 'an unspecified protocol';
+    return { kind: 'unknown', version: 2, consumed: total, reason: `PROXY v2 with ${what}` };
+  }
 
-  const need = famProto === 0x11 ? 12 : 36;
+  const v4 = family === 1;
+  const need = v4 ? 12 : 36;
   if (length < need) return invalid(`PROXY v2: length ${length} is shorter than the ${need}-byte address block`);
   if (buf.length < total) return { kind: 'incomplete' };
   // The address block, then TLVs up to `total`, which we skip.
   let source: Endpoint;
   let destination: Endpoint;
-  if (famProto === 0x11) {
+  if (v4) {
     source = { ip: ipv4At(buf, 16), port: buf.readUInt16BE(24) };
     destination = { ip: ipv4At(buf, 20), port: buf.readUInt16BE(26) };
   } else {
     source = { ip: ipv6At(buf, 16), port: buf.readUInt16BE(48) };
     destination = { ip: ipv6At(buf, 32), port: buf.readUInt16BE(50) };
   }
-  return { kind: 'proxied', version: 2, consumed: total, source, destination };
+  return udp ? { kind: 'proxied', version: 2, consumed: total, source, destination, udp } : { kind: 'proxied', version: 2, consumed: total, source, destination };
 }
 
 function ipv4At(buf: Buffer, at: number): string {

@@ -26,9 +26,15 @@ export class SmtpServer {
   private readonly sessions = new Set<Session>();
   private readonly perIp = new Map<string, number>();
   private stopping = false;
+  /** Postfix's stress mode: the connection table is nearly full (limits.stress_at), deadlines are short. */
+  private stressed = false;
 
   constructor(deps: SessionDeps) {
-    this.deps = deps;
+    this.deps = this.withStress(deps);
+  }
+
+  private withStress(deps: SessionDeps): SessionDeps {
+    return { ...deps, stressed: () => this.stressed };
   }
 
   get log(): Logger {
@@ -37,7 +43,7 @@ export class SmtpServer {
 
   /** New sessions use the new settings; running sessions finish with the ones they began with. */
   reload(deps: SessionDeps): void {
-    this.deps = deps;
+    this.deps = this.withStress(deps);
   }
 
   /** Binds every listen address; resolves with the bound addresses (port 0 → the real port). */
@@ -80,6 +86,15 @@ export class SmtpServer {
         socket.destroy();
         return;
       }
+      if ('unknown' in result) {
+        // The proxy is not the client: taking it for one would make every such connection a
+        // loopback (relay-trusted) client.
+        this.log.warn({ ip: proxy, check: 'proxy_protocol', reason: result.unknown }, 'connection dropped: the PROXY header names no client');
+        socket.destroy();
+        return;
+      }
+      if (result.proxyLocal) this.log.info({ ip: proxy, check: 'proxy_protocol' }, 'PROXY LOCAL (proxy health check): a session that may not send mail');
+      if ('udp' in result) this.log.warn({ ip: proxy, client: result.remoteIp, check: 'proxy_protocol' }, 'PROXY header names a UDP client: taken as that client');
       this.accept(socket, result, proxy);
     });
   }
@@ -100,20 +115,55 @@ export class SmtpServer {
     }
     this.perIp.set(ip, fromIp + 1);
     if (proxy !== undefined) this.log.debug({ ip, proxy }, 'proxied connection');
-    const session: Session = new Session(socket, connection, this.deps, () => {
-      this.sessions.delete(session);
+    // The per-IP count holds a session from accept to its end (our 221 or 421, or the client
+    // gone), not until the socket is fully closed: a client that keeps exactly
+    // max_connections_per_ip sessions open is never refused (issue 9, item 16).
+    let counted = true;
+    const ended = (): void => {
+      if (!counted) return;
+      counted = false;
       const n = (this.perIp.get(ip) ?? 1) - 1;
       if (n <= 0) this.perIp.delete(ip);
       else this.perIp.set(ip, n);
-      if (this.stopping && this.sessions.size === 0) this.drained?.();
-    });
+    };
+    const session: Session = new Session(
+      socket,
+      connection,
+      this.deps,
+      () => {
+        ended();
+        this.sessions.delete(session);
+        this.updateStress();
+        if (this.stopping && this.sessions.size === 0) this.drained?.();
+      },
+      ended,
+    );
     this.sessions.add(session);
+    this.updateStress();
     void session.start();
     if (proxy !== undefined) socket.resume(); // readProxyHeader() left it paused
   }
 
   get connectionCount(): number {
     return this.sessions.size;
+  }
+
+  /**
+   * Stress mode on from limits.stress_at of limits.max_connections, off again below three
+   * quarters of that; running sessions re-check their deadlines against the new limits.
+   */
+  private updateStress(): void {
+    const limits = this.deps.config.limits;
+    const on = Math.max(1, Math.ceil(limits.stress_at * limits.max_connections));
+    const n = this.sessions.size;
+    if (!this.stressed && n >= on) {
+      this.stressed = true;
+      this.log.warn({ connections: n, check: 'stress', setting: 'limits.stress_at' }, 'stress mode on: shorter deadlines');
+      for (const s of this.sessions) s.recheckDeadline();
+    } else if (this.stressed && n < Math.floor(on * 0.75)) {
+      this.stressed = false;
+      this.log.info({ connections: n, check: 'stress', setting: 'limits.stress_at' }, 'stress mode off');
+    }
   }
 
   private drained: (() => void) | undefined;
@@ -133,28 +183,38 @@ export class SmtpServer {
   }
 }
 
-/** How long a refused client may take to close its side before the connection is cut. */
-const REFUSE_LINGER_MS = 5000;
+/** The longest a refused connection's reply may take to reach the kernel before the socket is cut anyway. */
+const REFUSE_WRITE_MS = 1000;
 
-/** Says `reply` and closes; what the client sends meanwhile is read and ignored, and a client that never closes is cut off. */
+/**
+ * Says `reply`, shuts our side and releases the descriptor as soon as the reply is handed to
+ * the kernel (which still delivers it and the FIN): a refused client that never closes holds
+ * nothing (issue 9, item 9). What it sends meanwhile is ignored.
+ */
 function refuse(socket: net.Socket, reply: string): void {
-  socket.end(`${reply}\r\n`);
   socket.resume();
-  const timer = setTimeout(() => socket.destroy(), REFUSE_LINGER_MS);
+  socket.end(`${reply}\r\n`, () => socket.destroy());
+  const timer = setTimeout(() => socket.destroy(), REFUSE_WRITE_MS);
   timer.unref();
   socket.once('close', () => clearTimeout(timer));
 }
 
+/** A header that parses but names no IP client (PROXY UNKNOWN, AF_UNIX, AF_UNSPEC): why. */
+export interface NoClient {
+  readonly unknown: string;
+}
+
 /**
  * Reads the PROXY header (v1 or v2) a proxy sends before anything else. Resolves with the
- * client it names (a LOCAL header, the proxy's own health check: the socket's own addresses),
- * or with the reason there is none. What follows the header is put back for the session, and
- * the socket is left paused.
+ * client it names (`udp` set when over UDP), with the socket's own addresses marked proxyLocal
+ * for a LOCAL header (the proxy's own health check, never a relay client), with NoClient, or
+ * with the reason there is no valid header. What follows the header is put back for the
+ * session, and the socket is left paused.
  */
-export function readProxyHeader(socket: net.Socket, timeoutMs: number): Promise<Connection | string> {
+export function readProxyHeader(socket: net.Socket, timeoutMs: number): Promise<(Connection & { udp?: true }) | NoClient | string> {
   return new Promise((resolve) => {
     let buf: Buffer = Buffer.alloc(0);
-    const finish = (result: Connection | string, rest?: Buffer): void => {
+    const finish = (result: (Connection & { udp?: true }) | NoClient | string, rest?: Buffer): void => {
       clearTimeout(timer);
       socket.off('data', onData);
       socket.off('close', onClose);
@@ -169,8 +229,10 @@ export function readProxyHeader(socket: net.Socket, timeoutMs: number): Promise<
       if (h.kind === 'incomplete') return;
       if (h.kind === 'invalid') return finish(h.reason);
       const rest = buf.subarray(h.consumed);
-      if (h.kind === 'local') return finish(socketConnection(socket), rest);
-      finish({ remoteIp: h.source.ip, remotePort: h.source.port, localIp: h.destination.ip, localPort: h.destination.port }, rest);
+      if (h.kind === 'local') return finish({ ...socketConnection(socket), proxyLocal: true }, rest);
+      if (h.kind === 'unknown') return finish({ unknown: h.reason }, rest);
+      const client = { remoteIp: h.source.ip, remotePort: h.source.port, localIp: h.destination.ip, localPort: h.destination.port };
+      finish(h.udp ? { ...client, udp: true } : client, rest);
     };
     const onClose = (): void => finish('closed before the header');
     const timer = setTimeout(() => finish(`no header within ${timeoutMs} ms`), timeoutMs);

@@ -5,8 +5,10 @@
 import tls from 'node:tls';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { parseCommandLine, parseHeloArg, parsePath, type Address, type PathParams } from './command.ts';
+import { badUtf8, parseCommandLine, parseHeloArg, parsePath, type Address, type PathParams } from './command.ts';
 import { DataDecoder } from './data-decoder.ts';
+import { HeaderScan, messageDsnOf, parseEnvid, parseRcptParams, parseRet } from './dsn-params.ts';
+import type { RcptDsn } from '../delivery/types.ts';
 import { multiline, receivedHeader } from './replies.ts';
 import { saslContinue, saslStart, type SaslState, type SaslStep } from './sasl.ts';
 import type { Config } from '../config/schema.ts';
@@ -19,7 +21,7 @@ import type { Envelope } from '../queue/envelope.ts';
 import type { Logger } from '../util/log.ts';
 import { addressListOf, plainIp } from '../util/cidr.ts';
 import type { Store } from '../store/store.ts';
-import type { Authenticator } from '../auth/index.ts';
+import { AuthBusyError, HashRefusedError, type Authenticator } from '../auth/index.ts';
 
 /** What a session needs from the server around it. */
 export interface SessionDeps {
@@ -34,6 +36,8 @@ export interface SessionDeps {
   readonly store?: Store;
   /** Checks AUTH credentials; no authenticator, no AUTH. */
   readonly authenticator?: Authenticator;
+  /** Whether the server is in stress mode (limits.stress_at): the stress deadlines apply. */
+  readonly stressed?: () => boolean;
 }
 
 /**
@@ -56,6 +60,8 @@ export interface Connection {
   readonly clientHostname?: string | null;
   /** rblsmtpd's RBLSMTPD variable, when `mxguard stdio` runs with it set. */
   readonly rblsmtpd?: string;
+  /** A PROXY v2 LOCAL connection: the proxy's own health check, which may not send mail. */
+  readonly proxyLocal?: boolean;
 }
 
 /** The connection facts of a plain TCP socket. */
@@ -85,6 +91,10 @@ interface Transaction {
   delayed?: RefusalVerdict;
   score: number;
   headers: string[];
+  /** DSN NOTIFY / ORCPT per recipient address (RFC 3461). */
+  rcptDsn?: Record<string, RcptDsn>;
+  /** Watches the header block for UTF-8 while DATA arrives (does the message need SMTPUTF8?). */
+  headerScan?: HeaderScan;
 }
 
 type Mode = 'greeting' | 'command' | 'data' | 'closed';
@@ -123,12 +133,21 @@ export class Session {
   private lostData = false;
   private readonly onClosed: () => void;
   private closeTimer: NodeJS.Timeout | undefined;
+  /** Called once when the session ends (our last reply, or the client gone), before the socket is closed. */
+  private onEnded: (() => void) | undefined;
+  /** The command or message under way must be complete by its deadline (limits.command_deadline, data_deadline). */
+  private deadline: { mode: 'command' | 'data'; since: number; timer: NodeJS.Timeout | undefined } | undefined;
+  /** Octets received since 354 (they extend the DATA deadline at limits.data_min_rate). */
+  private dataOctets = 0;
+  private readonly healthCheck: boolean;
 
-  constructor(socket: SessionSocket, connection: Connection, deps: SessionDeps, onClosed: () => void) {
+  constructor(socket: SessionSocket, connection: Connection, deps: SessionDeps, onClosed: () => void, onEnded?: () => void) {
     this.socket = socket;
     this.deps = deps;
     this.config = deps.config;
     this.onClosed = onClosed;
+    this.onEnded = onEnded;
+    this.healthCheck = connection.proxyLocal === true;
     this.info = {
       sid: (Date.now() % 1e8).toString(36) + (++sessionCounter).toString(36),
       ...connection,
@@ -264,12 +283,14 @@ export class Session {
       while (this.mode === 'command' || this.mode === 'data') {
         if (this.mode === 'data') {
           if (this.buf.length === 0) break;
+          this.dataOctets += this.buf.length;
           const pending = this.feedData();
           if (pending) await pending;
           continue;
         }
         const line = this.nextLine();
         if (line === undefined) break;
+        this.clearDeadline();
         const pending = this.handleLine(line);
         if (pending) {
           this.flush();
@@ -286,11 +307,12 @@ export class Session {
       if (this.inputEnded && this.mode !== 'closed') this.endOfInput();
       this.flush();
       if (this.socket.isPaused() && this.buf.length < INPUT_HIGH_WATER && this.mode !== 'closed') this.socket.resume();
+      this.armDeadline();
     }
   }
 
   /** Takes one command line off the buffer; undefined when no complete line is there. */
-  private nextLine(): { text: string; bareLf: boolean; tooLong: boolean } | undefined {
+  private nextLine(): { text: string; bareLf: boolean; tooLong: boolean; badUtf8?: boolean } | undefined {
     const limit = this.sasl || /^auth /i.test(this.buf.toString('latin1', 0, 5)) ? MAX_AUTH_LINE : MAX_COMMAND_LINE;
     const lf = this.buf.indexOf(10);
     if (lf === -1) {
@@ -305,9 +327,11 @@ export class Session {
     const end = bareLf ? lf : lf - 1;
     const tooLong = this.discardingLongLine || lf + 1 > limit;
     const text = tooLong ? '' : this.buf.toString('utf8', 0, end);
+    // toString('utf8') turns invalid octets into U+FFFD: judge the raw octets.
+    const invalid = !tooLong && badUtf8(this.buf.subarray(0, end));
     this.buf = this.buf.subarray(lf + 1);
     this.discardingLongLine = false;
-    return { text, bareLf, tooLong };
+    return { text, bareLf, tooLong, badUtf8: invalid };
   }
 
   // --- replies -------------------------------------------------------------------------
@@ -335,7 +359,7 @@ export class Session {
 
   // --- commands ------------------------------------------------------------------------
 
-  private handleLine(line: { text: string; bareLf: boolean; tooLong: boolean }): Promise<void> | void {
+  private handleLine(line: { text: string; bareLf: boolean; tooLong: boolean; badUtf8?: boolean }): Promise<void> | void {
     if (line.tooLong) {
       this.sasl = undefined;
       return this.error('500 5.5.2 Error: line too long');
@@ -343,6 +367,12 @@ export class Session {
     if (line.bareLf && this.config.smtp.bare_lf === 'reject') {
       this.sasl = undefined;
       return this.error('500 5.5.2 Error: bare <LF> received');
+    }
+    if (line.badUtf8) {
+      // Postfix's answer (smtputf8_enable): the line is never decoded into U+FFFD and passed on.
+      this.sasl = undefined;
+      this.log.debug({ check: 'utf8' }, 'command line is not valid UTF-8');
+      return this.error('500 5.5.2 Error: bad UTF-8 syntax');
     }
     if (this.sasl) {
       const state = this.sasl;
@@ -374,6 +404,7 @@ export class Session {
         this.reply(`221 2.0.0 ${this.config.hostname} Bye`);
         return this.close();
       case 'VRFY':
+        if (arg.trim() === '') return this.error('501 5.5.4 Syntax: VRFY address');
         return this.reply('252 2.0.0 Cannot VRFY user, but will accept message and attempt delivery');
       case 'EXPN':
         return this.error('502 5.5.1 Error: EXPN not available');
@@ -404,11 +435,12 @@ export class Session {
     const lines = [this.config.hostname, 'PIPELINING', `SIZE ${this.config.limits.max_message_size}`];
     if (this.deps.tls && !this.info.tls) lines.push('STARTTLS');
     if (await this.authOffered()) lines.push('AUTH PLAIN LOGIN');
-    lines.push('ENHANCEDSTATUSCODES', '8BITMIME', 'SMTPUTF8');
+    lines.push('ENHANCEDSTATUSCODES', '8BITMIME', 'DSN', 'SMTPUTF8');
     this.reply(multiline(250, lines));
   }
 
   private async mail(arg: string): Promise<void> {
+    if (this.healthCheck) return this.error('550 5.7.1 Error: a proxy health check connection (PROXY LOCAL) may not send mail');
     if (this.tx) return this.error('503 5.5.1 Error: nested MAIL command');
     if (this.info.helo === undefined && this.config.helo.required) return this.error('503 5.5.1 Error: send HELO/EHLO first');
     const parsed = parsePath(arg, 'FROM');
@@ -422,6 +454,10 @@ export class Session {
         if (value !== '7BIT' && value !== '8BITMIME' && value !== '7bit' && value !== '8bitmime') return this.error('501 5.5.4 Unsupported BODY parameter');
       } else if (key === 'SMTPUTF8') {
         if (value !== true) return this.error('501 5.5.4 SMTPUTF8 takes no value');
+      } else if (key === 'RET') {
+        if (parseRet(value) === undefined) return this.error('501 5.5.4 Bad RET parameter syntax');
+      } else if (key === 'ENVID') {
+        if (parseEnvid(value) === undefined) return this.error('501 5.5.4 Bad ENVID parameter syntax');
       } else if (key === 'AUTH') {
         // RFC 4954 5: the submitter's identity as another server saw it; we trust our own AUTH only.
         if (value === true) return this.error('501 5.5.4 AUTH= needs a value');
@@ -446,7 +482,9 @@ export class Session {
     if (!tx) return this.error('503 5.5.1 Error: need MAIL command');
     const parsed = parsePath(arg, 'TO');
     if (!parsed.ok) return this.error(`${parsed.code} ${parsed.enhanced} ${parsed.text}`);
-    if (Object.keys(parsed.params).length > 0) return this.error(`555 5.5.4 Unsupported option: ${Object.keys(parsed.params)[0]}`);
+    const dsnParams = parseRcptParams(parsed.params, tx.params.SMTPUTF8 === true);
+    if (!dsnParams.ok) return this.error(dsnParams.reply);
+    if (Object.keys(parsed.params).length > 0 && !this.info.esmtp) return this.error('555 5.5.4 Parameters need EHLO');
     let rcpt = parsed.address;
     if (rcpt.domain === '') {
       // A bare <postmaster> is ours (RFC 5321 4.5.1).
@@ -479,7 +517,10 @@ export class Session {
     }
     tx.score += result.score;
     tx.headers.push(...result.headers);
-    if (!tx.rcpts.some((r) => r.address === rcpt.address)) tx.rcpts.push(rcpt);
+    if (!tx.rcpts.some((r) => r.address === rcpt.address)) {
+      tx.rcpts.push(rcpt);
+      if (dsnParams.dsn) (tx.rcptDsn ??= {})[rcpt.address] = dsnParams.dsn;
+    }
     this.info.rcptCount++;
     this.reply('250 2.1.5 Ok');
   }
@@ -489,9 +530,11 @@ export class Session {
     if (arg !== '') return this.error('501 5.5.4 Syntax: DATA');
     if (!tx) return this.error('503 5.5.1 Error: need MAIL command');
     if (tx.rcpts.length === 0) return this.error('554 5.5.1 Error: no valid recipients');
+    if (tx.params.SMTPUTF8 === true) tx.headerScan = new HeaderScan();
     const id = newQueueId();
-    // RFC 3848: ESMTPS with TLS, ESMTPA / ESMTPSA after AUTH.
-    const protocol = (tx.params.SMTPUTF8 ? 'UTF8' : '') + (this.info.esmtp ? 'ESMTP' : 'SMTP') + (this.info.tls ? 'S' : '') + (this.info.authUser !== undefined && this.info.esmtp ? 'A' : '');
+    // RFC 3848: ESMTPS with TLS, ESMTPA / ESMTPSA after AUTH; RFC 6531 3.7.3: UTF8SMTP, UTF8SMTPS,
+    // UTF8SMTPA, UTF8SMTPSA for SMTPUTF8 (which needs EHLO, so it implies ESMTP).
+    const protocol = (tx.params.SMTPUTF8 ? 'UTF8SMTP' : this.info.esmtp ? 'ESMTP' : 'SMTP') + (this.info.tls ? 'S' : '') + (this.info.authUser !== undefined && this.info.esmtp ? 'A' : '');
     const received = receivedHeader({
       helo: this.info.helo,
       ip: this.info.remoteIp,
@@ -502,6 +545,7 @@ export class Session {
       date: new Date(),
     });
     this.writer = this.deps.spool.begin(id, Buffer.from(received));
+    tx.headerScan?.feed([Buffer.from(received)]); // a UTF-8 HELO name makes our own header UTF-8
     this.decoder = new DataDecoder({
       normalize: this.config.smtp.bare_lf === 'normalize',
       maxLineLength: this.config.limits.max_line_length,
@@ -520,7 +564,10 @@ export class Session {
     const end = decoder.feed(this.buf);
     const decoded = decoder.take();
     let wait: Promise<void> | undefined;
-    if (!decoder.failed && decoded.length > 0) wait = writer.add(decoded);
+    if (!decoder.failed && decoded.length > 0) {
+      wait = writer.add(decoded);
+      if (this.tx?.headerScan && !this.tx.headerScan.done) this.tx.headerScan.feed(decoded);
+    }
     if (end === -1) {
       this.buf = Buffer.alloc(0);
       return wait;
@@ -563,7 +610,11 @@ export class Session {
       receivedAt: Date.now(),
       client: { ip: this.info.remoteIp, helo: this.info.helo, tls: this.info.tls },
       eightBit: typeof tx.params.BODY === 'string' && tx.params.BODY.toUpperCase() === '8BITMIME' ? true : undefined,
-      smtputf8: tx.params.SMTPUTF8 === true ? true : undefined,
+      // Only a UTF-8 address or header needs SMTPUTF8 downstream (RFC 6531 3.2); an all-ASCII
+      // message that merely declared it goes to a downstream without SMTPUTF8 as it is.
+      smtputf8: tx.params.SMTPUTF8 === true && (tx.mailFrom.utf8 || tx.rcpts.some((r) => r.utf8) || tx.headerScan?.eightBit === true) ? true : undefined,
+      dsn: messageDsnOf(tx.params),
+      rcptDsn: tx.rcptDsn,
       addHeaders: [...tx.headers, ...result.headers].length > 0 ? [...tx.headers, ...result.headers] : undefined,
       score: tx.score + result.score || undefined,
     };
@@ -644,28 +695,53 @@ export class Session {
       this.sasl = step.state;
       return this.reply(`334 ${step.text}`);
     }
+    // Count the attempt before checking it (issue 9 item 12): parallel connections from one IP
+    // each see the others' attempts, so no more than auth.max_failures passwords are ever tried.
+    // The count is taken back when the password was right or was not checked at all.
+    const store = this.deps.store;
+    let attempts: number;
+    try {
+      attempts = (await store?.counterIncr(this.authKey(), this.config.auth.failure_window)) ?? 1;
+    } catch {
+      return this.error('454 4.7.0 Temporary authentication failure');
+    }
+    const forgive = async (): Promise<void> => {
+      await store?.counterDecr(this.authKey()).catch(() => undefined);
+    };
+    if (attempts > this.config.auth.max_failures) {
+      await forgive();
+      const failures = attempts - 1;
+      this.log.info({ check: 'auth', failures, setting: 'auth.max_failures' }, 'AUTH refused: too many failures');
+      await this.hold({ delayMs: this.authDelay(failures) });
+      return this.error('454 4.7.0 Too many failed authentication attempts, try again later');
+    }
     const authenticator = this.deps.authenticator as Authenticator;
     let ok: boolean;
     try {
       ok = await authenticator.verify(step.user, step.password, { ip: this.info.remoteIp, localIp: this.info.localIp, secured: this.authSecured() });
     } catch (err) {
-      this.log.warn({ check: 'auth', err: (err as Error).message }, 'AUTH backend unavailable');
-      return this.error('454 4.7.0 Temporary authentication failure');
+      if (err instanceof HashRefusedError) {
+        this.log.warn({ check: 'auth', user: err.user, err: err.message }, 'password hash refused');
+        ok = false;
+      } else {
+        await forgive();
+        if (err instanceof AuthBusyError) {
+          this.log.warn({ check: 'auth', running: err.limit, setting: 'auth.max_concurrent_checks' }, 'AUTH refused: too many password checks at once');
+        } else {
+          this.log.warn({ check: 'auth', err: (err as Error).message }, 'AUTH backend unavailable');
+        }
+        return this.error('454 4.7.0 Temporary authentication failure');
+      }
     }
     if (ok) {
+      await forgive();
       this.info.authUser = step.user;
       this.log.info({ check: 'auth', user: step.user }, 'authenticated');
       return this.reply('235 2.7.0 Authentication successful');
     }
     // The same answer for an unknown user and a wrong password, a little later each time.
-    let failures = 1;
-    try {
-      failures = (await this.deps.store?.counterIncr(this.authKey(), this.config.auth.failure_window)) ?? 1;
-    } catch {
-      // counting is best effort; the answer stays the same
-    }
-    this.log.info({ check: 'auth', failures }, 'authentication failed');
-    await this.hold({ delayMs: this.authDelay(failures) });
+    this.log.info({ check: 'auth', failures: attempts }, 'authentication failed');
+    await this.hold({ delayMs: this.authDelay(attempts) });
     return this.error('535 5.7.8 Authentication credentials invalid');
   }
 
@@ -745,11 +821,71 @@ export class Session {
   private close(): void {
     if (this.mode === 'closed') return;
     this.mode = 'closed';
+    this.clearDeadline();
+    this.ended();
     this.flush();
     this.socket.end();
     // A client that never closes its side is cut off.
     this.closeTimer = setTimeout(() => this.socket.destroy(), 5000);
     this.closeTimer.unref();
+  }
+
+  private ended(): void {
+    const f = this.onEnded;
+    this.onEnded = undefined;
+    f?.();
+  }
+
+  // --- deadlines (issue 9) ---------------------------------------------------------------
+  // The socket's idle timeout (limits.command_timeout, data_timeout) restarts with every octet;
+  // a deadline does not: a client has limits.command_deadline from our reply to the end of its
+  // next command line, and limits.data_deadline from 354 to the final dot (plus what
+  // limits.data_min_rate allows for the octets it sent), the stress_* ones in stress mode.
+  // Time the server itself spends on a command is not counted.
+
+  /** Starts the deadline of what we now wait for, unless it is already running. */
+  private armDeadline(): void {
+    const mode = this.mode;
+    if (mode !== 'command' && mode !== 'data') return this.clearDeadline();
+    if (this.pumping || this.deadline?.mode === mode) return;
+    this.clearDeadline();
+    if (mode === 'data') this.dataOctets = 0;
+    this.deadline = { mode, since: Date.now(), timer: undefined };
+    this.recheckDeadline();
+  }
+
+  private clearDeadline(): void {
+    if (this.deadline?.timer) clearTimeout(this.deadline.timer);
+    this.deadline = undefined;
+  }
+
+  /** The running deadline against the limits in force now (the server calls it when stress mode begins). */
+  recheckDeadline(): void {
+    const d = this.deadline;
+    if (!d) return;
+    if (d.timer) clearTimeout(d.timer);
+    const limits = this.config.limits;
+    const stressed = this.deps.stressed?.() === true;
+    let limit: number;
+    if (d.mode === 'command') limit = stressed ? limits.stress_command_deadline : limits.command_deadline;
+    else {
+      limit = stressed ? limits.stress_data_deadline : limits.data_deadline;
+      if (limits.data_min_rate > 0) limit += Math.floor((this.dataOctets * 1000) / limits.data_min_rate);
+    }
+    const left = d.since + limit - Date.now();
+    if (left <= 0) return this.deadlineExceeded(stressed);
+    d.timer = setTimeout(() => this.recheckDeadline(), left);
+    d.timer.unref();
+  }
+
+  private deadlineExceeded(stressed: boolean): void {
+    const d = this.deadline;
+    this.clearDeadline();
+    if (!d || this.closed) return;
+    const setting = `limits.${stressed ? 'stress_' : ''}${d.mode}_deadline`;
+    this.log.info({ mode: d.mode, check: 'deadline', setting, seconds: Math.round((Date.now() - d.since) / 1000), octets: d.mode === 'data' ? this.dataOctets : undefined }, 'deadline exceeded');
+    this.reply(`421 4.4.2 ${this.config.hostname} Error: timeout exceeded`);
+    this.close();
   }
 
   private readonly onTimeout = (): void => {
@@ -764,6 +900,8 @@ export class Session {
 
   private readonly onClose = (): void => {
     if (this.closeTimer) clearTimeout(this.closeTimer);
+    this.clearDeadline();
+    this.ended();
     this.mode = 'closed';
     this.dropMessage();
     this.log.info({ lostData: this.lostData || undefined }, 'disconnect');

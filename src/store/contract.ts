@@ -64,6 +64,22 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
     assert.equal(await s.counterGet('auth:192.0.2.7'), 0);
   });
 
+  withStore('counterDecr takes one back within the window, never below 0, and keeps the window', async (s) => {
+    await s.counterDecr('auth:gone');
+    assert.equal(await s.counterGet('auth:gone'), 0, 'no counter: nothing to take back');
+    assert.equal(await s.counterIncr('auth:gone', 300), 1, 'and no negative count was left behind');
+    await s.counterIncr('auth:d', 400);
+    await s.counterIncr('auth:d', 400);
+    await s.counterDecr('auth:d');
+    assert.equal(await s.counterGet('auth:d'), 1);
+    await s.counterDecr('auth:d');
+    await s.counterDecr('auth:d');
+    assert.equal(await s.counterGet('auth:d'), 0);
+    assert.equal(await s.counterIncr('auth:d', 400), 1, 'counts on from 0');
+    await sleep(450); // the window started at the first increment
+    assert.equal(await s.counterGet('auth:d'), 0);
+  });
+
   withStore('the window is fixed from the first hit, not extended by later ones', async (s) => {
     await s.counterIncr('rate:x', 400);
     await sleep(250);

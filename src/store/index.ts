@@ -1,7 +1,6 @@
 // Opens the Store the config names.
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../util/log.ts';
-import { RedisStore } from './redis.ts';
 import { SqliteStore } from './sqlite.ts';
 import type { Store } from './store.ts';
 
@@ -10,6 +9,8 @@ export { StoreUnavailable } from './store.ts';
 
 export async function openStore(config: Config, log?: Logger): Promise<Store> {
   const s = config.store;
-  if (s.backend === 'redis') return RedisStore.open(s.redis_url, s.redis_prefix, log);
+  // The Redis client (~100 ms to load) only when the config asks for it: `mxguard stdio` opens
+  // the store once per connection.
+  if (s.backend === 'redis') return (await import('./redis.ts')).RedisStore.open(s.redis_url, s.redis_prefix, log);
   return new SqliteStore(s.path ?? `${config.data_dir}/state.db`);
 }

@@ -135,6 +135,10 @@ export class RedisStore implements Store {
     await this.cmd(['DEL', this.counterKey(key)]);
   }
 
+  async counterDecr(key: string): Promise<void> {
+    await this.cmd(['EVAL', DECR_LIVE, '1', this.counterKey(key)]);
+  }
+
   async cacheSet(key: string, value: string, ttlMs: number): Promise<void> {
     await this.cmd(['SET', this.cacheKey(key), value, 'PX', String(Math.max(1, Math.round(ttlMs)))]);
   }
@@ -158,4 +162,6 @@ export class RedisStore implements Store {
 }
 
 // One round trip, atomic: INCR then PEXPIRE when the key has no TTL (works on Redis 6 and 7).
+// DECR keeps the key's TTL; a key that is gone (its window over) or at 0 is left alone.
+const DECR_LIVE = "local v = tonumber(redis.call('GET', KEYS[1])) if v and v > 0 then redis.call('DECR', KEYS[1]) end return 0";
 const INCR_WITH_WINDOW = "local v = redis.call('INCR', KEYS[1]) if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end return {v}";

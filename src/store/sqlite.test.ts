@@ -1,4 +1,6 @@
-import { after } from 'node:test';
+import { after, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -9,3 +11,39 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-sqlite-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 let n = 0;
 storeContract('sqlite', async () => new SqliteStore(path.join(dir, `state-${++n}.db`)));
+
+// Issue 9 item 16: several processes (mxguard stdio, one per connection) opening the same fresh
+// state.db at once. Switching a new file to WAL needs its lock; without a busy timeout already in
+// force, the losers failed at once with "database is locked" and their client got no banner.
+test('several processes opening one fresh state.db at once all succeed', { timeout: 120_000 }, async () => {
+  const SQLITE = path.resolve(import.meta.dirname, 'sqlite.ts');
+  const child = `
+    import { SqliteStore } from ${JSON.stringify(SQLITE)};
+    const [file, at] = process.argv.slice(1);
+    while (Date.now() < Number(at)) {}
+    try {
+      const s = new SqliteStore(file);
+      await s.counterIncr('opens', 60_000);
+      await s.close();
+      console.log('ok');
+    } catch (err) {
+      console.log('failed: ' + err.message);
+    }`;
+  const ROUNDS = 6;
+  const PROCS = 6;
+  const failures: string[] = [];
+  for (let round = 0; round < ROUNDS; round++) {
+    const file = path.join(dir, `fresh-${round}`, 'state.db');
+    const at = Date.now() + 1500; // every child has loaded by then, and they open together
+    const outs = await Promise.all(
+      Array.from({ length: PROCS }, () => new Promise<string>((resolve) => {
+        execFile(process.execPath, ['--input-type=module', '-e', child, file, String(at)], { timeout: 60_000 }, (err, stdout, stderr) => resolve(err ? `exit: ${err.message} ${stderr}` : stdout.trim()));
+      })),
+    );
+    failures.push(...outs.filter((o) => o !== 'ok'));
+    const db = new SqliteStore(file);
+    assert.equal(await db.counterGet('opens'), PROCS - outs.filter((o) => o !== 'ok').length);
+    await db.close();
+  }
+  assert.deepEqual(failures, [], `${failures.length} of ${ROUNDS * PROCS} opens failed`);
+});

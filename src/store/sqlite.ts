@@ -7,6 +7,49 @@ import path from 'node:path';
 import type { Relayer, Store } from './store.ts';
 
 const SWEEP_EVERY_MS = 60_000;
+/** How long a statement waits for another process's lock (SQLite's busy_timeout). */
+const BUSY_TIMEOUT_MS = 5000;
+/** Opening tries again this long when SQLite still says "database is locked" (SQLITE_BUSY). */
+const OPEN_RETRY_MS = 5000;
+
+const SCHEMA = `
+  PRAGMA synchronous = NORMAL;
+  CREATE TABLE IF NOT EXISTS relayers (ip TEXT PRIMARY KEY, at INTEGER NOT NULL, expires INTEGER NOT NULL);
+  CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires INTEGER NOT NULL);
+  CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires INTEGER NOT NULL);
+`;
+
+/**
+ * Opens the file with the busy timeout in force before anything takes a lock: several processes
+ * (mxguard stdio, one per connection) may open a fresh file at once, and switching it to WAL
+ * needs an exclusive lock. Some lock transitions return SQLITE_BUSY without waiting (a deadlock
+ * SQLite breaks by failing one side), so the whole opening is tried again, with a short random
+ * sleep, until OPEN_RETRY_MS have passed. The constructor is synchronous: so is the sleep.
+ */
+function openDatabase(file: string): DatabaseSync {
+  const deadline = Date.now() + OPEN_RETRY_MS;
+  for (;;) {
+    let db: DatabaseSync | undefined;
+    try {
+      db = new DatabaseSync(file, { timeout: BUSY_TIMEOUT_MS });
+      // WAL: readers never wait for the writer; NORMAL: durable across a crash of this process
+      // (state here is soft: losing the last second of it after a power cut is harmless).
+      db.exec('PRAGMA journal_mode = WAL');
+      db.exec(SCHEMA);
+      return db;
+    } catch (err) {
+      db?.close();
+      if (!isBusy(err) || Date.now() >= deadline) throw err;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10 + Math.floor(Math.random() * 40));
+    }
+  }
+}
+
+function isBusy(err: unknown): boolean {
+  const e = err as { errcode?: number; message?: string };
+  // SQLITE_BUSY (5) and SQLITE_LOCKED (6), with their extended codes.
+  return ((e.errcode ?? 0) & 0xff) === 5 || ((e.errcode ?? 0) & 0xff) === 6 || /database (table )?is locked/.test(e.message ?? '');
+}
 
 export class SqliteStore implements Store {
   readonly kind = 'sqlite';
@@ -16,17 +59,7 @@ export class SqliteStore implements Store {
 
   constructor(file: string) {
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    this.db = new DatabaseSync(file);
-    // WAL: readers never wait for the writer; NORMAL: durable across a crash of this process
-    // (state here is soft: losing the last second of it after a power cut is harmless).
-    this.db.exec(`
-      PRAGMA journal_mode = WAL;
-      PRAGMA synchronous = NORMAL;
-      PRAGMA busy_timeout = 5000;
-      CREATE TABLE IF NOT EXISTS relayers (ip TEXT PRIMARY KEY, at INTEGER NOT NULL, expires INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires INTEGER NOT NULL);
-      CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires INTEGER NOT NULL);
-    `);
+    this.db = openDatabase(file);
     this.stmt = {
       relayerAdd: this.db.prepare('INSERT INTO relayers (ip, at, expires) VALUES (?, ?, ?) ON CONFLICT (ip) DO UPDATE SET at = excluded.at, expires = excluded.expires'),
       relayerGet: this.db.prepare('SELECT at FROM relayers WHERE ip = ? AND expires > ?'),
@@ -42,6 +75,7 @@ export class SqliteStore implements Store {
       ),
       counterGet: this.db.prepare('SELECT value FROM counters WHERE key = ? AND expires > ?'),
       counterReset: this.db.prepare('DELETE FROM counters WHERE key = ?'),
+      counterDecr: this.db.prepare('UPDATE counters SET value = value - 1 WHERE key = ? AND expires > ? AND value > 0'),
       cacheSet: this.db.prepare('INSERT INTO cache (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires'),
       cacheGet: this.db.prepare('SELECT value FROM cache WHERE key = ? AND expires > ?'),
       cacheDelete: this.db.prepare('DELETE FROM cache WHERE key = ? AND expires > ?'),
@@ -102,6 +136,10 @@ export class SqliteStore implements Store {
 
   async counterReset(key: string): Promise<void> {
     this.s('counterReset').run(key);
+  }
+
+  async counterDecr(key: string): Promise<void> {
+    this.s('counterDecr').run(key, Date.now());
   }
 
   async cacheSet(key: string, value: string, ttlMs: number): Promise<void> {

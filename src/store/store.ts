@@ -33,6 +33,8 @@ export interface Store {
   counterIncr(key: string, windowMs: number): Promise<number>;
   /** The counter's value, 0 when absent or expired. */
   counterGet(key: string): Promise<number>;
+  /** Takes one back from a live counter (never below 0, its window unchanged): an attempt counted ahead and then forgiven. */
+  counterDecr(key: string): Promise<void>;
   counterReset(key: string): Promise<void>;
 
   /**

@@ -17,9 +17,82 @@ export function cidrError(entry: string): string | undefined {
   return undefined;
 }
 
+/**
+ * For a configured network: an error message when `entry` has bits set past its prefix
+ * (10.1.2.3/8: did the administrator mean 10.0.0.0/8 or the one address?), else undefined.
+ * Assumes cidrError(entry) is undefined.
+ */
+export function cidrHostBitsError(entry: string): string | undefined {
+  const slash = entry.indexOf('/');
+  if (slash === -1) return undefined;
+  const addr = entry.slice(0, slash);
+  const bits = Number(entry.slice(slash + 1));
+  const v4 = net.isIPv4(addr);
+  const width = v4 ? 32 : 128;
+  const value = v4 ? ipv4Value(addr) : ipv6Value(addr);
+  if (value === undefined) return undefined;
+  const hostMask = (1n << BigInt(width - bits)) - 1n;
+  if ((value & hostMask) === 0n) return undefined;
+  const network = `${v4 ? ipv4Text(value & ~hostMask) : new net.SocketAddress({ address: ipv6Text(value & ~hostMask), family: 'ipv6' }).address}/${bits}`;
+  return `"${entry}" has host bits set past the /${bits} prefix: write the network ${network}, or the single address ${v4 ? addr : addr.toLowerCase()}`;
+}
+
+/** Does the list let in every address of a family (0.0.0.0/0, ::/0, ::ffff:0:0/96 …)? The family's name, or undefined. */
+export function coversEverything(entry: string): string | undefined {
+  if (cidrError(entry)) return undefined;
+  const one = new AddressList([entry]);
+  const v4 = one.has('0.0.0.0') && one.has('255.255.255.255');
+  const v6 = one.has('::') && one.has('ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff');
+  return v4 && v6 ? 'every address' : v4 ? 'every IPv4 address' : v6 ? 'every IPv6 address' : undefined;
+}
+
+function ipv4Value(addr: string): bigint {
+  return addr.split('.').reduce((acc, o) => (acc << 8n) | BigInt(Number(o)), 0n);
+}
+
+function ipv4Text(v: bigint): string {
+  return [24n, 16n, 8n, 0n].map((s) => String((v >> s) & 255n)).join('.');
+}
+
+function ipv6Value(addr: string): bigint | undefined {
+  let text = addr;
+  // A dotted IPv4 tail (::ffff:1.2.3.4) as two groups.
+  const tail = /(\d+\.\d+\.\d+\.\d+)$/.exec(text);
+  if (tail) {
+    const v = ipv4Value(tail[1] as string);
+    text = `${text.slice(0, tail.index)}${(v >> 16n).toString(16)}:${(v & 0xffffn).toString(16)}`;
+  }
+  const [head = '', rest] = text.split('::');
+  const left = head === '' ? [] : head.split(':');
+  const right = rest === undefined || rest === '' ? [] : rest.split(':');
+  const groups = rest === undefined ? left : [...left, ...Array<string>(8 - left.length - right.length).fill('0'), ...right];
+  if (groups.length !== 8) return undefined;
+  return groups.reduce((acc, g) => (acc << 16n) | BigInt(parseInt(g, 16)), 0n);
+}
+
+function ipv6Text(v: bigint): string {
+  return Array.from({ length: 8 }, (_, i) => ((v >> BigInt((7 - i) * 16)) & 0xffffn).toString(16)).join(':');
+}
+
 /** Normalises an IPv4-mapped IPv6 address (::ffff:1.2.3.4) to plain IPv4. */
 export function plainIp(ip: string): string {
   return ip.startsWith('::ffff:') && net.isIPv4(ip.slice(7)) ? ip.slice(7) : ip;
+}
+
+/**
+ * An address as the SMTP side names a client: IPv4 as is, IPv6 in its canonical form, IPv4-mapped
+ * IPv6 in any spelling (::FFFF:192.0.2.1, 0:0:0:0:0:ffff:c000:201) as plain IPv4; undefined when
+ * `raw` is not an IP address (zone IDs included).
+ */
+export function canonicalIp(raw: string): string | undefined {
+  const family = net.isIP(raw);
+  if (family === 4) return raw;
+  if (family !== 6 || raw.includes('%')) return undefined;
+  try {
+    return plainIp(new net.SocketAddress({ address: raw, family: 'ipv6' }).address);
+  } catch {
+    return undefined;
+  }
 }
 
 export class AddressList {

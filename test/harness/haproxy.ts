@@ -20,6 +20,8 @@ export interface HaproxyOptions {
   readonly backend: { host: string; port: number };
   /** `send-proxy` (text, v1) or `send-proxy-v2` (binary). */
   readonly sendProxy: 'v1' | 'v2';
+  /** HAProxy's SMTP health check (`option smtpchk`, every 300 ms), with the PROXY header too. */
+  readonly healthCheck?: boolean;
 }
 
 export interface HaproxyPeer {
@@ -58,7 +60,8 @@ function haproxyConfig(opts: HaproxyOptions, port: number, monitorPort: number):
     '  default_backend mx',
     '',
     'backend mx',
-    `  server mx ${server} ${opts.sendProxy === 'v2' ? 'send-proxy-v2' : 'send-proxy'}`,
+    ...(opts.healthCheck ? ['  option smtpchk EHLO haproxy.test'] : []),
+    `  server mx ${server} ${opts.sendProxy === 'v2' ? 'send-proxy-v2' : 'send-proxy'}${opts.healthCheck ? ' check inter 300ms check-send-proxy' : ''}`,
     '',
   ].join('\n');
 }

@@ -598,3 +598,21 @@ export async function startDovecotAuth(users: Readonly<Record<string, string>>):
     return { name: 'dovecot-auth', port, pid, socket: path.join(dir, 'run', 'auth-client'), log: () => readTail(logFile, 1_000_000), stop };
   });
 }
+
+/**
+ * A Dovecot LMTP and a private Postfix (for `postfixDomains`), started together; if either
+ * fails, the other is stopped and the failure thrown. `stop` stops both.
+ */
+export async function startDovecotAndPostfix(postfixDomains: readonly string[]): Promise<{ dovecot: MailStorePeer; postfix: MailStorePeer; stop: () => Promise<void> }> {
+  const started = await Promise.allSettled([startDovecotLmtp(), startPostfix({ domains: postfixDomains })]);
+  const running = started.flatMap((r) => (r.status === 'fulfilled' ? [r.value] : []));
+  const stop = async (): Promise<void> => {
+    for (const p of running.reverse()) await p.stop();
+  };
+  const failed = started.find((r) => r.status === 'rejected');
+  if (failed) {
+    await stop();
+    throw failed.reason;
+  }
+  return { dovecot: running[0] as MailStorePeer, postfix: running[1] as MailStorePeer, stop };
+}

@@ -1,12 +1,13 @@
 // DMail's ban lists (settings under ban:): ban.ip refuses clients (at connect; with
 // smtp.delay_reject the answer comes at RCPT), ban.mailfrom and ban.rcptto refuse addresses by
 // shell-style pattern (`*@aol.com`), ban.mailfrom_regex by regular expression (qmail's qregex /
-// badmailfrom). Each honours ban.action: reject, tempfail or score.
+// badmailfrom, on the linear-time engine of util/regex.ts). Each honours ban.action: reject, tempfail or score.
 import type { Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
 import { findingVerdict, type ActionSetting } from '../action.ts';
 import { AddressList } from '../../util/cidr.ts';
 import { PatternList } from '../../util/pattern.ts';
+import { linearRegex } from '../../util/regex.ts';
 
 export function banIpCheck(ips: readonly string[], spec: ActionSetting): Check<'connect'> {
   const banned = new AddressList(ips);
@@ -19,7 +20,7 @@ export function banIpCheck(ips: readonly string[], spec: ActionSetting): Check<'
 
 export function banMailFromCheck(patterns: readonly string[], regexes: readonly string[], spec: ActionSetting): Check<'mail'> {
   const globs = new PatternList(patterns);
-  const res = regexes.map((r) => new RegExp(r, 'i'));
+  const res = regexes.map((r) => linearRegex(r, { ignoreCase: true }));
   return {
     name: 'ban_mailfrom',
     phase: 'mail',

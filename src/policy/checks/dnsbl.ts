@@ -237,6 +237,7 @@ export function dnsblCheck(config: DnsblSettings, dns: DnsResolver): Check<'conn
   return {
     name: c.check,
     phase: 'connect',
+    concurrent: true,
     async run(ctx) {
       const ip = ctx.session.remoteIp;
       if (c.zones.length === 0 || net.isIP(ip) === 0 || vouchedFor(ctx.session)) return CONTINUE;
@@ -262,6 +263,7 @@ export function rhsblSenderCheck(config: DnsblSettings, dns: DnsResolver): Check
   return {
     name: c.check,
     phase: 'mail',
+    concurrent: true,
     async run(ctx) {
       if (c.zones.length === 0 || ctx.mailFrom.address === '' || ctx.session.authUser !== undefined || vouchedFor(ctx.session)) return CONTINUE;
       const domain = rhsblName(ctx.mailFrom.domain);
@@ -278,6 +280,7 @@ export function rhsblHeloCheck(config: DnsblSettings, dns: DnsResolver): Check<'
   return {
     name: c.check,
     phase: 'helo',
+    concurrent: true,
     async run(ctx) {
       if (c.zones.length === 0 || vouchedFor(ctx.session)) return CONTINUE;
       const name = rhsblName(ctx.helo);

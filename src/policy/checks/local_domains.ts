@@ -2,13 +2,15 @@
 // a later check). A bare <postmaster> (RFC 5321 4.5.1) is always ours.
 import type { Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
+import { asciiDomain } from '../../util/idna.ts';
 
+/** `localDomains` in ASCII form (asciiDomain); `domain` in either form: IDNs compare after IDNA mapping. */
 export function isLocalDomain(domain: string, localDomains: ReadonlySet<string>): boolean {
-  return domain === '' || localDomains.has(domain);
+  return domain === '' || localDomains.has(asciiDomain(domain));
 }
 
 export function localDomainsCheck(domains: readonly string[]): Check<'rcpt'> {
-  const set = new Set(domains.map((d) => d.toLowerCase()));
+  const set = new Set(domains.map(asciiDomain));
   return {
     name: 'local_domains',
     phase: 'rcpt',

@@ -18,6 +18,7 @@ export function rdnsCheck(config: Config, dns: DnsResolver): Check<'connect'> {
   return {
     name: 'rdns',
     phase: 'connect',
+    concurrent: true,
     async run(ctx) {
       const ip = ctx.session.remoteIp;
       if (spec.require === 'off' || trusted.has(ip)) return CONTINUE;

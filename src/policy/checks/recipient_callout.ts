@@ -22,6 +22,7 @@ import type { Logger } from '../../util/log.ts';
 import { createSmtpProber, type ProbeResult, type RecipientProber } from '../../delivery/smtp-client.ts';
 import { CONTINUE, type RefusalVerdict, type Verdict } from '../verdict.ts';
 import { isLocalDomain } from './local_domains.ts';
+import { asciiDomain } from '../../util/idna.ts';
 
 const CHECK = 'recipient_callout';
 const SETTING = 'recipients.callout';
@@ -115,7 +116,7 @@ export function recipientCalloutCheck(config: Config, opts: CalloutOptions = {})
   if (spec === undefined) throw new Error('recipients.callout is not set');
   const target = calloutTarget(config);
   if (target === undefined) throw new Error('recipients.callout needs a target: deliver is not smtp:// or lmtp://');
-  const local = new Set(config.local_domains.map((d) => d.toLowerCase()));
+  const local = new Set(config.local_domains.map(asciiDomain));
   const { store, log } = opts;
   const prober =
     opts.prober ??

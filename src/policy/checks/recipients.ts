@@ -7,6 +7,8 @@ import fs from 'node:fs';
 import type { Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
 import { isLocalDomain } from './local_domains.ts';
+import { asciiDomain } from '../../util/idna.ts';
+import { parseMailbox } from '../../smtp/command.ts';
 
 export class RecipientList {
   readonly file: string;
@@ -28,24 +30,31 @@ export class RecipientList {
     for (const raw of fs.readFileSync(this.file, 'utf8').split('\n')) {
       const line = raw.replace(/#.*/, '').trim().toLowerCase();
       if (line === '') continue;
-      if (line.startsWith('@')) domains.add(line.slice(1));
-      else addresses.add(line);
+      if (line.startsWith('@')) domains.add(asciiDomain(line.slice(1)));
+      else addresses.add(canonical(line));
     }
     this.addresses = addresses;
     this.domains = domains;
     this.stamp = stamp;
   }
 
-  /** Local parts compare case-insensitively, as every real mail store does. */
+  /** Local parts compare case-insensitively, as every real mail store does; domains in ASCII form. */
   has(address: string, domain: string): boolean {
     this.refresh();
-    return this.addresses.has(address.toLowerCase()) || this.domains.has(domain);
+    return this.addresses.has(canonical(address)) || this.domains.has(asciiDomain(domain));
   }
+}
+
+/** local@domain lower-cased, with the domain in ASCII form and "alice" written alice (parseMailbox). */
+function canonical(address: string): string {
+  const parsed = parseMailbox(address);
+  if (typeof parsed === 'string') return address.toLowerCase();
+  return `${parsed.local.toLowerCase()}@${asciiDomain(parsed.domain)}`;
 }
 
 export function recipientsCheck(file: string, localDomains: readonly string[]): Check<'rcpt'> {
   const list = new RecipientList(file);
-  const local = new Set(localDomains.map((d) => d.toLowerCase()));
+  const local = new Set(localDomains.map(asciiDomain));
   return {
     name: 'recipients',
     phase: 'rcpt',

@@ -11,13 +11,14 @@
 import type { Check } from '../check.ts';
 import { reject } from '../verdict.ts';
 import { AddressList } from '../../util/cidr.ts';
+import { DomainSet } from '../../util/idna.ts';
 import type { Config } from '../../config/schema.ts';
 import type { Store } from '../../store/store.ts';
 
 export function relayCheck(relay: Config['relay'], store: Store | undefined, failOpen = false): Check<'rcpt'> {
   const allowedIps = new AddressList(relay.forward_from_ip);
-  const relayTo = new Set(relay.relay_to);
-  const forwardFrom = new Set(relay.forward_from);
+  const relayTo = new DomainSet(relay.relay_to);
+  const forwardFrom = new DomainSet(relay.forward_from);
   const windowS = relay.forward_window / 1000;
   return {
     name: 'relay',

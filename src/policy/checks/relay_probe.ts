@@ -17,6 +17,7 @@ import type { Check } from '../check.ts';
 import type { RcptContext } from '../context.ts';
 import { CONTINUE, reject } from '../verdict.ts';
 import { plainIp } from '../../util/cidr.ts';
+import { asciiDomain } from '../../util/idna.ts';
 
 /** What the check reads of an address; src/smtp/command.ts's Address fits. */
 export interface ProbeAddress {
@@ -87,7 +88,7 @@ function isOurLiteral(domain: string, ours: ReadonlySet<string>): boolean {
   return c !== undefined && ours.has(c);
 }
 
-const normHost = (h: string) => h.toLowerCase().replace(/\.$/, '');
+const normHost = (h: string) => asciiDomain(h).replace(/\.$/, '');
 
 /** The hosts named inside a local part with routing characters. */
 function routedHosts(text: string): string[] {

@@ -16,6 +16,7 @@ export function senderDomainCheck(config: Config, dns: DnsResolver): Check<'mail
   return {
     name: 'sender_domain',
     phase: 'mail',
+    concurrent: true,
     async run(ctx) {
       const { address, domain } = ctx.mailFrom;
       if (address === '' || domain.startsWith('[') || trusted.has(ctx.session.remoteIp)) return CONTINUE;

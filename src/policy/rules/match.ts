@@ -5,6 +5,7 @@
 import net from 'node:net';
 import { plainIp } from '../../util/cidr.ts';
 import type { AddressItem, HostMatch, IdentMatch, IpMatch, NameServerMatch, Rule, RuleAction, RuleList, SourceItem } from './parse.ts';
+import { globMatches } from '../../util/pattern.ts';
 
 export interface RuleInput {
   /** The client's address (IPv4-mapped IPv6 is treated as IPv4). */
@@ -61,26 +62,7 @@ export interface RulesNeeds {
 
 /** smtpd's match_case_pattern: `*` matches any run of characters, the rest literally, ignoring case. */
 export function globMatch(pattern: string, text: string): boolean {
-  const p = pattern.toLowerCase();
-  const s = text.toLowerCase();
-  let pi = 0;
-  let si = 0;
-  let star = -1;
-  let mark = 0;
-  while (si < s.length) {
-    if (pi < p.length && p[pi] === '*') {
-      star = pi++;
-      mark = si;
-    } else if (pi < p.length && p[pi] === s[si]) {
-      pi++;
-      si++;
-    } else if (star !== -1) {
-      pi = star + 1;
-      si = ++mark;
-    } else return false;
-  }
-  while (pi < p.length && p[pi] === '*') pi++;
-  return pi === p.length;
+  return globMatches(pattern, text, true);
 }
 
 /** The first rule that matches `input`, or undefined when none does. */
