@@ -9,15 +9,42 @@
 import net from 'node:net';
 import tls from 'node:tls';
 import fs from 'node:fs';
+import crypto from 'node:crypto';
 import { Session, socketConnection, type Connection, type SessionDeps } from './session.ts';
 import { parseProxyHeader } from './proxy-protocol.ts';
 import { parseHostPort, type Config } from '../config/schema.ts';
 import { addressListOf, plainIp } from '../util/cidr.ts';
 import type { Logger } from '../util/log.ts';
 
+/**
+ * TLS 1.2 ciphers, best first: Mozilla's "intermediate" profile (forward secrecy, AEAD only; no
+ * static-RSA key exchange, no CBC). TLS 1.3 suites are OpenSSL's defaults, all of them AEAD.
+ */
+export const TLS12_CIPHERS = [
+  'ECDHE-ECDSA-AES128-GCM-SHA256',
+  'ECDHE-RSA-AES128-GCM-SHA256',
+  'ECDHE-ECDSA-AES256-GCM-SHA384',
+  'ECDHE-RSA-AES256-GCM-SHA384',
+  'ECDHE-ECDSA-CHACHA20-POLY1305',
+  'ECDHE-RSA-CHACHA20-POLY1305',
+  'DHE-RSA-AES128-GCM-SHA256',
+  'DHE-RSA-AES256-GCM-SHA384',
+  'DHE-RSA-CHACHA20-POLY1305',
+].join(':');
+
 export function loadTlsContext(config: Config): tls.SecureContext | undefined {
   if (!config.tls) return undefined;
-  return tls.createSecureContext({ cert: fs.readFileSync(config.tls.cert), key: fs.readFileSync(config.tls.key), minVersion: 'TLSv1.2' });
+  return tls.createSecureContext({
+    cert: fs.readFileSync(config.tls.cert),
+    key: fs.readFileSync(config.tls.key),
+    // TLS 1.2 is the floor: many MTAs still stop there (RFC 8996 retired 1.0 and 1.1).
+    minVersion: 'TLSv1.2',
+    ciphers: TLS12_CIPHERS,
+    honorCipherOrder: true,
+    // Renegotiation is refused outright (Node would allow a few per 10 minutes): it only ever
+    // served client-certificate tricks and CPU exhaustion attacks.
+    secureOptions: crypto.constants.SSL_OP_NO_RENEGOTIATION,
+  });
 }
 
 export class SmtpServer {
