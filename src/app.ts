@@ -8,7 +8,7 @@ import type { SessionDeps } from './smtp/session.ts';
 import { PolicyEngine } from './policy/engine.ts';
 import { buildChecks } from './policy/index.ts';
 import { Spool } from './queue/spool.ts';
-import { Forwarder } from './delivery/forwarder.ts';
+import { Forwarder } from './queue/forwarder.ts';
 import { createTransport } from './delivery/index.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createAuthenticator, type Authenticator } from './auth/index.ts';

@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
-import { createSmtpTransport, type SmtpTransportOptions } from '../src/delivery/smtp-client.ts';
-import type { MessageBody, OutgoingMessage, RcptResult, Transport } from '../src/delivery/types.ts';
+import { createSmtpTransport, type SmtpTransportOptions } from '../src/smtp-client/client.ts';
+import type { MessageBody, OutgoingMessage, RcptResult, Transport } from '../src/mail/transport.ts';
 import { freePort, maildirFiles, makeTempDir, parseSinkDump, runSwaks, startDovecotLmtp, startPostfix, startSmtpSink, waitUntil, type SmtpSinkPeer } from './harness/peers.ts';
 import { SMUGGLING_SEQUENCES } from './fixtures/smuggling.ts';
 

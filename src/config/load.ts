@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { parseRulesFile, RulesError } from '../policy/rules/parse.ts';
+import { parseRulesFile, RulesError } from './rules-file.ts';
 import { isAlias, isMap, isScalar, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
 import { z } from 'zod';
 import { AddressList } from '../util/cidr.ts';

@@ -1,8 +1,8 @@
 // Picks the transport for the `deliver:` setting.
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../util/log.ts';
-import type { Transport } from './types.ts';
-import { createSmtpTransport } from './smtp-client.ts';
+import type { Transport } from '../mail/transport.ts';
+import { createSmtpTransport } from '../smtp-client/client.ts';
 import { createMaildirTransport } from './maildir.ts';
 
 export function createTransport(config: Config, log: Logger): Transport {

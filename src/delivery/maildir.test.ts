@@ -5,7 +5,7 @@ import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { createMaildirTransport, mailboxName, uniqueName } from './maildir.ts';
-import type { MessageBody, OutgoingMessage } from './types.ts';
+import type { MessageBody, OutgoingMessage } from '../mail/transport.ts';
 
 function bodyOf(raw: Buffer, chunkSize = 7): MessageBody {
   return {

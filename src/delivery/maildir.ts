@@ -7,7 +7,7 @@
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { MessageBody, OutgoingMessage, RcptResult, Transport } from './types.ts';
+import type { MessageBody, OutgoingMessage, RcptResult, Transport } from '../mail/transport.ts';
 
 export interface MaildirTransportOptions {
   /** Base directory; each mailbox is <dir>/<mailbox>/{tmp,new,cur}. */

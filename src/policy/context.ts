@@ -1,5 +1,5 @@
 // What a check may look at, per phase. The SMTP engine fills these in; checks never see sockets.
-import type { Address, PathParams } from '../smtp/command.ts';
+import type { Address, PathParams } from '../mail/address.ts';
 
 export interface SessionInfo {
   /** Session ID for logs. */

@@ -9,7 +9,7 @@ import { relayCheck } from './checks/relay.ts';
 import { tarpitCheck } from './checks/tarpit.ts';
 import { silentLogger } from '../util/log.ts';
 import { configSchema } from '../config/schema.ts';
-import type { Address } from '../smtp/command.ts';
+import type { Address } from '../mail/address.ts';
 
 function session(ip: string, rcptCount = 0): SessionInfo {
   return { sid: 's', remoteIp: ip, remotePort: 1, localIp: '127.0.0.1', localPort: 25, tls: false, esmtp: true, earlyTalker: false, rcptCount };

@@ -14,7 +14,7 @@ import { nullSenderCheck, recipientsCheck } from './checks/recipients.ts';
 import { recipientCalloutCheck } from './checks/recipient_callout.ts';
 import type { Logger } from '../util/log.ts';
 import fs from 'node:fs';
-import { parseRulesFile } from './rules/parse.ts';
+import { parseRulesFile } from '../config/rules-file.ts';
 import { rulesCheck } from './rules/check.ts';
 import { dnsRuleLookups } from './rules/lookups.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
@@ -22,7 +22,7 @@ import { dnsblCheck, rhsblHeloCheck, rhsblSenderCheck } from './checks/dnsbl.ts'
 import { senderDomainCheck } from './checks/sender_domain.ts';
 import { rdnsCheck } from './checks/rdns.ts';
 import { rblsmtpdCheck } from './checks/rblsmtpd.ts';
-import { identLookup } from '../smtp/ident.ts';
+import { identLookup } from './ident.ts';
 import type { SessionInfo } from './context.ts';
 
 export function buildChecks(config: Config, store?: Store, dns?: DnsResolver, log?: Logger): AnyCheck[] {

@@ -7,7 +7,7 @@ import { Journal, listSegments, parseSegment, readSegment, segmentPath, type Jou
 import { prng } from '../../test/harness/prng.ts';
 import type { Logger } from '../util/log.ts';
 import { DamagedSpoolFile, Spool, listQueue, newQueueId, readQueueFile } from './spool.ts';
-import type { Envelope } from './envelope.ts';
+import type { Envelope } from '../mail/envelope.ts';
 import { crc32Of } from './spool-fs.ts';
 
 function tmp(): string {

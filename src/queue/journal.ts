@@ -21,7 +21,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import crypto from 'node:crypto';
 import { SyncGroup } from './sync-group.ts';
-import { isEnvelope, type Envelope } from './envelope.ts';
+import { isEnvelope, type Envelope } from '../mail/envelope.ts';
 import { crc32Of, hex8, spoolFs, writevAllSync } from './spool-fs.ts';
 
 /** Start a new segment past this size. */

@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { Spool, listQueue, newQueueId, readQueueFile } from './spool.ts';
 import { listSegments } from './journal.ts';
-import type { Envelope } from './envelope.ts';
+import type { Envelope } from '../mail/envelope.ts';
 
 function envelope(id: string): Envelope {
   return { id, mailFrom: 'a@b.test', rcpts: ['c@d.test'], receivedAt: Date.now(), client: { ip: '192.0.2.1', tls: false } };

@@ -23,10 +23,20 @@ import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { SyncGroup } from './sync-group.ts';
 import { Journal, listSegments, parseSegment, removeSegment, segmentPath, type JournalRef } from './journal.ts';
-import { isEnvelope, type DeliveryState, type Envelope } from './envelope.ts';
+import { isEnvelope, type Envelope } from '../mail/envelope.ts';
 import { crc32Of, hex8, spoolFs, writevAll, writevAllSync } from './spool-fs.ts';
-import type { MessageBody } from '../delivery/types.ts';
+import type { MessageBody } from '../mail/transport.ts';
 import type { Logger } from '../util/log.ts';
+
+/** Delivery progress, kept beside the spool file; losing it only means an earlier retry. */
+export interface DeliveryState {
+  attempts: number;
+  /** ms since epoch of the next attempt. */
+  nextAt: number;
+  /** Recipients not yet delivered. */
+  rcpts: string[];
+  lastError?: string;
+}
 
 const TRAILER_LEN = 39;
 /** A queue file until it is complete (see the header). */

@@ -1,6 +1,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { badUtf8, parseCommandLine, parseHeloArg, parseMailbox, parseParams, parsePath } from './command.ts';
+import { badUtf8, parseCommandLine, parseHeloArg, parseParams, parsePath } from './command.ts';
+import { parseMailbox } from '../mail/address.ts';
 import { prng } from '../../test/harness/prng.ts';
 
 test('command verbs are case-insensitive; unknown ones are reported', () => {

@@ -1,8 +1,8 @@
 // The DSN parameters of MAIL and RCPT (RFC 3461 4, RFC 6533 3) and the test whether a message
 // needs SMTPUTF8 downstream (RFC 6531 3.2). Pure functions over untrusted input: a result or an
 // error reply, never a throw.
-import type { MessageDsn, NotifyKeyword, RcptDsn } from '../delivery/types.ts';
-import type { PathParams } from './command.ts';
+import type { MessageDsn, NotifyKeyword, RcptDsn } from '../mail/envelope.ts';
+import type { PathParams } from '../mail/address.ts';
 import { utf8AddrDecode, xtextDecode } from '../util/xtext.ts';
 
 /** Printable US-ASCII, which RFC 3461 asks of ENVID and of a non-UTF-8 ORCPT once decoded. */

@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
-import { identLookup, type IdentQuery } from '../../src/smtp/ident.ts';
+import { identLookup, type IdentQuery } from '../../src/policy/ident.ts';
 import { startOidentd, type IdentdPeer } from './identd.ts';
 import { freePort, waitUntil } from './peers.ts';
 import { deadline, killQuietly, whenGone } from './processes.ts';

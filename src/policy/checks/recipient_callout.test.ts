@@ -8,10 +8,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { calloutKey, calloutRefusal, calloutTarget, decodeAnswer, encodeAnswer, probeAnswer, recipientCalloutCheck } from './recipient_callout.ts';
 import { configSchema, type ConfigInput } from '../../config/schema.ts';
-import type { ProbeResult, RecipientProber } from '../../delivery/smtp-client.ts';
+import type { ProbeResult, RecipientProber } from '../../smtp-client/client.ts';
 import type { RcptContext } from '../context.ts';
 import type { Verdict } from '../verdict.ts';
-import { parseMailbox } from '../../smtp/command.ts';
+import { parseMailbox } from '../../mail/address.ts';
 import { SqliteStore } from '../../store/sqlite.ts';
 import type { Store } from '../../store/store.ts';
 

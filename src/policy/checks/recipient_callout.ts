@@ -4,7 +4,7 @@
 // a sender that was most likely forged. For mail stores whose user list mxguard cannot read.
 //
 // - The probe is connect, EHLO/LHLO, MAIL FROM:<callout.sender>, RCPT TO:<rcpt>, QUIT: never
-//   DATA (src/delivery/smtp-client.ts, the forwarder's own protocol code).
+//   DATA (src/smtp-client/client.ts, the forwarder's own protocol code).
 // - Its answer is cached in the Store: a 2xx for positive_ttl, a 5xx for negative_ttl, so mxguard
 //   hosts that share Redis share the answers. Sessions asking about one address at once, in one
 //   process, share one probe.
@@ -19,7 +19,7 @@ import type { Check } from '../check.ts';
 import type { Config } from '../../config/schema.ts';
 import type { Store } from '../../store/store.ts';
 import type { Logger } from '../../util/log.ts';
-import { createSmtpProber, type ProbeResult, type RecipientProber } from '../../delivery/smtp-client.ts';
+import { createSmtpProber, type ProbeResult, type RecipientProber } from '../../smtp-client/client.ts';
 import { CONTINUE, type RefusalVerdict, type Verdict } from '../verdict.ts';
 import { isLocalDomain } from './local_domains.ts';
 import { asciiDomain } from '../../util/idna.ts';

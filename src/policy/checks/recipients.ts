@@ -8,7 +8,7 @@ import type { Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
 import { isLocalDomain } from './local_domains.ts';
 import { asciiDomain } from '../../util/idna.ts';
-import { parseMailbox } from '../../smtp/command.ts';
+import { parseMailbox } from '../../mail/address.ts';
 
 export class RecipientList {
   readonly file: string;

@@ -9,7 +9,8 @@ import type { FinalVerdict } from '../verdict.ts';
 import { findProbe, probeReason, relayProbeCheck, relayRulesAllow, type MayRelay, type ProbeAddress } from './relay_probe.ts';
 import { localDomainsCheck } from './local_domains.ts';
 import { relayCheck } from './relay.ts';
-import { parseMailbox, parsePath, type Address } from '../../smtp/command.ts';
+import { parseMailbox, type Address } from '../../mail/address.ts';
+import { parsePath } from '../../smtp/command.ts';
 import { configSchema } from '../../config/schema.ts';
 import { silentLogger } from '../../util/log.ts';
 

@@ -19,7 +19,7 @@ import { CONTINUE, reject } from '../verdict.ts';
 import { plainIp } from '../../util/cidr.ts';
 import { asciiDomain } from '../../util/idna.ts';
 
-/** What the check reads of an address; src/smtp/command.ts's Address fits. */
+/** What the check reads of an address; src/mail/address.ts's Address fits. */
 export interface ProbeAddress {
   readonly local: string;
   /** Lower-cased; an address literal keeps its brackets: "[192.0.2.1]", "[ipv6:2001:db8::1]". */

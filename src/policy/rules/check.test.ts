@@ -12,8 +12,8 @@ import { localDomainsCheck } from '../checks/local_domains.ts';
 import { relayCheck } from '../checks/relay.ts';
 import { configSchema } from '../../config/schema.ts';
 import { silentLogger } from '../../util/log.ts';
-import type { Address } from '../../smtp/command.ts';
-import { parseRulesFile } from './parse.ts';
+import type { Address } from '../../mail/address.ts';
+import { parseRulesFile } from '../../config/rules-file.ts';
 import type { RuleLookups } from './match.ts';
 import { rulesCheck, type ClosingRefusal } from './check.ts';
 

@@ -20,7 +20,7 @@
 import type { Check } from '../check.ts';
 import type { SessionInfo } from '../context.ts';
 import { CONTINUE, reject, type RefusalVerdict, type Verdict } from '../verdict.ts';
-import type { Rule } from './parse.ts';
+import type { Rule } from '../../config/rules-file.ts';
 import { matchRules, rulesNeed, type RuleLookups } from './match.ts';
 
 export interface RulesCheckOptions {

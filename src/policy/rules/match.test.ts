@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { parseRulesFile, type Rule } from './parse.ts';
+import { parseRulesFile, type Rule } from '../../config/rules-file.ts';
 import { globMatch, matchRules, reverseZone, rulesNeed, type RuleInput, type RuleLookups } from './match.ts';
 
 const rules = (text: string): Rule[] => parseRulesFile(text, 'rules').rules;

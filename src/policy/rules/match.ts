@@ -1,10 +1,10 @@
-// Matching an envelope against parsed smtpd rules (parse.ts): the first rule whose three lists
+// Matching an envelope against parsed smtpd rules (src/config/rules-file.ts): the first rule whose three lists
 // all match decides. DNS is asked only when a rule needs it, at most once per question per call,
 // and a list that needs no lookup is tried before one that does, so a rule that cannot match
 // anyway costs no query. Lookup errors propagate: the policy engine answers them with 451.
 import net from 'node:net';
 import { plainIp } from '../../util/cidr.ts';
-import type { AddressItem, HostMatch, IdentMatch, IpMatch, NameServerMatch, Rule, RuleAction, RuleList, SourceItem } from './parse.ts';
+import type { AddressItem, HostMatch, IdentMatch, IpMatch, NameServerMatch, Rule, RuleAction, RuleList, SourceItem } from '../../config/rules-file.ts';
 import { globMatches } from '../../util/pattern.ts';
 
 export interface RuleInput {

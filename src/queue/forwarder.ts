@@ -1,4 +1,4 @@
-// The forwarder: takes committed messages from the spool and hands them to the downstream
+// The queue manager (Postfix's qmgr), called the forwarder: takes committed messages from the spool and hands them to the downstream
 // transport, at most queue.connections at a time. Temporary failures are retried on the
 // queue.retry schedule until queue.max_age; permanent ones (and expired ones) bounce to the
 // sender with an RFC 3464 DSN, never to the null sender. At start-up it resumes every message
@@ -6,10 +6,10 @@
 import fsp from 'node:fs/promises';
 import type { Config } from '../config/schema.ts';
 import type { Logger } from '../util/log.ts';
-import { DamagedSpoolFile, listQueue, messageBody, newQueueId, readQueueFile, type CommittedMessage, type Spool } from '../queue/spool.ts';
-import type { DeliveryState, Envelope } from '../queue/envelope.ts';
-import { segmentPath, type JournalRef } from '../queue/journal.ts';
-import type { MessageBody, RcptResult, Transport } from './types.ts';
+import { DamagedSpoolFile, listQueue, messageBody, newQueueId, readQueueFile, type CommittedMessage, type DeliveryState, type Spool } from './spool.ts';
+import type { Envelope } from '../mail/envelope.ts';
+import { segmentPath, type JournalRef } from './journal.ts';
+import type { MessageBody, RcptResult, Transport } from '../mail/transport.ts';
 import { buildBounce, buildSuccessReport, type Bounce } from './dsn.ts';
 
 interface Job {

@@ -1,4 +1,5 @@
-// Our own small SMTP / LMTP client for forwarding downstream (see DESIGN.md: speed target).
+// Our own small SMTP / LMTP client for forwarding downstream (see DESIGN.md: speed target): the
+// transport of src/delivery/ for smtp:// and lmtp://, and the prober of the recipient callout.
 //
 // Speed: a pool of reused connections, no-delay sockets, MAIL+RCPT+DATA in one write with
 // PIPELINING, and the final "." in the same write as the last data. Safety: deliver() never
@@ -7,7 +8,7 @@
 import net from 'node:net';
 import type { Socket } from 'node:net';
 import type { Logger } from '../util/log.ts';
-import type { MessageBody, OutgoingMessage, RcptResult, Transport } from './types.ts';
+import type { MessageBody, OutgoingMessage, RcptResult, Transport } from '../mail/transport.ts';
 import { dotStuffChunks } from './dotstuff.ts';
 import { utf8AddrEncode, xtextEncode } from '../util/xtext.ts';
 

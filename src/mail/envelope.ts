@@ -1,5 +1,5 @@
-// The envelope of a spooled message, stored in the spool file behind the message itself.
-import type { MessageDsn, RcptDsn } from '../delivery/types.ts';
+// The envelope of an accepted message: what smtp/ builds, the spool stores behind the message
+// itself and the queue manager hands to the transports. Shared mail types sit here, at the bottom.
 
 export interface Envelope {
   readonly id: string;
@@ -25,14 +25,20 @@ export interface Envelope {
   readonly score?: number;
 }
 
-/** Delivery progress, kept beside the spool file; losing it only means an earlier retry. */
-export interface DeliveryState {
-  attempts: number;
-  /** ms since epoch of the next attempt. */
-  nextAt: number;
-  /** Recipients not yet delivered. */
-  rcpts: string[];
-  lastError?: string;
+/** RFC 3461 per-message parameters: RET and ENVID (decoded from xtext). */
+export interface MessageDsn {
+  readonly ret?: 'FULL' | 'HDRS';
+  readonly envid?: string;
+}
+
+export type NotifyKeyword = 'NEVER' | 'SUCCESS' | 'FAILURE' | 'DELAY';
+
+/** RFC 3461 per-recipient parameters. */
+export interface RcptDsn {
+  /** ['NEVER'] or some of SUCCESS, FAILURE, DELAY; absent: not given (failures are reported). */
+  readonly notify?: readonly NotifyKeyword[];
+  /** ORCPT: its address type ("rfc822", "utf-8", …) and the address, decoded. */
+  readonly orcpt?: { readonly type: string; readonly addr: string };
 }
 
 export function isEnvelope(value: unknown): value is Envelope {

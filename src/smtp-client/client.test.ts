@@ -1,7 +1,7 @@
 // Pure parts of the SMTP client; the protocol against real servers is in test/delivery.peers.test.ts.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { ReplyParser, SmtpProtocolError, createSmtpTransport, mailDsnParams, parseDestination, parseEhloReply, rcptDsnParams, replyText, resultFromReply, type SmtpReply } from './smtp-client.ts';
+import { ReplyParser, SmtpProtocolError, createSmtpTransport, mailDsnParams, parseDestination, parseEhloReply, rcptDsnParams, replyText, resultFromReply, type SmtpReply } from './client.ts';
 
 const EHLO = '250-mx.example.test Hello\r\n250-PIPELINING\r\n250-SIZE 10240000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 ENHANCEDSTATUSCODES\r\n';
 const STREAM = '220 mx.example.test ESMTP\r\n' + EHLO + '250 2.1.0 Ok\r\n550 5.1.1 <x@y>: no such user\r\n354 End data with <CR><LF>.<CR><LF>\r\n421-4.3.2 Shutting\r\n421 4.3.2 down\r\n';

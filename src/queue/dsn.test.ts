@@ -2,7 +2,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { buildBounce, buildSuccessReport, shouldBounce, statusOf } from './dsn.ts';
 import { rfc5322Date } from '../util/date.ts';
-import type { RcptResult } from './types.ts';
+import type { RcptResult } from '../mail/transport.ts';
 
 interface Part {
   headers: Map<string, string>;

@@ -4,7 +4,8 @@
 // requests of RFC 3461 show as Original-Envelope-Id and Original-Recipient; UTF-8 addresses use
 // RFC 6533's message/global-delivery-status. CRLF line ends, lines of at most 998 octets.
 import { randomBytes } from 'node:crypto';
-import type { MessageDsn, RcptDsn, RcptResult } from './types.ts';
+import type { MessageDsn, RcptDsn } from '../mail/envelope.ts';
+import type { RcptResult } from '../mail/transport.ts';
 import { rfc5322Date } from '../util/date.ts';
 import { utf8AddrEncode } from '../util/xtext.ts';
 

@@ -1,11 +1,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { formatRulesProblem, parseRulesFile, RulesError, type Rule, type RulesProblem } from './parse.ts';
-import { matchRules, type RuleLookups } from './match.ts';
-import { prng } from '../../../test/harness/prng.ts';
+import { formatRulesProblem, parseRulesFile, RulesError, type Rule, type RulesProblem } from './rules-file.ts';
+import { matchRules, type RuleLookups } from '../policy/rules/match.ts';
+import { prng } from '../../test/harness/prng.ts';
 
-const FIXTURE = new URL('../../../test/fixtures/obtuse-example.rules', import.meta.url);
+const FIXTURE = new URL('../../test/fixtures/obtuse-example.rules', import.meta.url);
 
 function one(line: string): Rule {
   const { rules } = parseRulesFile(line, 'rules');

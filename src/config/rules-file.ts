@@ -39,8 +39,11 @@
 //   and deny here: mxguard's `noto_delay` setting delays every deny and noto).
 // - smtpd silently collapsed empty fields (`deny::ALL:ALL` was `deny:ALL:ALL`); here an empty
 //   field is an error, and so are tokens that could never match (`192.168.`, `<a@b>`, `/regex/`).
+//
+// The parser lives in config/ because the config loader and `mxguard check` read the file and
+// report its errors by line; src/policy/rules/ matches the parsed rules.
 import net from 'node:net';
-import { cidrError } from '../../util/cidr.ts';
+import { cidrError } from '../util/cidr.ts';
 
 export type RuleAction = 'allow' | 'deny' | 'noto';
 /** The action as written; the `_delay` forms are smtpd's spellings of deny and noto. */

@@ -1,4 +1,6 @@
-// The contract between the queue's forwarder and the transports that hand mail downstream.
+// The contract between the queue manager (src/queue/forwarder.ts) and the transports that hand
+// mail downstream (src/delivery/, src/smtp-client/).
+import type { MessageDsn, RcptDsn } from './envelope.ts';
 
 /** A spooled message as a transport sees it: raw RFC 5322 bytes with CRLF line ends, NOT dot-stuffed. */
 export interface MessageBody {
@@ -23,22 +25,6 @@ export interface OutgoingMessage {
   readonly dsn?: MessageDsn;
   /** Per recipient NOTIFY / ORCPT, keyed by the address in rcpts. */
   readonly rcptDsn?: Readonly<Record<string, RcptDsn>>;
-}
-
-/** RFC 3461 per-message parameters: RET and ENVID (decoded from xtext). */
-export interface MessageDsn {
-  readonly ret?: 'FULL' | 'HDRS';
-  readonly envid?: string;
-}
-
-export type NotifyKeyword = 'NEVER' | 'SUCCESS' | 'FAILURE' | 'DELAY';
-
-/** RFC 3461 per-recipient parameters. */
-export interface RcptDsn {
-  /** ['NEVER'] or some of SUCCESS, FAILURE, DELAY; absent: not given (failures are reported). */
-  readonly notify?: readonly NotifyKeyword[];
-  /** ORCPT: its address type ("rfc822", "utf-8", …) and the address, decoded. */
-  readonly orcpt?: { readonly type: string; readonly addr: string };
 }
 
 /** The outcome for one recipient: ok = delivered, temp = try again later, perm = bounce. */
