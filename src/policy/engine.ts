@@ -28,9 +28,24 @@ export class PolicyEngine {
   private readonly byPhase: { [P in Phase]: Check<P>[] } = { connect: [], helo: [], mail: [], rcpt: [], data: [] };
   private readonly log: Logger;
 
+  private readonly waivedAfterAuthNames = new Set<string>();
+
   constructor(checks: readonly AnyCheck[], log: Logger) {
     this.log = log;
-    for (const c of checks) (this.byPhase[c.phase] as AnyCheck[]).push(c);
+    for (const c of checks) {
+      (this.byPhase[c.phase] as AnyCheck[]).push(c);
+      if (c.waives?.afterAuth) this.waivedAfterAuthNames.add(c.name);
+    }
+  }
+
+  /** The names of a phase's checks, in the order they run. */
+  checkNames(phase: Phase): string[] {
+    return this.byPhase[phase].map((c) => c.name);
+  }
+
+  /** Is a refusal by this check waived at RCPT for a client that has since authenticated? (Waivers.afterAuth) */
+  waivedAfterAuth(check: string): boolean {
+    return this.waivedAfterAuthNames.has(check);
   }
 
   async run<P extends Phase>(phase: P, ctx: PhaseContexts[P]): Promise<PhaseResult> {

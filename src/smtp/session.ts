@@ -100,9 +100,6 @@ interface Transaction {
 
 type Mode = 'greeting' | 'command' | 'data' | 'closed';
 
-/** Session refusals an authenticated client is excused from (they judge the network, not the user). */
-const WAIVED_AFTER_AUTH = new Set(['helo', 'rdns', 'dnsbl', 'rhsbl_helo']);
-
 let sessionCounter = 0;
 
 export class Session {
@@ -495,7 +492,8 @@ export class Session {
     if (rcpt.utf8 && tx.params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
     // A HELO or reverse-DNS refusal is waived for a client that has since authenticated (Postfix
     // evaluates them at RCPT, after permit_sasl_authenticated): roaming users connect from anywhere.
-    const waived = this.delayed !== undefined && WAIVED_AFTER_AUTH.has(this.delayed.check) && this.info.authUser !== undefined;
+    // Which checks are waived is declared by each check (Waivers.afterAuth in src/policy/check.ts).
+    const waived = this.delayed !== undefined && this.info.authUser !== undefined && this.deps.policy.waivedAfterAuth(this.delayed.check);
     const sessionRefusal = waived ? undefined : this.delayed;
     const delayed = sessionRefusal ?? tx.delayed;
     if (delayed) {

@@ -2,7 +2,7 @@
 // smtp.delay_reject the answer comes at RCPT), ban.mailfrom and ban.rcptto refuse addresses by
 // shell-style pattern (`*@aol.com`), ban.mailfrom_regex by regular expression (qmail's qregex /
 // badmailfrom, on the linear-time engine of util/regex.ts). Each honours ban.action: reject, tempfail or score.
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
 import { findingVerdict, type ActionSetting } from '../action.ts';
 import { AddressList } from '../../util/cidr.ts';
@@ -46,3 +46,24 @@ export function banRcptToCheck(patterns: readonly string[], spec: ActionSetting)
     },
   };
 }
+
+export const banIp = defineCheck({
+  name: 'ban_ip',
+  phase: 'connect',
+  settings: ({ ban }) => (ban.ip.length > 0 ? ban : undefined),
+  create: (ban) => banIpCheck(ban.ip, ban),
+});
+
+export const banMailFrom = defineCheck({
+  name: 'ban_mailfrom',
+  phase: 'mail',
+  settings: ({ ban }) => (ban.mailfrom.length > 0 || ban.mailfrom_regex.length > 0 ? ban : undefined),
+  create: (ban) => banMailFromCheck(ban.mailfrom, ban.mailfrom_regex, ban),
+});
+
+export const banRcptTo = defineCheck({
+  name: 'ban_rcptto',
+  phase: 'rcpt',
+  settings: ({ ban }) => (ban.rcptto.length > 0 ? ban : undefined),
+  create: (ban) => banRcptToCheck(ban.rcptto, ban),
+});

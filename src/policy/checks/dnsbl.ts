@@ -25,7 +25,7 @@
 // The client check runs at connect; its refusal, like every connect refusal, is answered at RCPT
 // (smtp.delay_reject), so the log shows sender and recipient.
 import net from 'node:net';
-import type { Check } from '../check.ts';
+import { defineCheck, needDns, type Check } from '../check.ts';
 import type { SessionInfo } from '../context.ts';
 import type { Config } from '../../config/schema.ts';
 import type { DnsResolver, ListResult } from '../../dns/resolver.ts';
@@ -290,3 +290,31 @@ export function rhsblHeloCheck(config: DnsblSettings, dns: DnsResolver): Check<'
     },
   };
 }
+
+// An authenticated client's connect- and HELO-time listings are waived at RCPT (roaming users
+// connect from listed networks); rhsbl_sender skips authenticated clients itself (see above).
+export const dnsbl = defineCheck({
+  name: 'dnsbl',
+  phase: 'connect',
+  needs: ['dns'],
+  waives: { afterAuth: true },
+  settings: ({ dnsbl }) => (dnsbl.zones.length > 0 ? dnsbl : undefined),
+  create: (s, deps) => dnsblCheck(s, needDns(deps, 'dnsbl')),
+});
+
+export const rhsblHelo = defineCheck({
+  name: 'rhsbl_helo',
+  phase: 'helo',
+  needs: ['dns'],
+  waives: { afterAuth: true },
+  settings: ({ dnsbl }) => (dnsbl.rhsbl_helo.length > 0 ? dnsbl : undefined),
+  create: (s, deps) => rhsblHeloCheck(s, needDns(deps, 'rhsbl_helo')),
+});
+
+export const rhsblSender = defineCheck({
+  name: 'rhsbl_sender',
+  phase: 'mail',
+  needs: ['dns'],
+  settings: ({ dnsbl }) => (dnsbl.rhsbl_sender.length > 0 ? dnsbl : undefined),
+  create: (s, deps) => rhsblSenderCheck(s, needDns(deps, 'rhsbl_sender')),
+});

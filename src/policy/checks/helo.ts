@@ -3,15 +3,16 @@
 // switched on its own under helo:, and all answer with helo.action (reject, tempfail, score).
 // Found at EHLO; with smtp.delay_reject (default) the refusal is given at RCPT, so the log shows
 // sender and recipient. Clients in relay.forward_from_ip are not checked (Postfix's usual
-// permit_mynetworks first): a local script saying HELO with the machine's short name is fine.
+// permit_mynetworks first): a local script saying HELO with the machine's short name is fine;
+// an authenticated client's refusal is waived at RCPT (both declared in `waives` below).
 // (helo.required, a client that never said HELO, is protocol: the session answers it at MAIL.)
 import net from 'node:net';
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
 import type { Config } from '../../config/schema.ts';
 import { CONTINUE } from '../verdict.ts';
 import { findingVerdict } from '../action.ts';
 import { PatternList } from '../../util/pattern.ts';
-import { AddressList, plainIp } from '../../util/cidr.ts';
+import { plainIp } from '../../util/cidr.ts';
 
 const LABEL = /^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$/i;
 const LOCALHOST = /^(localhost(\.localdomain)?|localhost\..*|localhost6(\.localdomain6)?|ip6-localhost|127\.\d+\.\d+\.\d+|\[127\.\d+\.\d+\.\d+\]|::1|\[ipv6:::1\])$/i;
@@ -35,18 +36,30 @@ export function heloProblem(name: string, s: Config['helo'], ctx: { ourName: str
   return undefined;
 }
 
-export function heloCheck(config: Config): Check<'helo'> {
-  const s = config.helo;
+export interface HeloSettings {
+  readonly helo: Config['helo'];
+  /** Our own name (`hostname`), which a client must not claim. */
+  readonly hostname: string;
+}
+
+export function heloCheck(settings: HeloSettings): Check<'helo'> {
+  const s = settings.helo;
   const refused = new PatternList(s.reject_names);
-  const trusted = new AddressList(config.relay.forward_from_ip);
   return {
     name: 'helo',
     phase: 'helo',
     run(ctx) {
-      if (trusted.has(ctx.session.remoteIp)) return CONTINUE;
-      const why = heloProblem(ctx.helo, s, { ourName: config.hostname, ourIp: ctx.session.localIp, clientIp: ctx.session.remoteIp }, refused);
+      const why = heloProblem(ctx.helo, s, { ourName: settings.hostname, ourIp: ctx.session.localIp, clientIp: ctx.session.remoteIp }, refused);
       return why === undefined ? CONTINUE : findingVerdict('helo', 'helo', s, 550, '5.7.1', `<${ctx.helo}>: Helo command rejected: ${why}`);
     },
   };
 }
 
+/** Always built: each test is switched on its own under helo:. */
+export const helo = defineCheck({
+  name: 'helo',
+  phase: 'helo',
+  waives: { relayClients: true, afterAuth: true },
+  settings: (config): HeloSettings => ({ helo: config.helo, hostname: config.hostname }),
+  create: (s) => heloCheck(s),
+});

@@ -1,6 +1,6 @@
 // local_domains: mail for these domains is ours and is accepted (recipient validation comes in
 // a later check). A bare <postmaster> (RFC 5321 4.5.1) is always ours.
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
 import { asciiDomain } from '../../util/idna.ts';
 
@@ -17,3 +17,10 @@ export function localDomainsCheck(domains: readonly string[]): Check<'rcpt'> {
     run: (ctx) => (isLocalDomain(ctx.rcpt.domain, set) ? { kind: 'accept', check: 'local_domains', log: 'Command RCPT OK (local domain)' } : CONTINUE),
   };
 }
+
+export const localDomains = defineCheck({
+  name: 'local_domains',
+  phase: 'rcpt',
+  settings: (config) => config.local_domains,
+  create: (domains) => localDomainsCheck(domains),
+});

@@ -9,7 +9,7 @@
 // rblsmtpd refused at RCPT too, so the client's MAIL FROM is logged. An authenticated client
 // passes, as with Postfix's permit_sasl_authenticated before reject_rbl_client: a roaming user
 // on a listed network still gets to send.
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
 
 /** The reply for an RBLSMTPD value: control characters go, so the text cannot break the reply. */
@@ -37,3 +37,11 @@ export function rblsmtpdCheck(): Check<'rcpt'> {
     },
   };
 }
+
+/** Always built: without RBLSMTPD (the daemon, or a launcher that sets none) it says continue. */
+export const rblsmtpd = defineCheck({
+  name: 'rblsmtpd',
+  phase: 'rcpt',
+  settings: () => ({}),
+  create: () => rblsmtpdCheck(),
+});

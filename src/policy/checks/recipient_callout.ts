@@ -15,7 +15,7 @@
 //   downstream is the authority; nothing is accepted unasked).
 // - Local domains only (relayed mail is not ours to judge); postmaster is never asked about
 //   (RFC 5321 4.5.1: always accepted). Runs after recipients.file, which costs no network.
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
 import type { Config } from '../../config/schema.ts';
 import type { Store } from '../../store/store.ts';
 import type { Logger } from '../../util/log.ts';
@@ -111,7 +111,10 @@ export interface CalloutOptions {
 /** A fresh answer, or trouble (the probe's own reply or error, for the log). */
 type Lookup = { readonly answer: CalloutAnswer; readonly cached: boolean } | { readonly trouble: string };
 
-export function recipientCalloutCheck(config: Config, opts: CalloutOptions = {}): Check<'rcpt'> {
+/** What the callout reads of the config: its own settings, where to ask, and as whom. */
+export type CalloutConfig = Pick<Config, 'recipients' | 'deliver' | 'hostname' | 'local_domains'> & { readonly queue: Pick<Config['queue'], 'connections'> };
+
+export function recipientCalloutCheck(config: CalloutConfig, opts: CalloutOptions = {}): Check<'rcpt'> {
   const spec = config.recipients.callout;
   if (spec === undefined) throw new Error('recipients.callout is not set');
   const target = calloutTarget(config);
@@ -184,3 +187,12 @@ export function recipientCalloutCheck(config: Config, opts: CalloutOptions = {})
     },
   };
 }
+
+/** After recipients.file (no network), before local_domains accepts. The store only caches here. */
+export const recipientCallout = defineCheck({
+  name: CHECK,
+  phase: 'rcpt',
+  settings: (config): CalloutConfig | undefined =>
+    config.recipients.callout === undefined ? undefined : { recipients: config.recipients, deliver: config.deliver, hostname: config.hostname, local_domains: config.local_domains, queue: { connections: config.queue.connections } },
+  create: (s, deps) => recipientCalloutCheck(s, deps),
+});

@@ -4,7 +4,7 @@
 // administrator's edit counts at once. Runs for local domains only (relayed mail is not ours
 // to judge) and before local_domains accepts.
 import fs from 'node:fs';
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
 import { isLocalDomain } from './local_domains.ts';
 import { asciiDomain } from '../../util/idna.ts';
@@ -79,3 +79,17 @@ export function nullSenderCheck(max: number): Check<'rcpt'> {
         : CONTINUE,
   };
 }
+
+export const recipients = defineCheck({
+  name: 'recipients',
+  phase: 'rcpt',
+  settings: (config) => (config.recipients.file !== undefined ? { file: config.recipients.file, localDomains: config.local_domains } : undefined),
+  create: (s) => recipientsCheck(s.file, s.localDomains),
+});
+
+export const nullSender = defineCheck({
+  name: 'null_sender',
+  phase: 'rcpt',
+  settings: (config) => config.mail_from.null_sender_max_rcpts,
+  create: (max) => nullSenderCheck(max),
+});

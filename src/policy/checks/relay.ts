@@ -8,7 +8,7 @@
 // Nothing covers it: 554 5.7.1 Relay access denied. The store is asked last, only when the
 // cheap rules did not decide. An unreachable store throws (→ 451 4.3.0), or with
 // store.fail_open the POP-before-SMTP rule simply does not grant: it never opens the relay.
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
 import { reject } from '../verdict.ts';
 import { AddressList } from '../../util/cidr.ts';
 import { DomainSet } from '../../util/idna.ts';
@@ -43,3 +43,19 @@ export function relayCheck(relay: Config['relay'], store: Store | undefined, fai
     },
   };
 }
+
+export interface RelaySettings {
+  readonly relay: Config['relay'];
+  /** store.fail_open: an unreachable store does not grant POP-before-SMTP (instead of 451). */
+  readonly failOpen: boolean;
+}
+
+export const relaySettings = (config: Config): RelaySettings => ({ relay: config.relay, failOpen: config.store.fail_open });
+
+/** Always built, last: what no check accepted is refused here. */
+export const relay = defineCheck({
+  name: 'relay',
+  phase: 'rcpt',
+  settings: relaySettings,
+  create: (s, deps) => relayCheck(s.relay, deps.store, s.failOpen),
+});

@@ -13,7 +13,8 @@
 // ours (a local domain, or one of our IPs as a literal) or a relay rule covers it (mayRelay). It
 // never accepts: when it lets a probe form through, local_domains and relay decide as usual.
 import net from 'node:net';
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
+import { relayCheck, relaySettings, type RelaySettings } from './relay.ts';
 import type { RcptContext } from '../context.ts';
 import { CONTINUE, reject } from '../verdict.ts';
 import { plainIp } from '../../util/cidr.ts';
@@ -190,3 +191,14 @@ export function relayRulesAllow(relay: Check<'rcpt'>): MayRelay {
     return verdict.kind === 'accept';
   };
 }
+
+/**
+ * Always built. It reads the relay rules as well as local_domains: a probe passes when the relay
+ * rules would take its real destination (its own relayCheck, built from the same settings).
+ */
+export const relayProbe = defineCheck({
+  name: 'relay_probe',
+  phase: 'rcpt',
+  settings: (config): { localDomains: readonly string[]; relay: RelaySettings } => ({ localDomains: config.local_domains, relay: relaySettings(config) }),
+  create: (s, deps) => relayProbeCheck(s.localDomains, [], relayRulesAllow(relayCheck(s.relay.relay, deps.store, s.relay.failOpen))),
+});

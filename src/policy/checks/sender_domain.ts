@@ -2,24 +2,21 @@
 // sender's domain must exist in DNS — an MX, or an A/AAAA to fall back on — and must not publish
 // a null MX (RFC 7505: it sends no mail). A domain that does not exist is a permanent refusal; a
 // DNS failure (SERVFAIL, timeout) is only ever 451: we do not know, so the client tries again.
-// The null sender (bounces) and address literals are not checked; nor are relay clients.
-import type { Check } from '../check.ts';
+// The null sender (bounces) and address literals are not checked; nor are relay clients (`waives`).
+import { defineCheck, needDns, type Check } from '../check.ts';
 import type { Config } from '../../config/schema.ts';
 import type { DnsResolver } from '../../dns/resolver.ts';
 import { CONTINUE } from '../verdict.ts';
 import { findingVerdict } from '../action.ts';
-import { AddressList } from '../../util/cidr.ts';
 
-export function senderDomainCheck(config: Config, dns: DnsResolver): Check<'mail'> {
-  const spec = config.mail_from;
-  const trusted = new AddressList(config.relay.forward_from_ip);
+export function senderDomainCheck(spec: Config['mail_from'], dns: DnsResolver): Check<'mail'> {
   return {
     name: 'sender_domain',
     phase: 'mail',
     concurrent: true,
     async run(ctx) {
       const { address, domain } = ctx.mailFrom;
-      if (address === '' || domain.startsWith('[') || trusted.has(ctx.session.remoteIp)) return CONTINUE;
+      if (address === '' || domain.startsWith('[')) return CONTINUE;
       const r = await dns.domainExists(domain);
       switch (r.kind) {
         case 'exists':
@@ -34,3 +31,12 @@ export function senderDomainCheck(config: Config, dns: DnsResolver): Check<'mail
     },
   };
 }
+
+export const senderDomain = defineCheck({
+  name: 'sender_domain',
+  phase: 'mail',
+  needs: ['dns'],
+  waives: { relayClients: true },
+  settings: ({ mail_from }) => (mail_from.require_domain ? mail_from : undefined),
+  create: (spec, deps) => senderDomainCheck(spec, needDns(deps, 'sender_domain')),
+});

@@ -2,7 +2,7 @@
 // tarpit_start recipients, each further RCPT is answered more slowly — tarpit_delay more per
 // recipient, up to a minute. A bulk sender's throughput collapses; a person sending to a few
 // people never notices. The wait holds only this session's reply, never the server.
-import type { Check } from '../check.ts';
+import { defineCheck, type Check } from '../check.ts';
 import { CONTINUE } from '../verdict.ts';
 import { AddressList } from '../../util/cidr.ts';
 
@@ -20,3 +20,10 @@ export function tarpitCheck(start: number, stepMs: number, except: readonly stri
     },
   };
 }
+
+export const tarpit = defineCheck({
+  name: 'tarpit',
+  phase: 'rcpt',
+  settings: ({ limits }) => (limits.tarpit_start > 0 ? { start: limits.tarpit_start, delayMs: limits.tarpit_delay, except: limits.tarpit_except } : undefined),
+  create: (s) => tarpitCheck(s.start, s.delayMs, s.except),
+});

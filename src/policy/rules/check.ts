@@ -17,7 +17,12 @@
 //           ERROR), "Discarded bad recipient").
 // deny and noto are held back `noto_delay` first (the verdict's delayMs; the session holds the
 // reply that long). The log line is smtpd's syslog line, naming the rule's line and file.
-import type { Check } from '../check.ts';
+import fs from 'node:fs';
+import { defineCheck, needDns, type Check } from '../check.ts';
+import type { Config } from '../../config/schema.ts';
+import { parseRulesFile } from '../../config/rules-file.ts';
+import { dnsRuleLookups } from './lookups.ts';
+import { identLookup } from '../ident.ts';
 import type { SessionInfo } from '../context.ts';
 import { CONTINUE, reject, type RefusalVerdict, type Verdict } from '../verdict.ts';
 import type { Rule } from '../../config/rules-file.ts';
@@ -100,3 +105,22 @@ export function rulesCheck(rules: readonly Rule[], lookups: RuleLookups, opts: R
     },
   };
 }
+
+export type RulesFileSettings = Pick<Config, 'noto_delay' | 'ident' | 'ident_port' | 'ident_timeout'> & { readonly rules_file: string };
+
+/** After tarpit, before relay_probe and local_domains: deny and noto apply to local mail too. */
+export const rulesFile = defineCheck({
+  name: RULES_CHECK,
+  phase: 'rcpt',
+  needs: ['dns'],
+  settings: (config): RulesFileSettings | undefined =>
+    config.rules_file === undefined
+      ? undefined
+      : { rules_file: config.rules_file, noto_delay: config.noto_delay, ident: config.ident, ident_port: config.ident_port, ident_timeout: config.ident_timeout },
+  create(s, deps) {
+    // Read again here (the loader validated it): SIGHUP picks up an edited rules file.
+    const { rules } = parseRulesFile(fs.readFileSync(s.rules_file, 'utf8'), s.rules_file);
+    const ident = s.ident ? (session: SessionInfo) => identLookup(session, { port: s.ident_port, timeoutMs: s.ident_timeout }) : undefined;
+    return rulesCheck(rules, dnsRuleLookups(needDns(deps, RULES_CHECK)), { notoDelayMs: s.noto_delay, file: s.rules_file, ...(ident ? { ident } : {}) });
+  },
+});
