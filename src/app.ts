@@ -7,6 +7,7 @@ import { SmtpServer, loadTlsContext } from './smtp/server.ts';
 import type { SessionDeps } from './smtp/session.ts';
 import { PolicyEngine } from './policy/engine.ts';
 import { buildChecks } from './policy/index.ts';
+import { TraceBuffer } from './policy/trace.ts';
 import { Spool } from './queue/spool.ts';
 import { Forwarder } from './queue/forwarder.ts';
 import { createTransport } from './delivery/index.ts';
@@ -21,6 +22,8 @@ import { pidFile } from './queue/daemon-signal.ts';
 export class App {
   readonly config: Config;
   readonly log: Logger;
+  /** The latest transactions' traces (the structured records behind the `transaction` log lines). */
+  readonly traces = new TraceBuffer(1000);
   private server: SmtpServer | undefined;
   private forwarder: Forwarder | undefined;
   private spool: Spool | undefined;
@@ -87,6 +90,7 @@ export class App {
       enqueue: (msg) => forwarder.enqueue(msg),
       store: this.store,
       authenticator: this.authenticatorFor(config),
+      onTrace: (t) => this.traces.add(t),
     };
   }
 

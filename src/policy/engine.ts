@@ -11,6 +11,8 @@
 import type { AnyCheck, Check } from './check.ts';
 import type { PhaseContexts } from './context.ts';
 import type { FinalVerdict, Phase, Verdict } from './verdict.ts';
+import { refusalReply } from './verdict.ts';
+import type { TraceEntry } from './trace.ts';
 import type { Logger } from '../util/log.ts';
 
 export interface PhaseResult {
@@ -22,6 +24,8 @@ export interface PhaseResult {
   tags: string[];
   /** Hold the reply back this long (sum of the verdicts' delayMs). */
   delayMs: number;
+  /** The checks whose verdicts were taken, in order, with the time each took (the transaction trace). */
+  ran: TraceEntry[];
 }
 
 export class PolicyEngine {
@@ -49,7 +53,7 @@ export class PolicyEngine {
   }
 
   async run<P extends Phase>(phase: P, ctx: PhaseContexts[P]): Promise<PhaseResult> {
-    const result: PhaseResult = { score: 0, headers: [], tags: [], delayMs: 0 };
+    const result: PhaseResult = { score: 0, headers: [], tags: [], delayMs: 0, ran: [] };
     const checks = this.byPhase[phase] as Check<P>[];
     let started: Map<Check<P>, Promise<Outcome>> | undefined;
     for (const [i, check] of checks.entries()) {
@@ -66,6 +70,7 @@ export class PolicyEngine {
         this.log.error({ check: check.name, phase, err: out.err }, 'check failed');
         verdict = { kind: 'tempfail', check: check.name, code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later' };
       }
+      result.ran.push(traceEntry(phase, check.name, verdict, out.ms));
       if (verdict.delayMs) {
         result.delayMs += verdict.delayMs;
         this.log.info({ phase, check: verdict.check ?? check.name, delayMs: verdict.delayMs }, verdict.log ?? 'reply delayed');
@@ -88,16 +93,30 @@ export class PolicyEngine {
   }
 }
 
-type Outcome = { verdict: Verdict } | { err: unknown };
+/** A check's verdict or error, and the milliseconds it took. */
+type Outcome = ({ verdict: Verdict } | { err: unknown }) & { ms: number };
 
 /** Runs a check, synchronously when it answers synchronously; never throws. */
 function runNow<P extends Phase>(check: Check<P>, ctx: PhaseContexts[P]): Outcome | Promise<Outcome> {
+  const t0 = performance.now();
+  const ms = (): number => performance.now() - t0;
   try {
     const v = check.run(ctx);
-    return v instanceof Promise ? v.then((verdict) => ({ verdict }), (err: unknown) => ({ err })) : { verdict: v };
+    return v instanceof Promise ? v.then((verdict) => ({ verdict, ms: ms() }), (err: unknown) => ({ err, ms: ms() })) : { verdict: v, ms: ms() };
   } catch (err) {
-    return { err };
+    return { err, ms: ms() };
   }
+}
+
+function traceEntry(phase: Phase, name: string, v: Verdict, ms: number): TraceEntry {
+  return {
+    phase,
+    check: v.check ?? name,
+    verdict: v.kind,
+    ...(v.kind === 'tag' ? { score: v.score } : {}),
+    ms,
+    ...(v.kind === 'reject' || v.kind === 'tempfail' ? { reply: refusalReply(v) } : {}),
+  };
 }
 
 /** Starts a check now; the promise never rejects (an answer nobody takes must not be unhandled). */

@@ -16,6 +16,7 @@ import type { Config } from '../config/schema.ts';
 import type { PolicyEngine, PhaseResult } from '../policy/engine.ts';
 import type { SessionInfo } from '../policy/context.ts';
 import { refusalReply, type FinalVerdict, type RefusalVerdict } from '../policy/verdict.ts';
+import { SessionTrace, traceLogFields, type TraceOutcome, type TransactionTrace, type TxTrace } from '../policy/trace.ts';
 import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
 import { isStorageFull } from '../queue/spool-fs.ts';
 import type { Envelope } from '../mail/envelope.ts';
@@ -39,6 +40,8 @@ export interface SessionDeps {
   readonly authenticator?: Authenticator;
   /** Whether the server is in stress mode (limits.stress_at): the stress deadlines apply. */
   readonly stressed?: () => boolean;
+  /** Receives each transaction's trace when it ends (after its `transaction` log line). */
+  readonly onTrace?: (t: TransactionTrace) => void;
 }
 
 /**
@@ -96,6 +99,8 @@ interface Transaction {
   rcptDsn?: Record<string, RcptDsn>;
   /** Watches the header block for UTF-8 while DATA arrives (does the message need SMTPUTF8?). */
   headerScan?: HeaderScan;
+  /** The checks that ran for it, logged as one `transaction` line when it ends. */
+  trace: TxTrace;
 }
 
 type Mode = 'greeting' | 'command' | 'data' | 'closed';
@@ -138,6 +143,7 @@ export class Session {
   /** Octets received since 354 (they extend the DATA deadline at limits.data_min_rate). */
   private dataOctets = 0;
   private readonly healthCheck: boolean;
+  private readonly trace: SessionTrace;
 
   constructor(socket: SessionSocket, connection: Connection, deps: SessionDeps, onClosed: () => void, onEnded?: () => void) {
     this.socket = socket;
@@ -155,6 +161,10 @@ export class Session {
       rcptCount: 0,
     };
     this.log = deps.log.child({ sid: this.info.sid, ip: this.info.remoteIp });
+    this.trace = new SessionTrace(this.info.sid, this.info.remoteIp, (t) => {
+      this.log.info(traceLogFields(t), 'transaction');
+      deps.onTrace?.(t);
+    });
     this.attach(socket);
   }
 
@@ -192,6 +202,7 @@ export class Session {
     if (this.closed) return;
     const refusal = this.refusalOf('connect', result);
     this.connectTags = { score: result.score, headers: result.headers };
+    this.trace.phase('connect', result);
     if (refusal) {
       if (this.config.smtp.delay_reject) this.delayed = refusal;
       else {
@@ -267,6 +278,7 @@ export class Session {
     const writer = this.writer;
     this.writer = undefined;
     this.decoder = undefined;
+    this.tx?.trace.end();
     this.tx = undefined;
     if (!writer) return;
     this.lostData = true;
@@ -427,6 +439,7 @@ export class Session {
     if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
     if (refusal) this.delayed ??= refusal;
     this.heloTags = { score: result.score, headers: result.headers };
+    this.trace.phase('helo', result);
     this.info.helo = parsed.name;
     this.info.esmtp = verb === 'EHLO';
     if (verb === 'HELO') return this.reply(`250 ${this.config.hostname}`);
@@ -465,13 +478,18 @@ export class Session {
       if (!this.info.esmtp) return this.error('555 5.5.4 Parameters need EHLO');
     }
     if (address.utf8 && params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
+    const trace = this.trace.begin(address.address, this.info.helo);
     const result = await this.deps.policy.run('mail', { session: this.info, mailFrom: address, params });
     await this.hold(result);
+    trace.phase(result);
     const refusal = this.refusalOf('mail', result);
-    if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
+    if (refusal && !this.config.smtp.delay_reject) {
+      trace.end(refusalReply(refusal));
+      return this.error(refusalReply(refusal));
+    }
     const score = this.connectTags.score + this.heloTags.score + result.score;
     const headers = [...this.connectTags.headers, ...this.heloTags.headers, ...result.headers];
-    this.tx = { mailFrom: address, params, rcpts: [], delayed: refusal, score, headers };
+    this.tx = { mailFrom: address, params, rcpts: [], delayed: refusal, score, headers, trace };
     this.reply('250 2.1.0 Ok');
   }
 
@@ -497,16 +515,19 @@ export class Session {
     const sessionRefusal = waived ? undefined : this.delayed;
     const delayed = sessionRefusal ?? tx.delayed;
     if (delayed) {
+      tx.trace.refused(refusalReply(delayed));
       this.logDecision('rcpt', delayed, rcpt);
       return this.error(refusalReply(delayed));
     }
     const result = await this.deps.policy.run('rcpt', { session: this.info, tx, rcpt });
     await this.hold(result);
+    tx.trace.phase(result);
     const final = result.final;
     if (final) this.logDecision('rcpt', final, rcpt);
     if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
       if (final.closeSession) {
         // smtpd's deny: the refusal, then 421 and the end of the session; pipelined input is dropped.
+        tx.trace.end(refusalReply(final));
         this.reply(refusalReply(final));
         this.reply(`421 4.7.0 ${this.config.hostname} Service not available, closing transmission channel`);
         this.buf = Buffer.alloc(0);
@@ -520,6 +541,7 @@ export class Session {
       tx.rcpts.push(rcpt);
       if (dsnParams.dsn) (tx.rcptDsn ??= {})[rcpt.address] = dsnParams.dsn;
     }
+    tx.trace.rcpt(rcpt.address);
     this.info.rcptCount++;
     this.reply('250 2.1.5 Ok');
   }
@@ -588,19 +610,20 @@ export class Session {
     if (refused) {
       this.log.info({ id: writer.id, check: 'data', reply: refused, from: tx.mailFrom.address }, 'message refused');
       await writer.abort();
-      return this.finishTransaction(refused);
+      return this.finishTransaction(tx, writer.id, refused);
     }
     const result = await this.deps.policy.run('data', { session: this.info, tx, size: decoder.size });
     await this.hold(result);
+    tx.trace.phase(result);
     const final = result.final;
     if (final) this.logDecision('data', final);
     if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
       await writer.abort();
-      return this.finishTransaction(refusalReply(final));
+      return this.finishTransaction(tx, writer.id, refusalReply(final));
     }
     if (final?.kind === 'discard') {
       await writer.abort();
-      return this.finishTransaction(`250 2.0.0 Ok: queued as ${writer.id}`);
+      return this.finishTransaction(tx, writer.id, `250 2.0.0 Ok: queued as ${writer.id}`, 'discarded');
     }
     const envelope: Envelope = {
       id: writer.id,
@@ -624,17 +647,18 @@ export class Session {
       await writer.abort().catch(() => undefined);
       if (isStorageFull(err)) {
         this.log.error({ id: writer.id, err: (err as Error).message }, 'spool write failed: file system full');
-        return this.finishTransaction('452 4.3.1 Insufficient system storage');
+        return this.finishTransaction(tx, writer.id, '452 4.3.1 Insufficient system storage');
       }
       this.log.error({ id: writer.id, err }, 'spool write failed');
-      return this.finishTransaction('451 4.3.0 Error: queue file write error');
+      return this.finishTransaction(tx, writer.id, '451 4.3.0 Error: queue file write error');
     }
     this.log.info({ id: writer.id, from: envelope.mailFrom, rcpts: envelope.rcpts, size: committed.size }, 'queued');
     this.deps.enqueue(committed);
-    this.finishTransaction(`250 2.0.0 Ok: queued as ${writer.id}`);
+    this.finishTransaction(tx, writer.id, `250 2.0.0 Ok: queued as ${writer.id}`);
   }
 
-  private finishTransaction(reply: string): void {
+  private finishTransaction(tx: Transaction, id: string, reply: string, outcome?: TraceOutcome): void {
+    tx.trace.end(reply, id, outcome);
     this.reply(reply);
     if (this.shuttingDown) this.sayGoodbye();
   }
@@ -768,6 +792,7 @@ export class Session {
           this.info.tls = true;
           this.info.helo = undefined;
           this.heloTags = { score: 0, headers: [] };
+          this.trace.phase('helo', undefined);
           this.info.esmtp = false;
           this.info.authUser = undefined;
           this.resetTransaction();
@@ -814,11 +839,13 @@ export class Session {
   }
 
   private resetTransaction(): void {
+    this.tx?.trace.end();
     this.tx = undefined;
   }
 
   private close(): void {
     if (this.mode === 'closed') return;
+    this.tx?.trace.end(); // QUIT, a timeout, 421: a transaction still open ends here
     this.mode = 'closed';
     this.clearDeadline();
     this.ended();
