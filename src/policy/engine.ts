@@ -14,6 +14,7 @@ import type { FinalVerdict, Phase, Verdict } from './verdict.ts';
 import { refusalReply } from './verdict.ts';
 import type { TraceEntry } from './trace.ts';
 import type { Logger } from '../util/log.ts';
+import { PolicySession, type PolicySessionOptions } from './session.ts';
 
 export interface PhaseResult {
   /** The verdict that ended the phase, or undefined when every check said continue/tag. */
@@ -40,6 +41,11 @@ export class PolicyEngine {
       (this.byPhase[c.phase] as AnyCheck[]).push(c);
       if (c.waives?.afterAuth) this.waivedAfterAuthNames.add(c.name);
     }
+  }
+
+  /** The policy side of one connection (src/policy/session.ts). */
+  session(opts: PolicySessionOptions): PolicySession {
+    return new PolicySession(this, opts);
   }
 
   /** The names of a phase's checks, in the order they run. */

@@ -1,7 +1,8 @@
 // One SMTP session (RFC 5321) over one connection: a state machine that reads commands, asks
-// the policy engine, streams DATA into the spool and answers. Commands are handled strictly in
-// order; while one is waiting (policy, spool, a tarpit delay) the rest of the pipelined input
-// stays buffered, and replies are written in one batch when the input runs dry (RFC 2920).
+// its policy session (src/policy/session.ts) for a decision per phase, streams DATA into the
+// spool and answers. Commands are handled strictly in order; while one is waiting (policy, spool,
+// a tarpit delay) the rest of the pipelined input stays buffered, and replies are written in one
+// batch when the input runs dry (RFC 2920).
 import tls from 'node:tls';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
@@ -15,8 +16,8 @@ import { saslContinue, saslStart, type SaslState, type SaslStep } from './sasl.t
 import type { Config } from '../config/schema.ts';
 import type { PolicyEngine, PhaseResult } from '../policy/engine.ts';
 import type { SessionInfo } from '../policy/context.ts';
-import { refusalReply, type FinalVerdict, type RefusalVerdict } from '../policy/verdict.ts';
-import { SessionTrace, traceLogFields, type TraceOutcome, type TransactionTrace, type TxTrace } from '../policy/trace.ts';
+import type { PolicySession, PolicyTx } from '../policy/session.ts';
+import { traceLogFields, type TraceOutcome, type TransactionTrace } from '../policy/trace.ts';
 import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
 import { isStorageFull } from '../queue/spool-fs.ts';
 import type { Envelope } from '../mail/envelope.ts';
@@ -91,16 +92,12 @@ interface Transaction {
   mailFrom: Address;
   params: PathParams;
   rcpts: Address[];
-  /** A refusal found at MAIL time, answered at RCPT (smtp.delay_reject). */
-  delayed?: RefusalVerdict;
-  score: number;
-  headers: string[];
+  /** Its policy state: a refusal held for RCPT, the points and headers tagged, the trace. */
+  policy: PolicyTx;
   /** DSN NOTIFY / ORCPT per recipient address (RFC 3461). */
   rcptDsn?: Record<string, RcptDsn>;
   /** Watches the header block for UTF-8 while DATA arrives (does the message need SMTPUTF8?). */
   headerScan?: HeaderScan;
-  /** The checks that ran for it, logged as one `transaction` line when it ends. */
-  trace: TxTrace;
 }
 
 type Mode = 'greeting' | 'command' | 'data' | 'closed';
@@ -119,11 +116,6 @@ export class Session {
   private out: string[] = [];
   private errors = 0;
   private tx: Transaction | undefined;
-  /** A refusal found at connect/HELO time, answered at RCPT (smtp.delay_reject). */
-  private delayed: RefusalVerdict | undefined;
-  /** Score and headers that connect- and HELO-phase checks tagged (action: score), for every transaction. */
-  private connectTags: { score: number; headers: string[] } = { score: 0, headers: [] };
-  private heloTags: { score: number; headers: string[] } = { score: 0, headers: [] };
   private writer: MessageWriter | undefined;
   private decoder: DataDecoder | undefined;
   private discardingLongLine = false;
@@ -143,7 +135,8 @@ export class Session {
   /** Octets received since 354 (they extend the DATA deadline at limits.data_min_rate). */
   private dataOctets = 0;
   private readonly healthCheck: boolean;
-  private readonly trace: SessionTrace;
+  /** The policy side of this connection: decisions per phase, delayed refusals, score, trace. */
+  private readonly policy: PolicySession;
 
   constructor(socket: SessionSocket, connection: Connection, deps: SessionDeps, onClosed: () => void, onEnded?: () => void) {
     this.socket = socket;
@@ -161,9 +154,18 @@ export class Session {
       rcptCount: 0,
     };
     this.log = deps.log.child({ sid: this.info.sid, ip: this.info.remoteIp });
-    this.trace = new SessionTrace(this.info.sid, this.info.remoteIp, (t) => {
-      this.log.info(traceLogFields(t), 'transaction');
-      deps.onTrace?.(t);
+    this.policy = deps.policy.session({
+      info: this.info,
+      delayReject: this.config.smtp.delay_reject,
+      log: this.log,
+      hold: (delayMs) => this.hold({ delayMs }),
+      closed: () => this.closed,
+      relay: this.config.relay,
+      ...(deps.store ? { store: deps.store } : {}),
+      onTrace: (t) => {
+        this.log.info(traceLogFields(t), 'transaction');
+        deps.onTrace?.(t);
+      },
     });
     this.attach(socket);
   }
@@ -197,18 +199,11 @@ export class Session {
       this.info.earlyTalker = true;
       this.log.info({ check: 'early_talker', bytes: this.buf.length }, 'client talked before greeting');
     }
-    const result = await this.deps.policy.run('connect', { session: this.info });
-    await this.hold(result);
+    const decision = await this.policy.connect();
     if (this.closed) return;
-    const refusal = this.refusalOf('connect', result);
-    this.connectTags = { score: result.score, headers: result.headers };
-    this.trace.phase('connect', result);
-    if (refusal) {
-      if (this.config.smtp.delay_reject) this.delayed = refusal;
-      else {
-        this.reply(refusalReply(refusal));
-        return this.close();
-      }
+    if (decision.kind === 'reply') {
+      this.reply(decision.reply);
+      return this.close();
     }
     this.mode = 'command';
     this.reply(`220 ${this.config.hostname} ${this.config.smtp.banner}`);
@@ -278,7 +273,7 @@ export class Session {
     const writer = this.writer;
     this.writer = undefined;
     this.decoder = undefined;
-    this.tx?.trace.end();
+    this.tx?.policy.trace.end();
     this.tx = undefined;
     if (!writer) return;
     this.lostData = true;
@@ -433,13 +428,8 @@ export class Session {
     const parsed = parseHeloArg(arg);
     if (!parsed.ok) return this.error(`501 5.5.4 ${parsed.text}`);
     this.resetTransaction();
-    const result = await this.deps.policy.run('helo', { session: this.info, helo: parsed.name });
-    await this.hold(result);
-    const refusal = this.refusalOf('helo', result);
-    if (refusal && !this.config.smtp.delay_reject) return this.error(refusalReply(refusal));
-    if (refusal) this.delayed ??= refusal;
-    this.heloTags = { score: result.score, headers: result.headers };
-    this.trace.phase('helo', result);
+    const decision = await this.policy.helo(parsed.name);
+    if (decision.kind === 'reply') return this.error(decision.reply);
     this.info.helo = parsed.name;
     this.info.esmtp = verb === 'EHLO';
     if (verb === 'HELO') return this.reply(`250 ${this.config.hostname}`);
@@ -478,18 +468,9 @@ export class Session {
       if (!this.info.esmtp) return this.error('555 5.5.4 Parameters need EHLO');
     }
     if (address.utf8 && params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
-    const trace = this.trace.begin(address.address, this.info.helo);
-    const result = await this.deps.policy.run('mail', { session: this.info, mailFrom: address, params });
-    await this.hold(result);
-    trace.phase(result);
-    const refusal = this.refusalOf('mail', result);
-    if (refusal && !this.config.smtp.delay_reject) {
-      trace.end(refusalReply(refusal));
-      return this.error(refusalReply(refusal));
-    }
-    const score = this.connectTags.score + this.heloTags.score + result.score;
-    const headers = [...this.connectTags.headers, ...this.heloTags.headers, ...result.headers];
-    this.tx = { mailFrom: address, params, rcpts: [], delayed: refusal, score, headers, trace };
+    const decision = await this.policy.mail(address, params);
+    if (decision.kind === 'reply') return this.error(decision.reply);
+    this.tx = { mailFrom: address, params, rcpts: [], policy: decision.tx };
     this.reply('250 2.1.0 Ok');
   }
 
@@ -508,40 +489,22 @@ export class Session {
       rcpt = { ...rcpt, address: `postmaster@${domain}`, domain };
     }
     if (rcpt.utf8 && tx.params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
-    // A HELO or reverse-DNS refusal is waived for a client that has since authenticated (Postfix
-    // evaluates them at RCPT, after permit_sasl_authenticated): roaming users connect from anywhere.
-    // Which checks are waived is declared by each check (Waivers.afterAuth in src/policy/check.ts).
-    const waived = this.delayed !== undefined && this.info.authUser !== undefined && this.deps.policy.waivedAfterAuth(this.delayed.check);
-    const sessionRefusal = waived ? undefined : this.delayed;
-    const delayed = sessionRefusal ?? tx.delayed;
-    if (delayed) {
-      tx.trace.refused(refusalReply(delayed));
-      this.logDecision('rcpt', delayed, rcpt);
-      return this.error(refusalReply(delayed));
-    }
-    const result = await this.deps.policy.run('rcpt', { session: this.info, tx, rcpt });
-    await this.hold(result);
-    tx.trace.phase(result);
-    const final = result.final;
-    if (final) this.logDecision('rcpt', final, rcpt);
-    if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
-      if (final.closeSession) {
+    const decision = await this.policy.rcpt(tx.policy, tx, rcpt);
+    if (decision.kind === 'reply') {
+      if (decision.close) {
         // smtpd's deny: the refusal, then 421 and the end of the session; pipelined input is dropped.
-        tx.trace.end(refusalReply(final));
-        this.reply(refusalReply(final));
+        this.reply(decision.reply);
         this.reply(`421 4.7.0 ${this.config.hostname} Service not available, closing transmission channel`);
         this.buf = Buffer.alloc(0);
         return this.close();
       }
-      return this.error(refusalReply(final));
+      return this.error(decision.reply);
     }
-    tx.score += result.score;
-    tx.headers.push(...result.headers);
     if (!tx.rcpts.some((r) => r.address === rcpt.address)) {
       tx.rcpts.push(rcpt);
       if (dsnParams.dsn) (tx.rcptDsn ??= {})[rcpt.address] = dsnParams.dsn;
     }
-    tx.trace.rcpt(rcpt.address);
+    tx.policy.trace.rcpt(rcpt.address);
     this.info.rcptCount++;
     this.reply('250 2.1.5 Ok');
   }
@@ -612,16 +575,12 @@ export class Session {
       await writer.abort();
       return this.finishTransaction(tx, writer.id, refused);
     }
-    const result = await this.deps.policy.run('data', { session: this.info, tx, size: decoder.size });
-    await this.hold(result);
-    tx.trace.phase(result);
-    const final = result.final;
-    if (final) this.logDecision('data', final);
-    if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
+    const decision = await this.policy.data(tx.policy, tx, decoder.size);
+    if (decision.kind === 'reply') {
       await writer.abort();
-      return this.finishTransaction(tx, writer.id, refusalReply(final));
+      return this.finishTransaction(tx, writer.id, decision.reply);
     }
-    if (final?.kind === 'discard') {
+    if (decision.kind === 'discard') {
       await writer.abort();
       return this.finishTransaction(tx, writer.id, `250 2.0.0 Ok: queued as ${writer.id}`, 'discarded');
     }
@@ -637,8 +596,8 @@ export class Session {
       smtputf8: tx.params.SMTPUTF8 === true && (tx.mailFrom.utf8 || tx.rcpts.some((r) => r.utf8) || tx.headerScan?.eightBit === true) ? true : undefined,
       dsn: messageDsnOf(tx.params),
       rcptDsn: tx.rcptDsn,
-      addHeaders: [...tx.headers, ...result.headers].length > 0 ? [...tx.headers, ...result.headers] : undefined,
-      score: tx.score + result.score || undefined,
+      addHeaders: decision.headers.length > 0 ? decision.headers : undefined,
+      score: decision.score || undefined,
     };
     let committed: CommittedMessage;
     try {
@@ -658,7 +617,7 @@ export class Session {
   }
 
   private finishTransaction(tx: Transaction, id: string, reply: string, outcome?: TraceOutcome): void {
-    tx.trace.end(reply, id, outcome);
+    tx.policy.trace.end(reply, id, outcome);
     this.reply(reply);
     if (this.shuttingDown) this.sayGoodbye();
   }
@@ -671,16 +630,7 @@ export class Session {
   /** Whether EHLO lists AUTH: enabled, secured, and not hidden from a recent POP user (relay.hide_auth). */
   private async authOffered(): Promise<boolean> {
     if (!this.config.auth.enabled || !this.deps.authenticator || this.info.authUser !== undefined || !this.authSecured()) return false;
-    const relay = this.config.relay;
-    if (relay.hide_auth.includes('recentpop') && relay.forward_user && this.deps.store) {
-      try {
-        const at = await this.deps.store.relayerGet(this.info.remoteIp);
-        if (at !== undefined && Date.now() / 1000 - at <= relay.forward_window / 1000) return false;
-      } catch {
-        // Store unreachable: offer AUTH, which works without it.
-      }
-    }
-    return true;
+    return !(await this.policy.hideAuth());
   }
 
   private async auth(arg: string): Promise<void> {
@@ -791,8 +741,7 @@ export class Session {
           // RFC 3207: forget everything learned before the handshake.
           this.info.tls = true;
           this.info.helo = undefined;
-          this.heloTags = { score: 0, headers: [] };
-          this.trace.phase('helo', undefined);
+          this.policy.forgetHelo();
           this.info.esmtp = false;
           this.info.authUser = undefined;
           this.resetTransaction();
@@ -820,32 +769,14 @@ export class Session {
     await new Promise((r) => setTimeout(r, result.delayMs));
   }
 
-  private refusalOf(phase: 'connect' | 'helo' | 'mail', result: PhaseResult): RefusalVerdict | undefined {
-    const final = result.final;
-    if (final) this.logDecision(phase, final);
-    return final && (final.kind === 'reject' || final.kind === 'tempfail') ? final : undefined;
-  }
-
-  /** One structured line per policy decision, with the check and the setting behind it. */
-  private logDecision(phase: string, v: FinalVerdict, rcpt?: Address): void {
-    const fields: Record<string, unknown> = { phase, check: v.check, verdict: v.kind };
-    if (this.tx) fields.from = this.tx.mailFrom.address;
-    if (rcpt) fields.rcpt = rcpt.address;
-    if (v.kind === 'reject' || v.kind === 'tempfail') {
-      fields.reply = refusalReply(v);
-      if (v.setting) fields.setting = v.setting;
-    }
-    this.log.info(fields, v.log ?? (v.kind === 'reject' || v.kind === 'tempfail' ? `Command ${phase.toUpperCase()} refused` : `${phase} ${v.kind}`));
-  }
-
   private resetTransaction(): void {
-    this.tx?.trace.end();
+    this.tx?.policy.trace.end();
     this.tx = undefined;
   }
 
   private close(): void {
     if (this.mode === 'closed') return;
-    this.tx?.trace.end(); // QUIT, a timeout, 421: a transaction still open ends here
+    this.tx?.policy.trace.end(); // QUIT, a timeout, 421: a transaction still open ends here
     this.mode = 'closed';
     this.clearDeadline();
     this.ended();
