@@ -11,7 +11,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { freePort, parseSinkDump, startSmtpSink, waitUntil, type SmtpSinkPeer } from './harness/peers.ts';
+import { freePort, sinkMessageHashes, startSmtpSink, waitUntil } from './harness/peers.ts';
 import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import { fill, mountTmpfs } from './harness/tmpfs.ts';
@@ -100,28 +100,6 @@ async function client(port: number, rand: () => number, tag: string, count: numb
   }
 }
 
-/**
- * Delivered copies by Message-ID (complete dumps only): the SHA-256 of the message from
- * "Message-ID:" on, smtp-sink's LF turned back into CRLF (the messages have no bare CR or LF).
- */
-function delivered(sink: SmtpSinkPeer): Map<string, string[]> {
-  const out = new Map<string, string[]>();
-  for (const f of sink.files()) {
-    let data: string;
-    try {
-      data = parseSinkDump(f).body.toString('latin1');
-    } catch {
-      continue; // still being written
-    }
-    const at = data.indexOf('Message-ID: <');
-    if (at === -1) continue;
-    const id = data.slice(at + 13, data.indexOf('>', at));
-    if (!data.endsWith(`\nEND ${id}\n`)) continue;
-    out.set(id, [...(out.get(id) ?? []), sha(Buffer.from(data.slice(at).replaceAll('\n', '\r\n'), 'latin1'))]);
-  }
-  return out;
-}
-
 test('disk full: 220 messages of mixed sizes, every refusal 452 4.3.1, every 250 delivered intact after kill -9, a restart on the full disk and space coming back', { timeout: 240_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-diskfull-'));
   cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -175,10 +153,10 @@ test('disk full: 220 messages of mixed sizes, every refusal 452 4.3.1, every 250
   const sink = await startSmtpSink({ dumpDir: path.join(dir, 'sink'), port: sinkPort });
   cleanups.push(() => sink.stop());
   await waitUntil(() => {
-    const got = delivered(sink);
+    const got = sinkMessageHashes(sink);
     return [...out.acked.keys()].every((id) => got.has(id));
   }, 60_000, 250);
-  let got = delivered(sink);
+  let got = sinkMessageHashes(sink);
   const missing = [...out.acked.keys()].filter((id) => !got.has(id));
   assert.deepEqual(missing, [], `acknowledged but not delivered; mxguard's output:\n${fs.readFileSync(mx.logFile, 'utf8').slice(-4000)}`);
   for (const [id, hash] of out.acked) for (const h of got.get(id) ?? []) assert.equal(h, hash, `${id} arrived damaged`);
@@ -187,7 +165,7 @@ test('disk full: 220 messages of mixed sizes, every refusal 452 4.3.1, every 250
   assert.equal(await mx.stop(), 0);
   mx = await startMxguard(dir, config, port);
   await new Promise((r) => setTimeout(r, 1500));
-  got = delivered(sink);
+  got = sinkMessageHashes(sink);
   for (const [id, hash] of out.acked) assert.ok((got.get(id) ?? []).every((h) => h === hash), id);
   const queue = fs.readdirSync(path.join(spoolFs, 'spool', 'queue')).filter((f) => !f.endsWith('.new'));
   assert.deepEqual(queue, [], 'the queue is empty');

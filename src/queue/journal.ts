@@ -208,7 +208,8 @@ export function readSegment(dir: string, seq: number): JournalRecord[] {
   return parseSegment(fs.readFileSync(segmentPath(dir, seq, 'log')), seq).records.filter((r) => !done.has(r.envelope.id));
 }
 
-function readDone(dir: string, seq: number): Set<string> {
+/** The IDs a segment's .done file lists (none when it has no .done file yet). */
+export function readDone(dir: string, seq: number): Set<string> {
   try {
     return new Set(fs.readFileSync(segmentPath(dir, seq, 'done'), 'latin1').split('\n').filter(Boolean));
   } catch {

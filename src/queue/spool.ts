@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { SyncGroup } from './sync-group.ts';
-import { Journal, listSegments, parseSegment, removeSegment, segmentPath, type JournalRef } from './journal.ts';
+import { Journal, listSegments, parseSegment, readDone, removeSegment, segmentPath, type JournalRef } from './journal.ts';
 import { isEnvelope, type Envelope } from '../mail/envelope.ts';
 import { crc32Of, hex8, spoolFs, writevAll, writevAllSync } from './spool-fs.ts';
 import type { MessageBody } from '../mail/transport.ts';
@@ -139,12 +139,7 @@ export class Spool {
     const file = segmentPath(this.paths.journal, seq, 'log');
     const data = fs.readFileSync(file);
     const parsed = parseSegment(data, seq);
-    let done = new Set<string>();
-    try {
-      done = new Set(fs.readFileSync(segmentPath(this.paths.journal, seq, 'done'), 'latin1').split('\n').filter(Boolean));
-    } catch {
-      // no .done file: nothing was delivered from it
-    }
+    const done = readDone(this.paths.journal, seq);
     const pending = parsed.records.filter((r) => !done.has(r.envelope.id));
     let keep = false;
     if (parsed.damage.length > 0) {

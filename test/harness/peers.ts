@@ -2,6 +2,7 @@
 // and swaks. Each runs on a free loopback port in its own temp dir, waits for its "220" banner
 // (bounded), and is stopped by PID. A process 'exit' / signal handler kills whatever is still
 // running, so a crashed test leaves nothing behind. See PEERS.md for how each peer is set up.
+import crypto from 'node:crypto';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
@@ -615,4 +616,29 @@ export async function startDovecotAndPostfix(postfixDomains: readonly string[]):
     throw failed.reason;
   }
   return { dovecot: running[0] as MailStorePeer, postfix: running[1] as MailStorePeer, stop };
+}
+
+/**
+ * The complete messages smtp-sink has dumped, by Message-ID: the SHA-256 of each copy from its
+ * "Message-ID:" line on, smtp-sink's LF turned back into CRLF. For test messages that start with
+ * a Message-ID, end with a line `END <id>` (so a dump still being written is skipped) and have no
+ * bare CR or LF.
+ */
+export function sinkMessageHashes(sink: SmtpSinkPeer): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  for (const f of sink.files()) {
+    let data: string;
+    try {
+      data = parseSinkDump(f).body.toString('latin1');
+    } catch {
+      continue; // still being written
+    }
+    const at = data.indexOf('Message-ID: <');
+    if (at === -1) continue;
+    const id = data.slice(at + 13, data.indexOf('>', at));
+    if (!data.endsWith(`\nEND ${id}\n`)) continue;
+    const hash = crypto.createHash('sha256').update(Buffer.from(data.slice(at).replaceAll('\n', '\r\n'), 'latin1')).digest('hex');
+    out.set(id, [...(out.get(id) ?? []), hash]);
+  }
+  return out;
 }
