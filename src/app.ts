@@ -7,6 +7,7 @@ import { SmtpServer, loadTlsContext } from './smtp/server.ts';
 import type { SessionDeps } from './smtp/session.ts';
 import { PolicyEngine } from './policy/engine.ts';
 import { buildChecks } from './policy/index.ts';
+import type { AnyCheck } from './policy/check.ts';
 import { TraceBuffer } from './policy/trace.ts';
 import { Spool } from './queue/spool.ts';
 import { Forwarder } from './queue/forwarder.ts';
@@ -35,10 +36,14 @@ export class App {
   private current: Config;
   private scanTimer: NodeJS.Timeout | undefined;
 
-  constructor(config: Config, log: Logger) {
+  /** Checks run after the registry's (tests: a DATA check that never answers). */
+  private readonly extraChecks: readonly AnyCheck[];
+
+  constructor(config: Config, log: Logger, opts: { extraChecks?: readonly AnyCheck[] } = {}) {
     this.config = config;
     this.current = config;
     this.log = log;
+    this.extraChecks = opts.extraChecks ?? [];
   }
 
   /** The admin API's port (admin.listen may say port 0), when it runs. */
@@ -83,7 +88,7 @@ export class App {
     const forwarder = this.forwarder as Forwarder;
     return {
       config,
-      policy: new PolicyEngine(buildChecks(config, this.store, this.resolverFor(config), this.log), this.log),
+      policy: new PolicyEngine([...buildChecks(config, this.store, this.resolverFor(config), this.log), ...this.extraChecks], this.log),
       spool: this.spool as Spool,
       log: this.log,
       tls: loadTlsContext(config),

@@ -13,6 +13,7 @@ import { withTestApp as withApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import { runSwaks, startDovecotAuth } from './harness/peers.ts';
 import type { ConfigInput } from '../src/config/schema.ts';
+import { advanceClock, clock, resetClock } from '../src/util/clock.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/cli/main.ts');
 const b64 = (s: string) => Buffer.from(s, 'utf8').toString('base64');
@@ -128,14 +129,14 @@ test('plaintext AUTH is not offered and is refused with 538 where TLS is require
   });
 });
 
-test('guessing is slowed down, then refused with 454 for the whole failure_window', async () => {
-  await withApp({ auth: { users_file: usersFile, max_failures: 3, failure_delay: '200ms', failure_window: '4s' } }, async (app) => {
+test('guessing is slowed down, then refused with 454 for the whole failure_window', async (t) => {
+  t.after(() => resetClock());
+  await withApp({ auth: { users_file: usersFile, max_failures: 3, failure_delay: '200ms', failure_window: '10m' } }, async (app) => {
     const c = await RawClient.connect(app.port);
     await c.reply();
     c.send('EHLO client.test\r\n');
     await c.reply();
     const took: number[] = [];
-    const firstFailure = Date.now();
     for (let i = 0; i < 3; i++) {
       const t0 = Date.now();
       c.send(`AUTH PLAIN ${b64(`\0alice\0guess${i}`)}\r\n`);
@@ -147,8 +148,16 @@ test('guessing is slowed down, then refused with 454 for the whole failure_windo
     c.send(`AUTH PLAIN ${b64('\0alice\0wonderland')}\r\n`);
     assert.equal(await c.reply(5000), '454 4.7.0 Too many failed authentication attempts, try again later');
     c.close();
-    // The window started when the first failure was counted, before its (delayed) 535 came back.
-    await new Promise((r) => setTimeout(r, firstFailure + (took[0] as number) + 4100 - Date.now()));
+    // The window (util/clock.ts, which mxguard in this process reads) started when the first
+    // failure was counted, before its (delayed) 535 came back. Late in the window: still refused.
+    advanceClock(9 * 60_000);
+    const late = await RawClient.connect(app.port);
+    await late.reply();
+    late.send(`EHLO client.test\r\nAUTH PLAIN ${b64('\0alice\0wonderland')}\r\n`);
+    assert.equal((await late.replies(2, 5000))[1], '454 4.7.0 Too many failed authentication attempts, try again later');
+    late.close();
+    // Once the window is over, the right password works again.
+    advanceClock(60_000 + 1000);
     const d = await RawClient.connect(app.port);
     await d.reply();
     d.send(`EHLO client.test\r\nAUTH PLAIN ${b64('\0alice\0wonderland')}\r\n`);
@@ -187,7 +196,8 @@ test('AUTH edge cases: LOGIN exchange, cancel, bad base64, unknown mechanism, tw
   });
 });
 
-test('hide_auth: [recentpop] does not offer AUTH to a recent POP user', async () => {
+test('hide_auth: [recentpop] does not offer AUTH to a recent POP user', async (t) => {
+  t.after(() => resetClock());
   await withApp({ auth: { users_file: usersFile }, relay: { forward_user: true, hide_auth: ['recentpop'] } }, async (app) => {
     const ehlo = async () => {
       const c = await RawClient.connect(app.port);
@@ -200,9 +210,14 @@ test('hide_auth: [recentpop] does not offer AUTH to a recent POP user', async ()
     assert.ok((await ehlo()).includes('AUTH PLAIN LOGIN'));
     const { openStore } = await import('../src/store/index.ts');
     const store = await openStore(app.config);
-    await store.relayerAdd('127.0.0.1', Math.floor(Date.now() / 1000), 60_000);
+    await store.relayerAdd('127.0.0.1', Math.floor(clock.now() / 1000), 3_600_000);
     await store.close();
     assert.ok(!(await ehlo()).includes('AUTH'), 'hidden from a client that logged in to POP lately');
+    // forward_window (default 2m) on util/clock.ts: still hidden late in it, offered again after.
+    advanceClock(100_000);
+    assert.ok(!(await ehlo()).includes('AUTH'), 'still within forward_window');
+    advanceClock(25_000);
+    assert.ok((await ehlo()).includes('AUTH PLAIN LOGIN'), 'offered again once forward_window is over');
   });
 });
 

@@ -264,11 +264,16 @@ function mailWith(maildir: string, text: string): string[] {
   return maildirFiles(maildir).filter((f) => fs.readFileSync(f, 'latin1').includes(text));
 }
 
-/** Splits a delivered message (LF line ends) into its first header field (with folds) and the rest. */
-function firstField(text: string): { field: string; rest: string } {
+/**
+ * Splits a delivered message (LF line ends) into its first header field (with folds), the
+ * X-Spam-* fields we put right after it (scoring.add_headers: all) and the rest.
+ */
+function firstField(text: string): { field: string; spam: string; rest: string } {
   const m = /^[^\n]*\n(?:[ \t][^\n]*\n)*/.exec(text);
   assert.ok(m, 'no header');
-  return { field: m[0], rest: text.slice(m[0].length) };
+  const after = text.slice(m[0].length);
+  const spam = /^(?:X-Spam-[A-Za-z]+: [^\n]*\n(?:[ \t][^\n]*\n)*)*/.exec(after)?.[0] ?? '';
+  return { field: m[0], spam, rest: after.slice(spam.length) };
 }
 
 const DATE = '[A-Z][a-z]{2}, \\d{1,2} [A-Z][a-z]{2} \\d{4} \\d\\d:\\d\\d:\\d\\d \\+0000';
@@ -315,8 +320,9 @@ test('swaks → mxguard → smtp-sink: delivered once, body intact, our Received
   assert.deepEqual(dump.rcptArgs, ['<bob@example.test>']);
   assert.equal(dump.helo, HOSTNAME, 'mxguard says EHLO with its hostname');
 
-  const { field, rest } = firstField(dump.body.toString('latin1'));
+  const { field, spam, rest } = firstField(dump.body.toString('latin1'));
   assert.match(field, ourReceived(id, 'ESMTP', 'bob@example.test'));
+  assert.equal(spam, 'X-Spam-Score: 0.0\nX-Spam-Status: No, score=0.0 required=5.0 tests=none\n', 'our X-Spam-* fields right after our Received');
   assert.equal(rest, message(msgId, 'bob@example.test').replace(/\r\n/g, '\n') + '\n', 'the message after our Received header is byte for byte what swaks sent');
   assert.equal(rest.match(/^Received: /gm), null, 'only one Received header of ours');
 });

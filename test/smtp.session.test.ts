@@ -3,6 +3,7 @@
 import { test, after, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import path from 'node:path';
@@ -336,4 +337,31 @@ test('limits.tarpit_start: past it, each RCPT is answered later, and other sessi
   } finally {
     await tar.stop();
   }
+});
+
+test('pipelined MAIL, RCPT, RCPT, DATA cost the server one write (RFC 2920: flush only when no command waits)', async () => {
+  const c = await greeted();
+  c.send('EHLO pipe.test\r\n');
+  await c.reply();
+  // Count what the server side of this connection writes (mxguard runs in this process).
+  const writes: string[] = [];
+  const original = net.Socket.prototype.write;
+  const port = t.port;
+  net.Socket.prototype.write = function (this: net.Socket, ...args: Parameters<typeof original>) {
+    if (this.localPort === port) writes.push(String(args[0]));
+    return original.apply(this, args);
+  } as typeof original;
+  try {
+    c.send('MAIL FROM:<s@remote.test>\r\nRCPT TO:<pipe1@example.test>\r\nRCPT TO:<pipe2@example.test>\r\nDATA\r\n');
+    assert.equal(await c.reply(), '250 2.1.0 Ok');
+    assert.equal(await c.reply(), '250 2.1.5 Ok');
+    assert.equal(await c.reply(), '250 2.1.5 Ok');
+    assert.match(await c.reply(), /^354 /);
+  } finally {
+    net.Socket.prototype.write = original;
+  }
+  assert.equal(writes.length, 1, `one write for four replies, got ${JSON.stringify(writes)}`);
+  c.send('Subject: p\r\n\r\nx\r\n.\r\nQUIT\r\n');
+  assert.match(await c.reply(), /^250 /);
+  assert.match(await c.reply(), /^221 /);
 });

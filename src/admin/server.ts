@@ -14,6 +14,7 @@ import { parseHostPort, type Config } from '../config/schema.ts';
 import type { Store } from '../store/store.ts';
 import type { Logger } from '../util/log.ts';
 import { canonicalIp } from '../util/cidr.ts';
+import { clock } from '../util/clock.ts';
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {
   const text = typeof body === 'string' ? body + '\n' : JSON.stringify(body) + '\n';
@@ -57,7 +58,7 @@ export async function startAdmin(config: Config, store: Store, log: Logger): Pro
     if (req.method === 'POST') {
       const atText = url.searchParams.get('at');
       if (atText !== null && !/^\d{1,12}$/.test(atText)) return send(res, 400, { error: 'at must be epoch seconds' });
-      const at = atText === null ? Math.floor(Date.now() / 1000) : Number(atText);
+      const at = atText === null ? Math.floor(clock.now() / 1000) : Number(atText);
       await store.relayerAdd(ip, at, config.relay.relayers_keep);
       log.info({ check: 'forward_user', ip, via: 'admin' }, 'POP-before-SMTP login');
       return send(res, 200, { ip, at });

@@ -1,6 +1,6 @@
 // The mxguard command line: start | stdio | check | queue | relay | user | relaytest.
 import { Command } from 'commander';
-import { ConfigError, checkConfigFile, defaultConfig, loadConfigFile } from '../config/load.ts';
+import { ConfigError, checkConfigFile, defaultConfig, formatConfigMessage, loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { createLogger } from '../util/log.ts';
 import { runStdio, stdioLogger } from '../stdio.ts';
@@ -84,13 +84,33 @@ program
 
 program
   .command('check')
-  .description('validate a configuration file without starting (exit 0 = valid)')
+  .description('validate a configuration file without starting (exit 0 = valid); with --sample, run the message filters over known-good mail (exit 1 if any would be refused)')
   .requiredOption('-c, --config <file>', 'YAML configuration file')
-  .action(async (opts: { config: string }) => {
+  .option('--sample <dir>', 'a Maildir or a folder of message files: list each message the filters would reject, drop or tag, and by which rule')
+  .action(async (opts: { config: string; sample?: string }) => {
     const { usersFileMessages } = await import('./user.ts');
-    const result = await checkConfigFile(opts.config, usersFileMessages);
-    (result.ok ? console.log : console.error)(result.output);
-    process.exitCode = result.ok ? 0 : 1;
+    const { filterProblems, emptyMessageWarnings, sampleReport } = await import('./filters.ts');
+    let loaded: { config: Config; filters: ReturnType<typeof filterProblems>['filters'] } | undefined;
+    const result = await checkConfigFile(opts.config, (config) => {
+      const f = filterProblems(config);
+      loaded = { config, filters: f.filters };
+      return [...usersFileMessages(config), ...f.problems];
+    });
+    const out = [result.output];
+    if (result.ok && loaded) out.push(...emptyMessageWarnings(loaded.filters).map((w) => formatConfigMessage(w, 'warning')));
+    let ok = result.ok;
+    if (result.ok && loaded && opts.sample !== undefined) {
+      try {
+        const report = sampleReport(loaded.config, loaded.filters, opts.sample);
+        out.push(report.output);
+        ok = report.ok;
+      } catch (err) {
+        out.push(`${opts.sample}: cannot read the sample: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+        ok = false;
+      }
+    }
+    (ok ? console.log : console.error)(out.join('\n'));
+    process.exitCode = ok ? 0 : 1;
   });
 
 program

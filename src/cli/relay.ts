@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import type { Config } from '../config/schema.ts';
 import { openStore, type Relayer, type Store } from '../store/index.ts';
+import { clock } from '../util/clock.ts';
 
 function format(entries: readonly Relayer[]): string {
   return entries.map((r) => `${r.ip} ${r.at}`).join('\n');
@@ -31,13 +32,13 @@ function ticks(text: string | undefined, what: string): number | undefined {
 function cutoff(config: Config, minutes: string | undefined): number {
   const n = ticks(minutes, 'n (minutes)');
   const windowS = n === undefined ? config.relay.forward_window / 1000 : n * 60;
-  return Math.floor(Date.now() / 1000 - windowS);
+  return Math.floor(clock.now() / 1000 - windowS);
 }
 
 export async function relayCommand(config: Config, command: string, args: readonly string[]): Promise<string> {
   const store: Store = await openStore(config);
   try {
-    const now = Math.floor(Date.now() / 1000);
+    const now = Math.floor(clock.now() / 1000);
     const keep = config.relay.relayers_keep;
     switch (command) {
       case 'add': {

@@ -256,6 +256,8 @@ function finish(parsed: Config, baseDir: string): Config {
   config.relay.pop_logs = config.relay.pop_logs.map((f) => path.resolve(baseDir, f));
   if (config.recipients.file !== undefined) config.recipients.file = path.resolve(baseDir, config.recipients.file);
   if (config.rules_file !== undefined) config.rules_file = path.resolve(baseDir, config.rules_file);
+  if (config.filters.mfilter !== undefined) config.filters.mfilter = path.resolve(baseDir, config.filters.mfilter);
+  config.filters.rules = config.filters.rules.map((f) => path.resolve(baseDir, f));
   if (config.auth.dovecot_socket !== undefined && config.auth.dovecot_socket.includes('/')) config.auth.dovecot_socket = path.resolve(baseDir, config.auth.dovecot_socket);
   if (config.deliver === undefined) {
     config.deliver = `maildir:${path.join(config.data_dir, 'maildir')}`;

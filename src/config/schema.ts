@@ -350,6 +350,36 @@ export const configSchema = z.strictObject({
       scan_interval: duration.default(60_000),
     })
     .prefault({}),
+  scoring: z
+    .strictObject({
+      /** From this transaction score on, the message is tagged spam: X-Spam-Flag: YES (SpamAssassin's required score). */
+      tag_at: z.number().default(5),
+      /** From this score on, 550 5.7.1 at the end of DATA, naming the largest contributors. */
+      reject_at: z.number().default(15),
+      /** From this score on (below reject_at), 451 4.7.1: the sender retries later. Off unless set. */
+      tempfail_at: z.number().optional(),
+      /** Which messages get the X-Spam-* headers: all (as SpamAssassin), spam (from tag_at) or none. */
+      add_headers: z.enum(['all', 'spam', 'none']).default('all'),
+      /** The DATA checks together must answer within this; the reply never waits longer. */
+      data_timeout: duration.default(30_000),
+    })
+    .prefault({})
+    .superRefine((s, ctx) => {
+      if (s.reject_at < s.tag_at) ctx.addIssue({ code: 'custom', path: ['reject_at'], message: `reject_at (${s.reject_at}) is below tag_at (${s.tag_at}): nothing would ever be tagged` });
+      if (s.tempfail_at !== undefined && s.tempfail_at >= s.reject_at) ctx.addIssue({ code: 'custom', path: ['tempfail_at'], message: `tempfail_at (${s.tempfail_at}) must be below reject_at (${s.reject_at})` });
+    }),
+  filters: z
+    .strictObject({
+      /** DMail's msg_filter: a file of Mfilter rules, run on each message at the end of DATA. */
+      mfilter: z.string().min(1).optional(),
+      /** Files of SpamAssassin-syntax rules (header, body, rawbody, uri, full, meta, score, describe). */
+      rules: z.array(z.string().min(1)).default([]),
+      /** The filters read at most this much of a message body (SpamAssassin reads about 50 KB of body text). */
+      scan_size: size.default(256 * 1024),
+      /** When a filter fails or misses scoring.data_timeout: tempfail (451) or accept without its verdict. */
+      on_error: z.enum(['tempfail', 'accept']).default('tempfail'),
+    })
+    .prefault({}),
   dns: z
     .strictObject({
       /** Resolvers to ask (IP:port, as Node can only use addresses); empty = the system's (/etc/resolv.conf). */

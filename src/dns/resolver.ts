@@ -24,6 +24,7 @@ import dns from 'node:dns';
 import net from 'node:net';
 import { domainToASCII } from 'node:url';
 import type { Logger } from '../util/log.ts';
+import { clock } from '../util/clock.ts';
 
 // --- result types ---------------------------------------------------------------------------
 
@@ -107,7 +108,7 @@ export interface DnsResolverOptions {
   readonly maxTtlSec?: number;
   /** Queries on the wire at once; more wait (within their deadline). Default 64. */
   readonly maxInflight?: number;
-  /** Clock for the cache, ms (tests). Default Date.now. */
+  /** Clock for the cache, ms (tests). Default util/clock.ts. */
   readonly now?: () => number;
 }
 
@@ -333,7 +334,7 @@ export class DnsResolver {
   constructor(opts: DnsResolverOptions) {
     this.timeoutMs = Math.max(1, Math.floor(opts.timeoutMs));
     this.log = opts.log;
-    this.now = opts.now ?? Date.now;
+    this.now = opts.now ?? (() => clock.now());
     this.cache = new TtlCache<Cacheable>(opts.cacheSize ?? 5000, this.now);
     this.negativeTtlSec = opts.negativeTtlSec ?? 60;
     this.defaultTtlSec = opts.defaultTtlSec ?? 300;

@@ -19,8 +19,15 @@ export interface Envelope {
   readonly dsn?: MessageDsn;
   /** DSN NOTIFY / ORCPT of RCPT, keyed by recipient address; absent when none was given. */
   readonly rcptDsn?: Readonly<Record<string, RcptDsn>>;
-  /** Header lines (with CRLF) put in front of the message when it is delivered (tag verdicts). */
+  /** Header lines (with CRLF) put in the message when it is delivered (tag verdicts, X-Spam-*). */
   readonly addHeaders?: readonly string[];
+  /** Where addHeaders go: this octet of the stored message (the end of our Received header); absent: in front. */
+  readonly addHeadersAt?: number;
+  /**
+   * Octet ranges [start, end) of the stored message left out when it is delivered: incoming
+   * header fields the policy removed (forged X-Spam-*). The spool keeps what the client sent.
+   */
+  readonly cut?: readonly (readonly [number, number])[];
   /** Policy score, for the record. */
   readonly score?: number;
 }
@@ -53,6 +60,7 @@ export function isEnvelope(value: unknown): value is Envelope {
     typeof v.client === 'object' &&
     v.client !== null &&
     (v.dsn === undefined || (typeof v.dsn === 'object' && v.dsn !== null)) &&
-    (v.rcptDsn === undefined || (typeof v.rcptDsn === 'object' && v.rcptDsn !== null))
+    (v.rcptDsn === undefined || (typeof v.rcptDsn === 'object' && v.rcptDsn !== null)) &&
+    (v.cut === undefined || (Array.isArray(v.cut) && v.cut.every((r) => Array.isArray(r) && r.length === 2 && r.every((n) => Number.isSafeInteger(n) && (n as number) >= 0))))
   );
 }

@@ -32,6 +32,11 @@ export interface Check<P extends Phase = Phase> {
    * for one DNS timeout, not one per check. Its verdict still counts in registry order.
    */
   readonly concurrent?: boolean;
+  /**
+   * What a failure of this DATA check means (it threw, or missed scoring.data_timeout): tempfail
+   * (451, the client retries; the default) or accept (the message goes on without its verdict).
+   */
+  readonly onError?: 'tempfail' | 'accept';
   /** Copied from the check's module by the registry (buildChecks). */
   readonly waives?: Waivers;
   run(ctx: PhaseContexts[P]): Verdict | Promise<Verdict>;
@@ -53,8 +58,8 @@ export interface CheckDeps {
 export interface CheckModule<S, P extends Phase = Phase> {
   readonly name: string;
   readonly phase: P;
-  /** Services without which the check is not built (the DNS checks need a resolver). */
-  readonly needs?: readonly 'dns'[];
+  /** Services without which the check is not built (the DNS checks need a resolver, AUTH throttling the store). */
+  readonly needs?: readonly ('dns' | 'store')[];
   readonly waives?: Waivers;
   settings(config: Config): S | undefined;
   create(settings: S, deps: CheckDeps): Check<P>;

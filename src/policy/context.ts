@@ -1,5 +1,6 @@
 // What a check may look at, per phase. The SMTP engine fills these in; checks never see sockets.
 import type { Address, PathParams } from '../mail/address.ts';
+import type { HeaderField } from '../mail/header-block.ts';
 
 export interface SessionInfo {
   /** Session ID for logs. */
@@ -38,6 +39,15 @@ export interface HeloContext {
   readonly session: SessionInfo;
   readonly helo: string;
 }
+/**
+ * One AUTH exchange, stage by stage: `start` (the AUTH command), `attempt` (credentials to
+ * check, not yet checked), then its outcome: `ok`, `failed`, or `unchecked` (the backend could
+ * not say: busy, unreachable).
+ */
+export interface AuthContext {
+  readonly session: SessionInfo;
+  readonly stage: 'start' | 'attempt' | 'ok' | 'failed' | 'unchecked';
+}
 export interface MailContext {
   readonly session: SessionInfo;
   readonly mailFrom: Address;
@@ -53,11 +63,34 @@ export interface DataContext {
   readonly tx: TransactionInfo;
   /** Size of the message body as received, in octets. */
   readonly size: number;
+  /** The message itself, received and in the spool, not yet acknowledged. */
+  readonly message: MessageView;
+  /** Aborted when scoring.data_timeout passes: a check still reading should stop. */
+  readonly signal: AbortSignal;
+}
+
+/** The message as DATA checks see it: its parsed header block, and its octets re-read from the spool. */
+export interface MessageView {
+  /** The queue ID it will have. */
+  readonly id: string;
+  /** Octets of the stored message: our Received header, then the message as the client sent it. */
+  readonly size: number;
+  /** The header fields in order, our Received first, raw and unfolded, up to a size cap. */
+  readonly headers: readonly HeaderField[];
+  /** The header block was longer than the cap: fields past it are not in `headers`. */
+  readonly headersTruncated: boolean;
+  /** Lines of the stored message. */
+  readonly lines: number;
+  /** Offset of the body (after the empty line) in the stored message. */
+  readonly bodyOffset: number;
+  /** The stored message from `start` (default 0), read afresh each call: the whole of it is never held for a check. */
+  read(start?: number): AsyncIterable<Buffer>;
 }
 
 export interface PhaseContexts {
   connect: ConnectContext;
   helo: HeloContext;
+  auth: AuthContext;
   mail: MailContext;
   rcpt: RcptContext;
   data: DataContext;

@@ -9,8 +9,8 @@
 // when every check ahead of it said continue or tag. The checks before the first concurrent one
 // (ban.ip, say) still decide before any query is sent.
 import type { AnyCheck, Check } from './check.ts';
-import type { PhaseContexts } from './context.ts';
-import type { FinalVerdict, Phase, Verdict } from './verdict.ts';
+import type { DataContext, PhaseContexts } from './context.ts';
+import type { FinalVerdict, Phase, TestHit, Verdict } from './verdict.ts';
 import { refusalReply } from './verdict.ts';
 import type { TraceEntry } from './trace.ts';
 import type { Logger } from '../util/log.ts';
@@ -23,6 +23,10 @@ export interface PhaseResult {
   headers: string[];
   /** Names of the checks that tagged, for the trace. */
   tags: string[];
+  /** The points by rule name, for X-Spam-Status tests= and the 550 naming the largest contributors. */
+  tests: TestHit[];
+  /** Incoming header fields the checks asked to remove (lower-case names). */
+  removeHeaders: string[];
   /** Hold the reply back this long (sum of the verdicts' delayMs). */
   delayMs: number;
   /** The checks whose verdicts were taken, in order, with the time each took (the transaction trace). */
@@ -30,7 +34,7 @@ export interface PhaseResult {
 }
 
 export class PolicyEngine {
-  private readonly byPhase: { [P in Phase]: Check<P>[] } = { connect: [], helo: [], mail: [], rcpt: [], data: [] };
+  private readonly byPhase: { [P in Phase]: Check<P>[] } = { connect: [], helo: [], auth: [], mail: [], rcpt: [], data: [] };
   private readonly log: Logger;
 
   private readonly waivedAfterAuthNames = new Set<string>();
@@ -59,7 +63,7 @@ export class PolicyEngine {
   }
 
   async run<P extends Phase>(phase: P, ctx: PhaseContexts[P]): Promise<PhaseResult> {
-    const result: PhaseResult = { score: 0, headers: [], tags: [], delayMs: 0, ran: [] };
+    const result = emptyResult();
     const checks = this.byPhase[phase] as Check<P>[];
     let started: Map<Check<P>, Promise<Outcome>> | undefined;
     for (const [i, check] of checks.entries()) {
@@ -70,33 +74,91 @@ export class PolicyEngine {
       const pending = started?.get(check);
       const outcome = pending ?? runNow(check, ctx);
       const out = outcome instanceof Promise ? await outcome : outcome;
-      let verdict: Verdict;
-      if ('verdict' in out) verdict = out.verdict;
-      else {
-        this.log.error({ check: check.name, phase, err: out.err }, 'check failed');
-        verdict = { kind: 'tempfail', check: check.name, code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later' };
-      }
-      result.ran.push(traceEntry(phase, check.name, verdict, out.ms));
-      if (verdict.delayMs) {
-        result.delayMs += verdict.delayMs;
-        this.log.info({ phase, check: verdict.check ?? check.name, delayMs: verdict.delayMs }, verdict.log ?? 'reply delayed');
-      }
-      if (verdict.kind === 'continue') {
-        if (verdict.log && !verdict.delayMs) this.log.info({ phase, check: verdict.check ?? check.name }, verdict.log);
-        continue;
-      }
-      if (verdict.kind === 'tag') {
-        result.score += verdict.score;
-        if (verdict.headers) result.headers.push(...verdict.headers);
-        result.tags.push(verdict.check);
-        if (verdict.log) this.log.info({ phase, check: verdict.check, score: verdict.score }, verdict.log);
-        continue;
-      }
-      result.final = verdict;
-      return result;
+      if (this.take(result, phase, check, out)) return result;
     }
     return result;
   }
+
+  /**
+   * The DATA checks: all started at once, each given until `timeoutMs` (scoring.data_timeout);
+   * their verdicts are taken in registry order. A check that fails or misses the deadline counts
+   * as its `onError` says: tempfail (451, the default) or accept (its verdict is left out). The
+   * reply never waits past the deadline; a late check is told through ctx.signal to stop.
+   */
+  async runData(ctx: Omit<DataContext, 'signal'>, timeoutMs: number): Promise<PhaseResult> {
+    const result = emptyResult();
+    const checks = this.byPhase.data;
+    if (checks.length === 0) return result;
+    const abort = new AbortController();
+    const full: DataContext = { ...ctx, signal: abort.signal };
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<'timeout'>((resolve) => {
+      timer = setTimeout(() => resolve('timeout'), timeoutMs);
+    });
+    const t0 = performance.now();
+    const started = checks.map((c) => settle(c, full));
+    try {
+      for (const [i, check] of checks.entries()) {
+        const out = await Promise.race([started[i] as Promise<Outcome>, deadline]);
+        const outcome: Outcome = out === 'timeout' ? { err: new DataCheckTimeout(timeoutMs), ms: performance.now() - t0 } : out;
+        if (this.take(result, 'data', check, outcome)) return result;
+      }
+      return result;
+    } finally {
+      clearTimeout(timer);
+      abort.abort();
+    }
+  }
+
+  /** Adds one check's outcome to the phase's result; true when it ended the phase. */
+  private take<P extends Phase>(result: PhaseResult, phase: P, check: Check<P>, out: Outcome): boolean {
+    let verdict: Verdict;
+    if ('verdict' in out) verdict = out.verdict;
+    else if (phase === 'data' && check.onError === 'accept') {
+      const why = out.err instanceof DataCheckTimeout ? 'timeout' : 'error';
+      this.log.warn({ check: check.name, phase, err: errText(out.err), onError: 'accept' }, `DATA check ${why === 'timeout' ? 'missed scoring.data_timeout' : 'failed'}: message goes on without its verdict (on_error: accept)`);
+      verdict = { kind: 'continue', check: check.name };
+    } else {
+      if (phase === 'data') this.log.error({ check: check.name, phase, err: errText(out.err), onError: 'tempfail' }, `DATA check ${out.err instanceof DataCheckTimeout ? 'missed scoring.data_timeout' : 'failed'}: message refused for now (on_error: tempfail)`);
+      else this.log.error({ check: check.name, phase, err: out.err }, 'check failed');
+      verdict = { kind: 'tempfail', check: check.name, code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later' };
+    }
+    result.ran.push(traceEntry(phase, check.name, verdict, out.ms));
+    if (verdict.delayMs) {
+      result.delayMs += verdict.delayMs;
+      this.log.info({ phase, check: verdict.check ?? check.name, delayMs: verdict.delayMs }, verdict.log ?? 'reply delayed');
+    }
+    if (verdict.kind === 'continue') {
+      if (verdict.log && !verdict.delayMs) this.log.info({ phase, check: verdict.check ?? check.name }, verdict.log);
+      return false;
+    }
+    if (verdict.kind === 'tag') {
+      result.score += verdict.score;
+      if (verdict.headers) result.headers.push(...verdict.headers);
+      if (verdict.removeHeaders) result.removeHeaders.push(...verdict.removeHeaders);
+      result.tests.push(...(verdict.tests ?? [{ name: verdict.check, score: verdict.score }]));
+      result.tags.push(verdict.check);
+      if (verdict.log) this.log.info({ phase, check: verdict.check, score: verdict.score }, verdict.log);
+      return false;
+    }
+    result.final = verdict;
+    return true;
+  }
+}
+
+/** A DATA check that did not answer within scoring.data_timeout. */
+export class DataCheckTimeout extends Error {
+  constructor(ms: number) {
+    super(`no answer within scoring.data_timeout (${ms} ms)`);
+  }
+}
+
+function errText(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+function emptyResult(): PhaseResult {
+  return { score: 0, headers: [], tags: [], tests: [], removeHeaders: [], delayMs: 0, ran: [] };
 }
 
 /** A check's verdict or error, and the milliseconds it took. */

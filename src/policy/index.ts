@@ -27,6 +27,8 @@ import { relayProbe } from './checks/relay_probe.ts';
 import { recipientCallout } from './checks/recipient_callout.ts';
 import { localDomains } from './checks/local_domains.ts';
 import { relay } from './checks/relay.ts';
+import { authFailures } from './checks/auth_failures.ts';
+import { filterRules, mfilter } from './filters/check.ts';
 
 export const REGISTRY: readonly AnyCheckModule[] = [
   // connect
@@ -37,6 +39,8 @@ export const REGISTRY: readonly AnyCheckModule[] = [
   // helo
   helo,
   rhsblHelo,
+  // auth
+  authFailures,
   // mail
   banMailFrom,
   rhsblSender,
@@ -53,6 +57,9 @@ export const REGISTRY: readonly AnyCheckModule[] = [
   recipientCallout, // after recipients.file (no network), before local_domains accepts
   localDomains,
   relay,
+  // data: all started at once, under scoring.data_timeout; their verdicts count in this order
+  mfilter,
+  filterRules,
 ];
 
 /** The enabled checks, in registry order, each built from its own settings. */
@@ -69,6 +76,7 @@ export function buildChecks(config: Config, store?: Store, dns?: DnsResolver, lo
 
 function build(m: AnyCheckModule, config: Config, deps: CheckDeps, relayClients: AddressList): AnyCheck | undefined {
   if (m.needs?.includes('dns') && deps.dns === undefined) return undefined;
+  if (m.needs?.includes('store') && deps.store === undefined) return undefined;
   const settings = m.settings(config);
   if (settings === undefined) return undefined;
   const check = m.create(settings, deps);

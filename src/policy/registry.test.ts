@@ -12,12 +12,14 @@ import type { SessionInfo } from './context.ts';
 import type { Phase } from './verdict.ts';
 import { configSchema, type ConfigInput } from '../config/schema.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
+import type { Store } from '../store/store.ts';
 import { silentLogger } from '../util/log.ts';
 
-const PHASES: readonly Phase[] = ['connect', 'helo', 'mail', 'rcpt', 'data'];
+const PHASES: readonly Phase[] = ['connect', 'helo', 'auth', 'mail', 'rcpt', 'data'];
 const docsFile = path.join(import.meta.dirname, '../../docs/flow.md');
-/** Never asked: these tests build checks, they do not run DNS ones. */
+/** Never asked: these tests build checks, they do not run DNS ones or the store's. */
 const dns = {} as DnsResolver;
+const store = {} as Store;
 
 /** The rows of docs/flow.md's "Checks, in order" table: [phase, name]. */
 function documentedChecks(): [string, string][] {
@@ -51,6 +53,7 @@ function everything(): ConfigInput {
     limits: { tarpit_start: 10 },
     rules_file: tmpFile('rules', 'allow:ALL:ALL:ALL\n'),
     recipients: { file: tmpFile('recipients', 'alice@example.test\n'), callout: {} },
+    filters: { mfilter: tmpFile('mfilter.rul', 'if (exists("X-Foo")) spamdetect(1, "foo")\n'), rules: [tmpFile('local.cf', 'header FOO X-Foo =~ /x/\nscore FOO 1\n')] },
   };
 }
 
@@ -69,14 +72,14 @@ test('docs/flow.md lists the checks in registry order, with their phases', () =>
 
 test('with every setting on, each registry entry builds its check, in registry order', () => {
   const config = configSchema.parse(everything());
-  const checks = buildChecks(config, undefined, dns, silentLogger);
+  const checks = buildChecks(config, store, dns, silentLogger);
   assert.deepEqual(
     checks.map((c) => [c.phase, c.name]),
     REGISTRY.map((m) => [m.phase, m.name]),
   );
 });
 
-test('disabled settings build no check; DNS checks need a resolver', () => {
+test('disabled settings build no check; DNS checks need a resolver, AUTH throttling the store', () => {
   const off = configSchema.parse({
     hostname: 'mx.example.test',
     local_domains: ['example.test'],
@@ -84,21 +87,24 @@ test('disabled settings build no check; DNS checks need a resolver', () => {
     rdns: { require: 'off' },
     mail_from: { require_domain: false },
     limits: { tarpit_start: 0 },
+    auth: { enabled: false },
   });
   const always = ['helo', 'rblsmtpd', 'max_rcpts', 'null_sender', 'relay_probe', 'local_domains', 'relay'];
   assert.deepEqual(
-    buildChecks(off, undefined, dns, silentLogger).map((c) => c.name),
+    buildChecks(off, store, dns, silentLogger).map((c) => c.name),
     always,
   );
-  const withoutDns = buildChecks(configSchema.parse(everything()), undefined, undefined, silentLogger).map((c) => c.name);
-  for (const m of REGISTRY) {
-    if (m.needs?.includes('dns')) assert.ok(!withoutDns.includes(m.name), `${m.name} is not built without a resolver`);
-    else assert.ok(withoutDns.includes(m.name), `${m.name} is built without a resolver`);
+  for (const service of ['dns', 'store'] as const) {
+    const without = buildChecks(configSchema.parse(everything()), service === 'store' ? undefined : store, service === 'dns' ? undefined : dns, silentLogger).map((c) => c.name);
+    for (const m of REGISTRY) {
+      if (m.needs?.includes(service)) assert.ok(!without.includes(m.name), `${m.name} is not built without the ${service}`);
+      else assert.ok(without.includes(m.name), `${m.name} is built without the ${service}`);
+    }
   }
 });
 
 test("the engine runs each phase's checks in registry order and knows the declared waivers", () => {
-  const engine = new PolicyEngine(buildChecks(configSchema.parse(everything()), undefined, dns, silentLogger), silentLogger);
+  const engine = new PolicyEngine(buildChecks(configSchema.parse(everything()), store, dns, silentLogger), silentLogger);
   for (const phase of PHASES) {
     assert.deepEqual(
       engine.checkNames(phase),

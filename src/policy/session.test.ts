@@ -3,7 +3,8 @@ import assert from 'node:assert/strict';
 import { pino } from 'pino';
 import { PolicyEngine } from './engine.ts';
 import type { AnyCheck } from './check.ts';
-import type { SessionInfo, TransactionInfo } from './context.ts';
+import type { MessageView, SessionInfo, TransactionInfo } from './context.ts';
+import { parseHeaderBlock } from '../mail/header-block.ts';
 import type { PolicySession, PolicySessionOptions, PolicyTx } from './session.ts';
 import type { TransactionTrace } from './trace.ts';
 import { CONTINUE, reject, type Phase, type Verdict } from './verdict.ts';
@@ -43,6 +44,7 @@ function harness(checks: AnyCheck[], delayReject = true, extra: Partial<PolicySe
     },
     closed: () => false,
     onTrace: (t) => traces.push(t),
+    scoring: { tag_at: 5, reject_at: 100, add_headers: 'none', data_timeout: 1000 },
     ...extra,
   };
   return { ps: new PolicyEngine(checks, log).session(opts), info, logs, traces, holds };
@@ -53,6 +55,23 @@ async function begin(ps: PolicySession, from = 's@sender.test'): Promise<{ tx: P
   assert.equal(m.kind, 'continue');
   if (m.kind !== 'continue') throw new Error('unreachable');
   return { tx: m.tx, info: { mailFrom: addr(from), params: {}, rcpts: [] } };
+}
+
+/** A stored message as the DATA checks see it. */
+function view(text = 'Subject: hi\r\n\r\nbody\r\n'): MessageView {
+  const buf = Buffer.from(text);
+  const h = parseHeaderBlock(buf);
+  return {
+    id: 'Q1',
+    size: buf.length,
+    lines: text.split('\n').length - 1,
+    headers: h.fields,
+    headersTruncated: h.truncated,
+    bodyOffset: h.bodyOffset,
+    read: async function* (start = 0) {
+      yield buf.subarray(start);
+    },
+  };
 }
 
 const tag = (name: string, phase: Phase, score: number, header: string): AnyCheck => check(name, phase, () => ({ kind: 'tag', check: name, score, headers: [header] }));
@@ -118,8 +137,8 @@ test('points and headers add up over connect, HELO, MAIL, every accepted RCPT an
   assert.equal(tx.score, 7);
   assert.deepEqual(await h.ps.rcpt(tx, info, addr('u@example.test')), { kind: 'continue' });
   assert.deepEqual(await h.ps.rcpt(tx, info, addr('v@example.test')), { kind: 'continue' });
-  const d = await h.ps.data(tx, info, 100);
-  assert.deepEqual(d, { kind: 'continue', score: 39, headers: ['X-A: connect', 'X-B: helo', 'X-C: mail', 'X-D: rcpt', 'X-D: rcpt', 'X-E: data'] });
+  const d = await h.ps.data(tx, info, view());
+  assert.deepEqual(d, { kind: 'continue', score: 39, headers: ['X-A: connect', 'X-B: helo', 'X-C: mail', 'X-D: rcpt', 'X-D: rcpt', 'X-E: data'], cut: [] });
   tx.trace.end('250 2.0.0 Ok', 'Q1');
   assert.equal(h.traces[0]?.score, 39);
 
@@ -142,10 +161,10 @@ test('delays are handed to the SMTP session; a deny that closes the session says
 test('DATA: a refusal, a discard', async () => {
   const r = harness([check('x', 'data', () => reject('x', 552, '5.3.4', 'Too big'))]);
   const a = await begin(r.ps);
-  assert.deepEqual(await r.ps.data(a.tx, a.info, 1), { kind: 'reply', reply: '552 5.3.4 Too big' });
+  assert.deepEqual(await r.ps.data(a.tx, a.info, view()), { kind: 'reply', reply: '552 5.3.4 Too big' });
   const d = harness([check('y', 'data', () => ({ kind: 'discard', check: 'y' }))]);
   const b = await begin(d.ps);
-  assert.deepEqual(await d.ps.data(b.tx, b.info, 1), { kind: 'discard' });
+  assert.deepEqual(await d.ps.data(b.tx, b.info, view()), { kind: 'discard' });
   assert.equal(d.logs.find((l) => l.phase === 'data')?.msg, 'data discard');
   assert.equal(CONTINUE.kind, 'continue');
 });
@@ -162,4 +181,62 @@ test('relay.hide_auth recentpop: AUTH is hidden from a client that read its mail
   assert.equal(await harness([], true, { relay: { ...relay, hide_auth: [] }, store }).ps.hideAuth(), false, 'not configured');
   const down = { relayerGet: () => Promise.reject(new Error('down')) } as unknown as Store;
   assert.equal(await harness([], true, { relay: { ...relay, hide_auth: [...relay.hide_auth] }, store: down }).ps.hideAuth(), false, 'store down: AUTH offered');
+});
+
+const scoring = { tag_at: 5, reject_at: 15, add_headers: 'all', data_timeout: 1000 } as const;
+
+test('scores: the sum over every phase is tagged in SpamAssassin format, tests named by check', async () => {
+  const h = harness([tag('helo', 'helo', 2.5, 'X-Spam-Warning: helo\r\n'), tag('dnsbl', 'rcpt', 3, 'X-Spam-Warning: dnsbl\r\n'), tag('body', 'data', 2, 'X-B: 1\r\n')], true, { scoring });
+  await h.ps.helo('a');
+  const { tx, info } = await begin(h.ps);
+  await h.ps.rcpt(tx, info, addr('u@example.test'));
+  const d = await h.ps.data(tx, info, view('X-Spam-Flag: NO\r\nSubject: x\r\nx-spam-status: No\r\n\r\nhi\r\n'));
+  assert.equal(d.kind, 'continue');
+  if (d.kind !== 'continue') return;
+  assert.equal(d.score, 7.5);
+  assert.ok(d.headers.includes('X-Spam-Flag: YES\r\n'));
+  assert.ok(d.headers.includes('X-Spam-Status: Yes, score=7.5 required=5.0 tests=body,dnsbl,helo\r\n'), d.headers.join(''));
+  assert.deepEqual(d.cut, [
+    [0, 17],
+    [29, 48],
+  ], 'both incoming X-Spam-* fields are cut, Subject is not');
+});
+
+test('scores: at reject_at the message is refused naming the largest contributors; tempfail_at below it', async () => {
+  const checks = () => [tag('dnsbl', 'rcpt', 8, 'X: 1\r\n'), tag('helo', 'helo', 5, 'X: 2\r\n'), tag('mfilter', 'data', 3, 'X: 3\r\n')];
+  const h = harness(checks(), true, { scoring });
+  await h.ps.helo('a');
+  const { tx, info } = await begin(h.ps);
+  await h.ps.rcpt(tx, info, addr('u@example.test'));
+  assert.deepEqual(await h.ps.data(tx, info, view()), { kind: 'reply', reply: '550 5.7.1 Message refused as spam (score 16.0, limit 15.0): dnsbl=8.0 helo=5.0 mfilter=3.0' });
+  assert.ok(h.logs.some((l) => l.check === 'scoring' && l.setting === 'scoring.reject_at'));
+  const t = harness(checks(), true, { scoring: { ...scoring, reject_at: 20, tempfail_at: 16 } });
+  await t.ps.helo('a');
+  const b = await begin(t.ps);
+  await t.ps.rcpt(b.tx, b.info, addr('u@example.test'));
+  const r = await t.ps.data(b.tx, b.info, view());
+  assert.equal(r.kind === 'reply' && r.reply.slice(0, 9), '451 4.7.1');
+});
+
+test('a DATA check slower than scoring.data_timeout does not hold the reply: on_error tempfail or accept, logged', async () => {
+  const never = (name: string, onError?: 'accept' | 'tempfail'): AnyCheck => ({ name, phase: 'data', run: () => new Promise<Verdict>(() => undefined), ...(onError ? { onError } : {}) }) as AnyCheck;
+  const fast = { ...scoring, data_timeout: 50 };
+  const h = harness([never('slow')], true, { scoring: fast });
+  const a = await begin(h.ps);
+  assert.deepEqual(await h.ps.data(a.tx, a.info, view()), { kind: 'reply', reply: '451 4.3.0 Temporary local problem, try again later' });
+  assert.ok(h.logs.some((l) => l.check === 'slow' && l.onError === 'tempfail' && /data_timeout/.test(String(l.msg))));
+  const k = harness([never('slow', 'accept'), tag('fast', 'data', 1, 'X-F: 1\r\n')], true, { scoring: fast });
+  const b = await begin(k.ps);
+  const d = await k.ps.data(b.tx, b.info, view());
+  assert.equal(d.kind, 'continue');
+  assert.ok(d.kind === 'continue' && d.headers.includes('X-F: 1\r\n'), 'the later check still counts');
+  assert.ok(k.logs.some((l) => l.check === 'slow' && l.onError === 'accept'));
+});
+
+test('DATA checks run at once: two checks of 150 ms each finish within one deadline of 250 ms', async () => {
+  const slow = (name: string): AnyCheck => ({ name, phase: 'data', run: () => new Promise<Verdict>((r) => setTimeout(() => r({ kind: 'tag', check: name, score: 1 }), 150)) }) as AnyCheck;
+  const h = harness([slow('a'), slow('b')], true, { scoring: { ...scoring, data_timeout: 250 } });
+  const { tx, info } = await begin(h.ps);
+  const d = await h.ps.data(tx, info, view());
+  assert.equal(d.kind === 'continue' && d.score, 2, 'neither missed the deadline: they ran concurrently');
 });

@@ -4,11 +4,13 @@
 // lives here: the refusals held back until RCPT (smtp.delay_reject), the afterAuth waiver, the
 // points and headers the checks tagged, the decision log lines and the transaction trace.
 import type { Address, PathParams } from '../mail/address.ts';
-import type { SessionInfo, TransactionInfo } from './context.ts';
+import type { AuthContext, MessageView, SessionInfo, TransactionInfo } from './context.ts';
 import type { PolicyEngine, PhaseResult } from './engine.ts';
 import { SessionTrace, type TransactionTrace, type TxTrace } from './trace.ts';
-import { refusalReply, type FinalVerdict, type RefusalVerdict } from './verdict.ts';
+import { refusalReply, type FinalVerdict, type RefusalVerdict, type TestHit } from './verdict.ts';
+import { mergeTests, scoreRefusal, spamHeaders, SPAM_HEADER_PREFIX, type ScoringSettings } from './scoring.ts';
 import type { Logger } from '../util/log.ts';
+import { clock } from '../util/clock.ts';
 import type { Config } from '../config/schema.ts';
 import type { Store } from '../store/store.ts';
 
@@ -29,6 +31,8 @@ export interface PolicySessionOptions {
   readonly relay?: Pick<Config['relay'], 'hide_auth' | 'forward_user' | 'forward_window'>;
   /** Shared policy state (the recent POP users). */
   readonly store?: Store;
+  /** The transaction score's thresholds and headers, and the DATA checks' deadline (scoring.*). */
+  readonly scoring: ScoringSettings & { readonly data_timeout: number };
 }
 
 /** What the SMTP session does next: go on, or answer with `reply` (and close, when `close`). */
@@ -40,20 +44,27 @@ export interface PolicyTx {
   readonly trace: TxTrace;
   /** A refusal found at MAIL time, answered at RCPT (smtp.delay_reject). */
   readonly delayed: RefusalVerdict | undefined;
-  /** Points and headers tagged so far: connect, HELO, MAIL and the accepted recipients. */
+  /** Points, headers and tests tagged so far: connect, HELO, MAIL and the accepted recipients. */
   score: number;
   headers: string[];
+  tests: TestHit[];
 }
 
-/** The end of DATA: refuse, discard (250 but drop) or queue with these headers and points. */
-export type DataDecision = { kind: 'reply'; reply: string } | { kind: 'discard' } | { kind: 'continue'; score: number; headers: string[] };
+/**
+ * The end of DATA: refuse, discard (250 but drop) or queue with these points, the headers to put
+ * in front and the stored octet ranges (incoming header fields) to leave out at delivery.
+ */
+export type DataDecision = { kind: 'reply'; reply: string } | { kind: 'discard' } | { kind: 'continue'; score: number; headers: string[]; cut: [number, number][] };
 
 const CONTINUE: PolicyDecision = { kind: 'continue' };
 
 interface Tags {
   score: number;
   headers: string[];
+  tests: TestHit[];
 }
+
+const NO_TAGS: Tags = { score: 0, headers: [], tests: [] };
 
 export class PolicySession {
   private readonly engine: PolicyEngine;
@@ -64,8 +75,8 @@ export class PolicySession {
   /** A refusal found at connect/HELO time, answered at RCPT (smtp.delay_reject). */
   private delayed: RefusalVerdict | undefined;
   /** Score and headers that connect- and HELO-phase checks tagged (action: score), for every transaction. */
-  private connectTags: Tags = { score: 0, headers: [] };
-  private heloTags: Tags = { score: 0, headers: [] };
+  private connectTags: Tags = NO_TAGS;
+  private heloTags: Tags = NO_TAGS;
 
   constructor(engine: PolicyEngine, opts: PolicySessionOptions) {
     this.engine = engine;
@@ -81,7 +92,7 @@ export class PolicySession {
     await this.opts.hold(result.delayMs);
     if (this.opts.closed()) return CONTINUE;
     const refusal = this.refusalOf('connect', result);
-    this.connectTags = { score: result.score, headers: result.headers };
+    this.connectTags = { score: result.score, headers: result.headers, tests: result.tests };
     this.trace.phase('connect', result);
     if (refusal) {
       if (this.opts.delayReject) this.delayed = refusal;
@@ -97,14 +108,30 @@ export class PolicySession {
     const refusal = this.refusalOf('helo', result);
     if (refusal && !this.opts.delayReject) return { kind: 'reply', reply: refusalReply(refusal) };
     if (refusal) this.delayed ??= refusal;
-    this.heloTags = { score: result.score, headers: result.headers };
+    this.heloTags = { score: result.score, headers: result.headers, tests: result.tests };
     this.trace.phase('helo', result);
+    return CONTINUE;
+  }
+
+  /**
+   * One stage of an AUTH exchange through the `auth`-phase checks (AUTH failure throttling):
+   * `start` and `attempt` may refuse (454, after the delay the check asked for); the outcome
+   * stages only hold the reply back (a failed password is answered later each time).
+   */
+  async auth(stage: AuthContext['stage']): Promise<PolicyDecision> {
+    const result = await this.engine.run('auth', { session: this.info, stage });
+    await this.opts.hold(result.delayMs);
+    const final = result.final;
+    if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
+      this.logDecision('auth', final);
+      return { kind: 'reply', reply: refusalReply(final) };
+    }
     return CONTINUE;
   }
 
   /** STARTTLS: what HELO told is forgotten (RFC 3207). */
   forgetHelo(): void {
-    this.heloTags = { score: 0, headers: [] };
+    this.heloTags = NO_TAGS;
     this.trace.phase('helo', undefined);
   }
 
@@ -118,7 +145,7 @@ export class PolicySession {
     if (!relay || !store || !relay.hide_auth.includes('recentpop') || !relay.forward_user) return false;
     try {
       const at = await store.relayerGet(this.info.remoteIp);
-      return at !== undefined && Date.now() / 1000 - at <= relay.forward_window / 1000;
+      return at !== undefined && clock.now() / 1000 - at <= relay.forward_window / 1000;
     } catch {
       return false; // Store unreachable: offer AUTH, which works without it.
     }
@@ -137,7 +164,8 @@ export class PolicySession {
     }
     const score = this.connectTags.score + this.heloTags.score + result.score;
     const headers = [...this.connectTags.headers, ...this.heloTags.headers, ...result.headers];
-    return { kind: 'continue', tx: { mailFrom, trace, delayed: refusal, score, headers } };
+    const tests = [...this.connectTags.tests, ...this.heloTags.tests, ...result.tests];
+    return { kind: 'continue', tx: { mailFrom, trace, delayed: refusal, score, headers, tests } };
   }
 
   /** One recipient. `close`: smtpd's deny, the SMTP session says 421 and ends. */
@@ -167,19 +195,40 @@ export class PolicySession {
     }
     tx.score += result.score;
     tx.headers.push(...result.headers);
+    tx.tests.push(...result.tests);
     return CONTINUE;
   }
 
-  /** The end of DATA, the message received and found well-formed. */
-  async data(tx: PolicyTx, info: TransactionInfo, size: number): Promise<DataDecision> {
-    const result = await this.engine.run('data', { session: this.info, tx: info, size });
+  /**
+   * The end of DATA, the message received, well-formed and in the spool (not yet committed).
+   * The DATA checks judge it (src/policy/engine.ts runData, under scoring.data_timeout); then
+   * the transaction score, the sum over every phase, is read against scoring.reject_at and
+   * tempfail_at, and the X-Spam-* headers are written. Incoming X-Spam-* fields are forgeable
+   * and left out at delivery, with any field a check asked to remove.
+   */
+  async data(tx: PolicyTx, info: TransactionInfo, message: MessageView): Promise<DataDecision> {
+    const s = this.opts.scoring;
+    const result = await this.engine.runData({ session: this.info, tx: info, size: message.size, message }, s.data_timeout);
     await this.opts.hold(result.delayMs);
     tx.trace.phase(result);
     const final = result.final;
     if (final) this.logDecision('data', final);
     if (final && (final.kind === 'reject' || final.kind === 'tempfail')) return { kind: 'reply', reply: refusalReply(final) };
     if (final?.kind === 'discard') return { kind: 'discard' };
-    return { kind: 'continue', score: tx.score + result.score, headers: [...tx.headers, ...result.headers] };
+    const score = tx.score + result.score;
+    const tests = mergeTests([...tx.tests, ...result.tests]);
+    // A check's accept (an Mfilter `accept`, say) is the administrator's word: the score does not refuse it.
+    const refusal = final?.kind === 'accept' ? undefined : scoreRefusal(score, tests, s);
+    if (refusal) {
+      const verdict = refusal.startsWith('5') ? 'reject' : 'tempfail';
+      tx.trace.phase({ ran: [{ phase: 'data', check: 'scoring', verdict, ms: 0, reply: refusal }] });
+      this.log.info({ phase: 'data', check: 'scoring', verdict, score, setting: `scoring.${verdict}_at`, reply: refusal }, 'message refused by its score');
+      return { kind: 'reply', reply: refusal };
+    }
+    const remove = new Set(result.removeHeaders);
+    const cut: [number, number][] = [];
+    for (const f of message.headers) if (f.key.startsWith(SPAM_HEADER_PREFIX) || remove.has(f.key)) cut.push([f.start, f.end]);
+    return { kind: 'continue', score, headers: [...tx.headers, ...result.headers, ...spamHeaders(score, tests, s)], cut };
   }
 
   private refusalOf(phase: 'connect' | 'helo' | 'mail', result: PhaseResult): RefusalVerdict | undefined {

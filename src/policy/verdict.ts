@@ -2,13 +2,29 @@
 // phase wins, `tag` adds score and headers and lets the phase go on. Any verdict may ask that
 // the reply be held back (`delayMs`, the tarpit); the delays of a phase add up.
 
-export type Phase = 'connect' | 'helo' | 'mail' | 'rcpt' | 'data';
+export type Phase = 'connect' | 'helo' | 'auth' | 'mail' | 'rcpt' | 'data';
+
+/** One contribution to the transaction score, under the name X-Spam-Status tests= shows. */
+export interface TestHit {
+  readonly name: string;
+  readonly score: number;
+}
 
 export type Verdict = (
   | { kind: 'continue'; check?: string; log?: string }
   | { kind: 'accept'; check: string; log?: string }
   | { kind: 'reject' | 'tempfail'; check: string; code: number; enhanced: string; text: string; setting?: string; log?: string; closeSession?: true }
-  | { kind: 'tag'; check: string; score: number; headers?: string[]; log?: string }
+  | {
+      kind: 'tag';
+      check: string;
+      score: number;
+      headers?: string[];
+      /** Incoming header fields to drop (lower-case names): a DATA check may remove what it distrusts. */
+      removeHeaders?: string[];
+      /** The points by rule, for X-Spam-Status tests= (a filter file scores many rules); default: [check, score]. */
+      tests?: readonly TestHit[];
+      log?: string;
+    }
   | { kind: 'discard'; check: string; log?: string }
 ) & { delayMs?: number };
 

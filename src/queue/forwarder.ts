@@ -208,18 +208,22 @@ export class Forwarder {
   }
 
   /** The message as the transport reads it; damage found while reading is noted on the job. */
-  private body(job: Job, addHeaders = job.envelope.addHeaders): MessageBody {
-    const opts = { cached: job.cached, crc: job.crc, onDamage: (err: DamagedSpoolFile) => (job.damaged = err) };
+  private body(job: Job, stored = false): MessageBody {
+    // As delivered: the policy's headers in front, the incoming fields it removed left out.
+    const addHeaders = stored ? undefined : job.envelope.addHeaders;
+    const cut = stored ? undefined : job.envelope.cut;
+    const at = stored ? undefined : job.envelope.addHeadersAt;
+    const opts = { cached: job.cached, crc: job.crc, onDamage: (err: DamagedSpoolFile) => (job.damaged = err), ...(cut ? { cut } : {}), ...(at ? { at } : {}) };
     const j = job.journal;
     if (j) return messageBody(segmentPath(this.spool.journal.dir, j.seq, 'log'), j.offset, job.size, addHeaders, opts);
     return messageBody(this.spool.queuePath(job.envelope.id), 0, job.size, addHeaders, opts);
   }
 
-  /** Message octets without the added headers, for moving a message out of the journal. */
+  /** The stored message octets (without the policy's edits), for moving a message out of the journal. */
   private async rawBody(job: Job): Promise<Buffer[]> {
     if (job.cached) return job.cached;
     const parts: Buffer[] = [];
-    for await (const chunk of this.body(job, undefined).chunks()) parts.push(chunk);
+    for await (const chunk of this.body(job, true).chunks()) parts.push(chunk);
     return parts;
   }
 

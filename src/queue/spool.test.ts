@@ -5,7 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Spool, listQueue, newQueueId, readQueueFile } from './spool.ts';
+import { Spool, listQueue, messageBody, newQueueId, readQueueFile } from './spool.ts';
 import { listSegments } from './journal.ts';
 import type { Envelope } from '../mail/envelope.ts';
 
@@ -71,4 +71,49 @@ test('opening a shared spool leaves the daemon\'s journal alone; removeStaleNew 
   stdio.close();
   daemon.close();
   fs.rmSync(dir, { recursive: true });
+});
+
+async function collect(it: AsyncIterable<Buffer>): Promise<string> {
+  const parts: Buffer[] = [];
+  for await (const c of it) parts.push(c);
+  return Buffer.concat(parts).toString('latin1');
+}
+
+test('the DATA checks read the message back before it is committed: from memory, or from <id>.new', async () => {
+  const { spool } = await sharedSpool();
+  const small = spool.begin(newQueueId(), Buffer.from('Received: x\r\n'));
+  small.add([Buffer.from('Subject: s\r\n\r\n'), Buffer.from('hi\r\n')]);
+  assert.equal(await collect(small.read()), 'Received: x\r\nSubject: s\r\n\r\nhi\r\n');
+  assert.equal(await collect(small.read(14)), 'ubject: s\r\n\r\nhi\r\n', 'from an offset inside a chunk');
+  assert.equal(await collect(small.read(14)), await collect(small.read(14)), 'read again, the same');
+  const big = spool.begin(newQueueId(), Buffer.from('R: x\r\n'));
+  await big.add([Buffer.alloc(300 * 1024, 'a')]);
+  const tail = await collect(big.read(300 * 1024));
+  assert.equal(tail, 'a'.repeat(6));
+  assert.equal(big.length, 6 + 300 * 1024);
+  await small.abort();
+  await big.abort();
+});
+
+test('messageBody leaves the cut ranges out, across chunk boundaries, and counts its size without them', async () => {
+  const text = 'Received: x\r\nX-Spam-Flag: YES\r\nSubject: s\r\nX-Spam-Score: 99\r\n\r\nbody\r\n';
+  const flag = text.indexOf('X-Spam-Flag');
+  const score = text.indexOf('X-Spam-Score');
+  const cut = [
+    [flag, flag + 'X-Spam-Flag: YES\r\n'.length],
+    [score, score + 'X-Spam-Score: 99\r\n'.length],
+  ] as const;
+  const want = 'X-Added: 1\r\nReceived: x\r\nSubject: s\r\n\r\nbody\r\n';
+  for (let size = 1; size <= text.length; size++) {
+    const chunks: Buffer[] = [];
+    for (let i = 0; i < text.length; i += size) chunks.push(Buffer.from(text.slice(i, i + size)));
+    const body = messageBody('', 0, text.length, ['X-Added: 1\r\n'], { cached: chunks, cut });
+    assert.equal(await collect(body.chunks()), want, `chunks of ${size}`);
+    assert.equal(body.size, want.length);
+    const after = messageBody('', 0, text.length, ['X-Added: 1\r\n'], { cached: chunks, cut, at: 'Received: x\r\n'.length });
+    assert.equal(await collect(after.chunks()), 'Received: x\r\nX-Added: 1\r\nSubject: s\r\n\r\nbody\r\n', `after Received, chunks of ${size}`);
+    assert.equal(after.size, want.length);
+    const end = messageBody('', 0, 13, ['X-Added: 1\r\n'], { cached: chunks.length === 1 ? [Buffer.from(text.slice(0, 13))] : [Buffer.from('Received: x\r\n')], at: 13 });
+    assert.equal(await collect(end.chunks()), 'Received: x\r\nX-Added: 1\r\n');
+  }
 });

@@ -371,6 +371,31 @@ export class MessageWriter {
     return { envelope, size: this.size, crc: this.crc };
   }
 
+  /** Octets received so far. */
+  get length(): number {
+    return this.size;
+  }
+
+  /**
+   * The message received so far, from octet `start`, for the DATA checks: from memory when it is
+   * small, else from <id>.new once the pending writes are done. Each call reads afresh.
+   */
+  async *read(start = 0): AsyncGenerator<Buffer> {
+    await this.writing;
+    if (this.failed) throw this.failed;
+    if (this.fd === undefined) {
+      let pos = 0;
+      for (const chunk of this.chunks) {
+        const end = pos + chunk.length;
+        if (end > start) yield pos >= start ? chunk : chunk.subarray(start - pos);
+        pos = end;
+      }
+      return;
+    }
+    if (start >= this.size) return;
+    yield* fs.createReadStream(this.file, { start, end: this.size - 1, highWaterMark: 256 * 1024 }) as AsyncIterable<Buffer>;
+  }
+
   /** Drops the message (refused, failed, or the session died before the end of DATA). */
   async abort(): Promise<void> {
     await this.writing;
@@ -436,44 +461,100 @@ export async function listQueue(paths: SpoolPaths): Promise<string[]> {
  * A message body that streams from memory or from a file (a queue file at 0, or a journal
  * segment). Octets read from a file are counted and their CRC checked as they stream: a
  * mismatch throws DamagedSpoolFile at the end, before a transport can send the final dot (or
- * rename a Maildir file into new/), and `onDamage` hears of it.
+ * rename a Maildir file into new/), and `onDamage` hears of it. `addHeaders` go in at stored
+ * octet `at` (after our Received header; 0: in front); `cut` ranges of the stored message
+ * (incoming header fields the policy removed) are left out.
  */
 export function messageBody(
   file: string,
   start: number,
   size: number,
   addHeaders: readonly string[] | undefined,
-  opts: { cached?: Buffer[]; crc?: number; onDamage?: (err: DamagedSpoolFile) => void } = {},
+  opts: { cached?: Buffer[]; crc?: number; onDamage?: (err: DamagedSpoolFile) => void; cut?: readonly HeaderCut[]; at?: number } = {},
 ): MessageBody {
   const head = addHeaders && addHeaders.length > 0 ? Buffer.from(addHeaders.join('')) : undefined;
   const { cached, crc } = opts;
+  const cut = opts.cut && opts.cut.length > 0 ? opts.cut : undefined;
+  const at = head && opts.at !== undefined && opts.at > 0 ? Math.min(opts.at, size) : 0;
+  const stored = async function* (): AsyncGenerator<Buffer> {
+    if (cached) {
+      yield* cached;
+      return;
+    }
+    let got = 0;
+    let sum = 0;
+    if (size > 0) {
+      const stream = fs.createReadStream(file, { start, end: start + size - 1, highWaterMark: 256 * 1024 });
+      for await (const chunk of stream) {
+        const b = chunk as Buffer;
+        got += b.length;
+        if (crc !== undefined) sum = crc32Of([b], sum);
+        yield b;
+      }
+    }
+    let problem: string | undefined;
+    if (got !== size) problem = `${file}: ${got} of ${size} message octets at offset ${start}`;
+    else if (crc !== undefined && sum !== crc) problem = `${file}: message CRC mismatch at offset ${start}`;
+    if (problem) {
+      const err = new DamagedSpoolFile(problem);
+      opts.onDamage?.(err);
+      throw err;
+    }
+  };
   return {
-    size: size + (head?.length ?? 0),
+    size: size + (head?.length ?? 0) - (cut ? cutLength(cut, size) : 0),
     async *chunks() {
-      if (head) yield head;
-      if (cached) {
-        yield* cached;
-        return;
-      }
-      let got = 0;
-      let sum = 0;
-      if (size > 0) {
-        const stream = fs.createReadStream(file, { start, end: start + size - 1, highWaterMark: 256 * 1024 });
-        for await (const chunk of stream) {
-          const b = chunk as Buffer;
-          got += b.length;
-          if (crc !== undefined) sum = crc32Of([b], sum);
-          yield b;
-        }
-      }
-      let problem: string | undefined;
-      if (got !== size) problem = `${file}: ${got} of ${size} message octets at offset ${start}`;
-      else if (crc !== undefined && sum !== crc) problem = `${file}: message CRC mismatch at offset ${start}`;
-      if (problem) {
-        const err = new DamagedSpoolFile(problem);
-        opts.onDamage?.(err);
-        throw err;
-      }
+      if (head && at === 0) yield head;
+      const edited = cut || at > 0 ? edit(stored(), cut ?? [], at > 0 ? { at, head: head as Buffer } : undefined) : stored();
+      yield* edited;
     },
   };
+}
+
+/** A stretch [start, end) of the stored message left out at delivery. */
+export type HeaderCut = readonly [number, number];
+
+/** Octets the cuts remove from a message of `size` octets (ranges sorted, not overlapping). */
+function cutLength(cut: readonly HeaderCut[], size: number): number {
+  let n = 0;
+  for (const [a, b] of cut) n += Math.max(0, Math.min(b, size) - Math.min(a, size));
+  return n;
+}
+
+/**
+ * The chunks without the octets in `cut` (sorted, not overlapping), and with `insert.head` put
+ * in at stored offset `insert.at` (which no cut contains: it is the end of our Received header).
+ */
+async function* edit(chunks: AsyncIterable<Buffer>, cut: readonly HeaderCut[], insert: { at: number; head: Buffer } | undefined): AsyncGenerator<Buffer> {
+  // The insertion point is an empty cut that yields the head: one walk handles both.
+  const marks: { a: number; b: number; head?: Buffer }[] = cut.map(([a, b]) => ({ a, b }));
+  if (insert) {
+    const i = marks.findIndex((m) => m.a >= insert.at);
+    marks.splice(i === -1 ? marks.length : i, 0, { a: insert.at, b: insert.at, head: insert.head });
+  }
+  let pos = 0;
+  let i = 0;
+  for await (const chunk of chunks) {
+    const end = pos + chunk.length;
+    let from = pos;
+    while (i < marks.length && (marks[i] as { a: number }).a < end) {
+      const { a, b, head } = marks[i] as { a: number; b: number; head?: Buffer };
+      if (a > from) yield chunk.subarray(from - pos, a - pos);
+      if (head) yield head;
+      if (b > end) {
+        from = end;
+        marks[i] = { a: end, b }; // the rest of this cut lies in the next chunk
+        break;
+      }
+      from = Math.max(from, b);
+      i++;
+    }
+    if (from < end) yield chunk.subarray(from - pos);
+    pos = end;
+  }
+  // An insertion point at the very end (a message that is only our Received header).
+  for (; i < marks.length; i++) {
+    const head = (marks[i] as { head?: Buffer }).head;
+    if (head) yield head;
+  }
 }

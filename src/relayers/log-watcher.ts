@@ -27,6 +27,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import type { Store } from '../store/store.ts';
 import type { Logger } from '../util/log.ts';
+import { clock } from '../util/clock.ts';
 import { linearRegex, type LinearRegex } from '../util/regex.ts';
 
 const open = promisify(fs.open);
@@ -295,7 +296,7 @@ class Follower {
     const { store, keepMs, log } = this.sink;
     log.info({ ...this.ctx, ip }, 'POP-before-SMTP login');
     try {
-      await store.relayerAdd(ip, Math.floor(Date.now() / 1000), keepMs);
+      await store.relayerAdd(ip, Math.floor(clock.now() / 1000), keepMs);
     } catch (err) {
       log.warn({ ...this.ctx, ip, err: errText(err) }, 'POP-before-SMTP login not recorded: store failed');
     }

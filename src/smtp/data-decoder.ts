@@ -29,6 +29,8 @@ export class DataDecoder {
   readonly problems: DataProblems = { bareLf: false, bareCr: false, nul: false, longLine: false, tooBig: false };
   /** Octets of decoded message (after un-stuffing and normalization). */
   size = 0;
+  /** Lines of decoded message (Mfilter's lines()). */
+  lines = 0;
   private state = LINE_START;
   private lineLen = 0;
   private readonly normalize: boolean;
@@ -171,7 +173,9 @@ export class DataDecoder {
   }
 
   private crlf(): void {
-    if (this.room(2)) this.append(CRLF, 0, 2);
+    if (!this.room(2)) return;
+    this.append(CRLF, 0, 2);
+    this.lines++;
   }
 
   private room(len: number): boolean {

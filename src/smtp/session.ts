@@ -15,7 +15,8 @@ import { multiline, receivedHeader } from './replies.ts';
 import { saslContinue, saslStart, type SaslState, type SaslStep } from './sasl.ts';
 import type { Config } from '../config/schema.ts';
 import type { PolicyEngine, PhaseResult } from '../policy/engine.ts';
-import type { SessionInfo } from '../policy/context.ts';
+import type { MessageView, SessionInfo } from '../policy/context.ts';
+import { HeaderBlockReader } from '../mail/header-block.ts';
 import type { PolicySession, PolicyTx } from '../policy/session.ts';
 import { traceLogFields, type TraceOutcome, type TransactionTrace } from '../policy/trace.ts';
 import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
@@ -83,8 +84,6 @@ export function socketConnection(socket: net.Socket): Connection {
 const MAX_COMMAND_LINE = 512;
 /** AUTH lines may be longer (RFC 4954 4). */
 const MAX_AUTH_LINE = 12288;
-/** The slowest answer to a failed AUTH (auth.failure_delay times the failures so far). */
-const MAX_AUTH_DELAY_MS = 30_000;
 /** Pause reading when this much unprocessed input has piled up. */
 const INPUT_HIGH_WATER = 256 * 1024;
 
@@ -98,6 +97,11 @@ interface Transaction {
   rcptDsn?: Record<string, RcptDsn>;
   /** Watches the header block for UTF-8 while DATA arrives (does the message need SMTPUTF8?). */
   headerScan?: HeaderScan;
+  /** Collects the header block while DATA arrives, for the DATA checks and the X-Spam-* cuts. */
+  headerBlock?: HeaderBlockReader;
+  /** Lines and octets of our Received header, in front of the message. */
+  prefixLines?: number;
+  prefixLength?: number;
 }
 
 type Mode = 'greeting' | 'command' | 'data' | 'closed';
@@ -161,6 +165,7 @@ export class Session {
       hold: (delayMs) => this.hold({ delayMs }),
       closed: () => this.closed,
       relay: this.config.relay,
+      scoring: this.config.scoring,
       ...(deps.store ? { store: deps.store } : {}),
       onTrace: (t) => {
         this.log.info(traceLogFields(t), 'transaction');
@@ -298,7 +303,8 @@ export class Session {
         this.clearDeadline();
         const pending = this.handleLine(line);
         if (pending) {
-          this.flush();
+          // RFC 2920: while another complete command is waiting, its reply joins this batch.
+          if (this.buf.indexOf(10) === -1) this.flush();
           await pending;
         }
       }
@@ -528,8 +534,13 @@ export class Session {
       rcpts: tx.rcpts.map((r) => r.address),
       date: new Date(),
     });
-    this.writer = this.deps.spool.begin(id, Buffer.from(received));
-    tx.headerScan?.feed([Buffer.from(received)]); // a UTF-8 HELO name makes our own header UTF-8
+    const prefix = Buffer.from(received);
+    this.writer = this.deps.spool.begin(id, prefix);
+    tx.headerScan?.feed([prefix]); // a UTF-8 HELO name makes our own header UTF-8
+    tx.headerBlock = new HeaderBlockReader();
+    tx.headerBlock.feed([prefix]);
+    tx.prefixLines = received.split('\n').length - 1;
+    tx.prefixLength = prefix.length;
     this.decoder = new DataDecoder({
       normalize: this.config.smtp.bare_lf === 'normalize',
       maxLineLength: this.config.limits.max_line_length,
@@ -551,6 +562,7 @@ export class Session {
     if (!decoder.failed && decoded.length > 0) {
       wait = writer.add(decoded);
       if (this.tx?.headerScan && !this.tx.headerScan.done) this.tx.headerScan.feed(decoded);
+      if (this.tx?.headerBlock && !this.tx.headerBlock.done) this.tx.headerBlock.feed(decoded);
     }
     if (end === -1) {
       this.buf = Buffer.alloc(0);
@@ -575,7 +587,17 @@ export class Session {
       await writer.abort();
       return this.finishTransaction(tx, writer.id, refused);
     }
-    const decision = await this.policy.data(tx.policy, tx, decoder.size);
+    const headers = (tx.headerBlock as HeaderBlockReader).result();
+    const message: MessageView = {
+      id: writer.id,
+      size: writer.length,
+      lines: decoder.lines + (tx.prefixLines ?? 0),
+      headers: headers.fields,
+      headersTruncated: headers.truncated,
+      bodyOffset: headers.bodyOffset,
+      read: (start) => writer.read(start),
+    };
+    const decision = await this.policy.data(tx.policy, tx, message);
     if (decision.kind === 'reply') {
       await writer.abort();
       return this.finishTransaction(tx, writer.id, decision.reply);
@@ -597,6 +619,8 @@ export class Session {
       dsn: messageDsnOf(tx.params),
       rcptDsn: tx.rcptDsn,
       addHeaders: decision.headers.length > 0 ? decision.headers : undefined,
+      addHeadersAt: decision.headers.length > 0 ? tx.prefixLength : undefined,
+      cut: decision.cut.length > 0 ? decision.cut : undefined,
       score: decision.score || undefined,
     };
     let committed: CommittedMessage;
@@ -639,26 +663,9 @@ export class Session {
     if (this.info.authUser !== undefined) return this.error('503 5.5.1 Error: already authenticated');
     if (this.tx) return this.error('503 5.5.1 Error: AUTH not allowed in a mail transaction');
     if (!this.authSecured()) return this.error('538 5.7.11 Encryption required for requested authentication mechanism');
-    let failures: number;
-    try {
-      failures = (await this.deps.store?.counterGet(this.authKey())) ?? 0;
-    } catch {
-      return this.error('454 4.7.0 Temporary authentication failure');
-    }
-    if (failures >= this.config.auth.max_failures) {
-      this.log.info({ check: 'auth', failures, setting: 'auth.max_failures' }, 'AUTH refused: too many failures');
-      await this.hold({ delayMs: this.authDelay(failures) });
-      return this.error('454 4.7.0 Too many failed authentication attempts, try again later');
-    }
+    const decision = await this.policy.auth('start');
+    if (decision.kind === 'reply') return this.error(decision.reply);
     return this.authStep(saslStart(arg));
-  }
-
-  private authKey(): string {
-    return `auth-fail:${this.info.remoteIp}`;
-  }
-
-  private authDelay(failures: number): number {
-    return Math.min(failures * this.config.auth.failure_delay, MAX_AUTH_DELAY_MS);
   }
 
   /** Advances an AUTH exchange: a challenge, credentials to check, or an error. */
@@ -668,26 +675,9 @@ export class Session {
       this.sasl = step.state;
       return this.reply(`334 ${step.text}`);
     }
-    // Count the attempt before checking it (issue 9 item 12): parallel connections from one IP
-    // each see the others' attempts, so no more than auth.max_failures passwords are ever tried.
-    // The count is taken back when the password was right or was not checked at all.
-    const store = this.deps.store;
-    let attempts: number;
-    try {
-      attempts = (await store?.counterIncr(this.authKey(), this.config.auth.failure_window)) ?? 1;
-    } catch {
-      return this.error('454 4.7.0 Temporary authentication failure');
-    }
-    const forgive = async (): Promise<void> => {
-      await store?.counterDecr(this.authKey()).catch(() => undefined);
-    };
-    if (attempts > this.config.auth.max_failures) {
-      await forgive();
-      const failures = attempts - 1;
-      this.log.info({ check: 'auth', failures, setting: 'auth.max_failures' }, 'AUTH refused: too many failures');
-      await this.hold({ delayMs: this.authDelay(failures) });
-      return this.error('454 4.7.0 Too many failed authentication attempts, try again later');
-    }
+    // The policy counts the attempt before the password is checked (src/policy/checks/auth_failures.ts).
+    const counted = await this.policy.auth('attempt');
+    if (counted.kind === 'reply') return this.error(counted.reply);
     const authenticator = this.deps.authenticator as Authenticator;
     let ok: boolean;
     try {
@@ -697,7 +687,7 @@ export class Session {
         this.log.warn({ check: 'auth', user: err.user, err: err.message }, 'password hash refused');
         ok = false;
       } else {
-        await forgive();
+        await this.policy.auth('unchecked');
         if (err instanceof AuthBusyError) {
           this.log.warn({ check: 'auth', running: err.limit, setting: 'auth.max_concurrent_checks' }, 'AUTH refused: too many password checks at once');
         } else {
@@ -707,14 +697,12 @@ export class Session {
       }
     }
     if (ok) {
-      await forgive();
+      await this.policy.auth('ok');
       this.info.authUser = step.user;
       this.log.info({ check: 'auth', user: step.user }, 'authenticated');
       return this.reply('235 2.7.0 Authentication successful');
     }
-    // The same answer for an unknown user and a wrong password, a little later each time.
-    this.log.info({ check: 'auth', failures: attempts }, 'authentication failed');
-    await this.hold({ delayMs: this.authDelay(attempts) });
+    await this.policy.auth('failed');
     return this.error('535 5.7.8 Authentication credentials invalid');
   }
 

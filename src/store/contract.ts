@@ -1,12 +1,14 @@
 // The Store contract: one suite that every backend must pass (sqlite.test.ts runs it on SQLite,
-// test/store.redis.test.ts on a real redis-server).
+// test/store.redis.test.ts on a real redis-server). Expiry is seen by letting time pass: SQLite
+// follows util/clock.ts, so its run moves the clock on (no sleeping); Redis expires keys on its
+// own clock, so its run sleeps (the default), and the times here stay short for it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { Store } from './store.ts';
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
-export function storeContract(name: string, open: () => Promise<Store>): void {
+export function storeContract(name: string, open: () => Promise<Store>, pass: (ms: number) => Promise<void> = sleep): void {
   const withStore = (title: string, fn: (store: Store) => Promise<void>) =>
     test(`${name}: ${title}`, async () => {
       const store = await open();
@@ -46,7 +48,7 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
   withStore('relayers expire by themselves after keepMs', async (s) => {
     await s.relayerAdd('203.0.113.5', 1, 150);
     assert.equal(await s.relayerGet('203.0.113.5'), 1);
-    await sleep(300);
+    await pass(300);
     assert.equal(await s.relayerGet('203.0.113.5'), undefined);
     assert.deepEqual(await s.relayerList(), []);
   });
@@ -57,7 +59,7 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
     assert.equal(await s.counterIncr('auth:192.0.2.7', 300), 2);
     assert.equal(await s.counterIncr('auth:192.0.2.8', 300), 1, 'keys are separate');
     assert.equal(await s.counterGet('auth:192.0.2.7'), 2);
-    await sleep(450);
+    await pass(450);
     assert.equal(await s.counterGet('auth:192.0.2.7'), 0, 'expired');
     assert.equal(await s.counterIncr('auth:192.0.2.7', 300), 1, 'a new window');
     await s.counterReset('auth:192.0.2.7');
@@ -76,15 +78,15 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
     await s.counterDecr('auth:d');
     assert.equal(await s.counterGet('auth:d'), 0);
     assert.equal(await s.counterIncr('auth:d', 400), 1, 'counts on from 0');
-    await sleep(450); // the window started at the first increment
+    await pass(450); // the window started at the first increment
     assert.equal(await s.counterGet('auth:d'), 0);
   });
 
   withStore('the window is fixed from the first hit, not extended by later ones', async (s) => {
     await s.counterIncr('rate:x', 400);
-    await sleep(250);
+    await pass(250);
     assert.equal(await s.counterIncr('rate:x', 400), 2);
-    await sleep(250); // 500 ms after the first hit: the window is over
+    await pass(250); // 500 ms after the first hit: the window is over
     assert.equal(await s.counterGet('rate:x'), 0);
   });
 
@@ -109,14 +111,14 @@ export function storeContract(name: string, open: () => Promise<Store>): void {
     await s.cacheSet('short', 'a', 150);
     await s.cacheSet('long', 'b', 60_000);
     await s.cacheSet('renewed', 'c', 300);
-    await sleep(200);
+    await pass(200);
     await s.cacheSet('renewed', 'd', 300);
     assert.equal(await s.cacheGet('short'), undefined, 'expired');
     assert.equal(await s.cacheDelete('short'), false, 'an expired key is not there');
     assert.equal(await s.cacheGet('long'), 'b');
-    await sleep(200); // 400 ms after the first set, 200 ms after the second
+    await pass(200); // 400 ms after the first set, 200 ms after the second
     assert.equal(await s.cacheGet('renewed'), 'd', 'the second set started a new TTL');
-    await sleep(200);
+    await pass(200);
     assert.equal(await s.cacheGet('renewed'), undefined);
   });
 

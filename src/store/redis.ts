@@ -1,7 +1,9 @@
 // The shared Store: Redis through node-redis, for several mxguard hosts behind one MX name.
 // Keys are `<prefix>relayer:<ip>` (value: epoch seconds, with a TTL), `<prefix>counter:<key>`
 // (INCR, with the window as TTL set on the first increment) and `<prefix>cache:<key>` (a string
-// with its TTL). Redis expires them itself.
+// with its TTL). Redis expires them itself, on its own clock: unlike the SQLite store, this one
+// cannot follow util/clock.ts, so advanceClock() in a test does not expire anything here (the
+// Redis tests wait in real time, briefly).
 //
 // While Redis is away, commands fail at once (no offline queue) or after COMMAND_TIMEOUT_MS,
 // as StoreUnavailable; the client reconnects in the background and the store works again as
@@ -82,6 +84,7 @@ export class RedisStore implements Store {
   }
 
   async relayerAdd(ip: string, at: number, keepMs: number): Promise<void> {
+    // PX here and below: the TTL runs on the Redis server's clock, not util/clock.ts.
     await this.cmd(['SET', this.relayerKey(ip), String(at), 'PX', String(Math.max(1, Math.round(keepMs)))]);
   }
 

@@ -1,4 +1,4 @@
-import { after, test } from 'node:test';
+import { after, afterEach, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';
@@ -6,11 +6,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { storeContract } from './contract.ts';
 import { SqliteStore } from './sqlite.ts';
+import { advanceClock, resetClock } from '../util/clock.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-sqlite-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 let n = 0;
-storeContract('sqlite', async () => new SqliteStore(path.join(dir, `state-${++n}.db`)));
+// SQLite reckons expiry on util/clock.ts: the contract's waits move it on instead of sleeping.
+afterEach(() => resetClock());
+storeContract('sqlite', async () => new SqliteStore(path.join(dir, `state-${++n}.db`)), async (ms) => advanceClock(ms));
 
 // Issue 9 item 16: several processes (mxguard stdio, one per connection) opening the same fresh
 // state.db at once. Switching a new file to WAL needs its lock; without a busy timeout already in

@@ -1,10 +1,11 @@
 // The embedded Store: one SQLite file (node:sqlite, WAL) under data_dir. Reads skip expired
-// rows; a sweep at most once a minute deletes them. The calls are synchronous and take
+// rows; a sweep at most once a minute deletes them. "Now" is util/clock.ts (tests move it on). The calls are synchronous and take
 // microseconds, so they run on the event loop; the API is async to match the Redis store.
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Relayer, Store } from './store.ts';
+import { clock } from '../util/clock.ts';
 
 const SWEEP_EVERY_MS = 60_000;
 /** How long a statement waits for another process's lock (SQLite's busy_timeout). */
@@ -98,13 +99,13 @@ export class SqliteStore implements Store {
   }
 
   async relayerAdd(ip: string, at: number, keepMs: number): Promise<void> {
-    const now = Date.now();
+    const now = clock.now();
     this.sweep(now);
     this.s('relayerAdd').run(ip, at, now + keepMs);
   }
 
   async relayerGet(ip: string): Promise<number | undefined> {
-    const row = this.s('relayerGet').get(ip, Date.now()) as { at: number } | undefined;
+    const row = this.s('relayerGet').get(ip, clock.now()) as { at: number } | undefined;
     return row?.at;
   }
 
@@ -119,18 +120,18 @@ export class SqliteStore implements Store {
   }
 
   async relayerList(): Promise<Relayer[]> {
-    return (this.s('relayerList').all(Date.now()) as Array<{ ip: string; at: number }>).map((r) => ({ ip: r.ip, at: r.at }));
+    return (this.s('relayerList').all(clock.now()) as Array<{ ip: string; at: number }>).map((r) => ({ ip: r.ip, at: r.at }));
   }
 
   async counterIncr(key: string, windowMs: number): Promise<number> {
-    const now = Date.now();
+    const now = clock.now();
     this.sweep(now);
     const row = this.s('counterIncr').get(key, now, windowMs) as { value: number };
     return row.value;
   }
 
   async counterGet(key: string): Promise<number> {
-    const row = this.s('counterGet').get(key, Date.now()) as { value: number } | undefined;
+    const row = this.s('counterGet').get(key, clock.now()) as { value: number } | undefined;
     return row?.value ?? 0;
   }
 
@@ -139,22 +140,22 @@ export class SqliteStore implements Store {
   }
 
   async counterDecr(key: string): Promise<void> {
-    this.s('counterDecr').run(key, Date.now());
+    this.s('counterDecr').run(key, clock.now());
   }
 
   async cacheSet(key: string, value: string, ttlMs: number): Promise<void> {
-    const now = Date.now();
+    const now = clock.now();
     this.sweep(now);
     this.s('cacheSet').run(key, value, now + ttlMs);
   }
 
   async cacheGet(key: string): Promise<string | undefined> {
-    const row = this.s('cacheGet').get(key, Date.now()) as { value: string } | undefined;
+    const row = this.s('cacheGet').get(key, clock.now()) as { value: string } | undefined;
     return row?.value;
   }
 
   async cacheDelete(key: string): Promise<boolean> {
-    return Number(this.s('cacheDelete').run(key, Date.now()).changes) > 0;
+    return Number(this.s('cacheDelete').run(key, clock.now()).changes) > 0;
   }
 
   async close(): Promise<void> {

@@ -8,7 +8,8 @@ import type { RE2JS } from 're2js';
 // Loaded on first use (synchronously, for the config schema's checks): a config without
 // patterns, such as most `mxguard stdio` runs, does not pay for it.
 let engine: typeof RE2JS | undefined;
-function re2(): typeof RE2JS {
+/** The RE2JS engine, loaded on first use (the SpamAssassin rules compile with it directly). */
+export function re2(): typeof RE2JS {
   engine ??= (createRequire(import.meta.url)('re2js') as { RE2JS: typeof RE2JS }).RE2JS;
   return engine;
 }

@@ -21,7 +21,7 @@ export interface TestApp {
   logs(): Array<Record<string, unknown>>;
 }
 
-export async function startTestApp(overrides: Partial<ConfigInput> = {}): Promise<TestApp> {
+export async function startTestApp(overrides: Partial<ConfigInput> = {}, appOptions: ConstructorParameters<typeof App>[2] = {}): Promise<TestApp> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-test-'));
   const config = configSchema.parse({
     hostname: 'mx.example.test',
@@ -40,7 +40,7 @@ export async function startTestApp(overrides: Partial<ConfigInput> = {}): Promis
       done();
     },
   });
-  const app = new App(config, pino({ level: 'info' }, sink));
+  const app = new App(config, pino({ level: 'info' }, sink), appOptions);
   const bound = await app.start();
   const maildir = (local: string) => {
     const d = path.join(dir, 'maildir', local, 'new');

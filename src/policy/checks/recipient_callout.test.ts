@@ -14,6 +14,7 @@ import type { Verdict } from '../verdict.ts';
 import { parseMailbox } from '../../mail/address.ts';
 import { SqliteStore } from '../../store/sqlite.ts';
 import type { Store } from '../../store/store.ts';
+import { advanceClock, resetClock } from '../../util/clock.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -119,7 +120,7 @@ test('calloutRefusal: unknown users get 550 5.1.1; another permanent reason is p
 test('answers are cached with their TTLs; local domains only; postmaster is never asked', async () => {
   await withStore(async (store) => {
     const prober = scripted(mailStore);
-    const check = recipientCalloutCheck(config({ positive_ttl: '1h', negative_ttl: '300ms', sender: 'verify@mx.example.test' }), { store, prober });
+    const check = recipientCalloutCheck(config({ positive_ttl: '1h', negative_ttl: '10m', sender: 'verify@mx.example.test' }), { store, prober });
     assert.equal((await run(check, 'alice@example.test')).kind, 'continue');
     assert.equal(reply(await run(check, 'nobody@example.test')), '550 5.1.1 <nobody@example.test>: Recipient address rejected: User unknown');
     assert.equal((await run(check, 'Alice@Example.test')).kind, 'continue');
@@ -131,14 +132,16 @@ test('answers are cached with their TTLs; local domains only; postmaster is neve
     assert.deepEqual(prober.senders, ['verify@mx.example.test', 'verify@mx.example.test']);
     const v = await run(check, 'alice@example.test');
     assert.match(v.kind === 'continue' ? (v.log ?? '') : '', /cached answer 250/);
-    await sleep(400);
     users.add('nobody@example.test');
     try {
+      assert.equal((await run(check, 'nobody@example.test')).kind, 'reject', 'within negative_ttl the cached answer stands, though the user exists now');
+      advanceClock(10 * 60_000 + 1000); // the store's clock (util/clock.ts): past negative_ttl, within positive_ttl
       assert.equal((await run(check, 'nobody@example.test')).kind, 'continue', 'the negative answer expired; the user exists now');
       assert.equal((await run(check, 'alice@example.test')).kind, 'continue');
-      assert.deepEqual(prober.asked, ['alice@example.test', 'nobody@example.test', 'nobody@example.test']);
+      assert.deepEqual(prober.asked, ['alice@example.test', 'nobody@example.test', 'nobody@example.test'], 'alice still from the cache');
     } finally {
       users.delete('nobody@example.test');
+      resetClock();
     }
   });
 });

@@ -14,6 +14,7 @@ import { AddressList } from '../../util/cidr.ts';
 import { DomainSet } from '../../util/idna.ts';
 import type { Config } from '../../config/schema.ts';
 import type { Store } from '../../store/store.ts';
+import { clock } from '../../util/clock.ts';
 
 export function relayCheck(relay: Config['relay'], store: Store | undefined, failOpen = false): Check<'rcpt'> {
   const allowedIps = new AddressList(relay.forward_from_ip);
@@ -36,7 +37,7 @@ export function relayCheck(relay: Config['relay'], store: Store | undefined, fai
         } catch (err) {
           if (!failOpen) throw err;
         }
-        const now = Date.now() / 1000;
+        const now = clock.now() / 1000;
         if (at !== undefined && at <= now + 1 && now - at <= windowS) return ok(`(${ctx.session.remoteIp}) is recent`);
       }
       return reject('relay', 554, '5.7.1', `<${ctx.rcpt.address}>: Relay access denied`, 'relay.forward_from_ip');
