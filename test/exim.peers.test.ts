@@ -62,7 +62,7 @@ test('Exim sends "." and QUIT together and half-closes: mxguard answers both, ea
   assert.equal(flush.code, 0, flush.stderr);
 
   // Every message mxguard queued has been delivered, then count: each Message-ID exactly once.
-  const queued = (): number => app.logs().filter((l) => l.msg === 'queued').length;
+  const queued = (): number => app.logs().filter((l) => l.msg === 'transaction' && l.outcome === 'accepted').length;
   const delivered = (): number => app.logs().filter((l) => l.msg === 'delivered').length;
   assert.ok(await waitUntil(() => queued() >= 5 && delivered() >= queued(), 10_000), JSON.stringify({ queued: queued(), delivered: delivered() }));
   assert.deepEqual(messageIds(app.maildir('eximrcpt')), ids.sort(), exim.mainlog());

@@ -158,11 +158,11 @@ test('log file on a full file system: mail keeps flowing, dropped lines are coun
   const warning = warnings[0] as LogLine;
   assert.equal(warning.level, 40, 'the warning is logged at level warn');
   const dropped = warning.dropped as number;
-  // Each of the 40 messages logs at least "queued" and "delivered", each connection "connect" and "disconnect".
+  // Each of the 40 messages logs at least "transaction" and "delivered", each connection "connect" and "disconnect".
   assert.ok(dropped >= 2 * during.length, `at least ${2 * during.length} lines were dropped, the warning says ${dropped}`);
   const idx = lines.indexOf(warning);
   assert.ok(
-    lines.slice(idx + 1).some((l) => l.msg === 'delivered' || l.msg === 'disconnect' || l.msg === 'queued'),
+    lines.slice(idx + 1).some((l) => l.msg === 'delivered' || l.msg === 'disconnect' || l.msg === 'transaction'),
     `lines are logged after the warning:\n${fs.readFileSync(logFile, 'utf8').slice(-3000)}`,
   );
 

@@ -112,7 +112,7 @@ for (const [name, start] of [
     run.client.halfClose('Subject: stdio half-close\r\nMessage-ID: <stdio-half@exim.test>\r\n\r\nbody\r\n.\r\nQUIT\r\n');
     assert.match(await run.client.rest(), DOT_QUIT, run.stderr());
     assert.equal(await run.exited, 0, run.stderr());
-    assert.match(run.stderr(), /"msg":"queued"/);
+    assert.match(run.stderr(), /"outcome":"accepted"/);
   });
 
   test(`stdio on ${name}: the input ends without QUIT: every command is answered and the process ends at once`, LIMIT, async () => {
@@ -132,6 +132,6 @@ for (const [name, start] of [
     assert.equal(await run.client.rest(), '');
     assert.equal(await run.exited, 0, run.stderr());
     assert.match(run.stderr(), /client ended its input inside DATA: message dropped/);
-    assert.doesNotMatch(run.stderr(), /"msg":"queued"/);
+    assert.doesNotMatch(run.stderr(), /"outcome":"accepted"/);
   });
 }

@@ -51,3 +51,18 @@ test('the reader finds the end of the header block across chunk boundaries', () 
   assert.equal(r.done, true);
   assert.equal(r.result().truncated, true);
 });
+
+test('mayHave: a quick look for a field name prefix, in any case, only in the header block', () => {
+  const r = new HeaderBlockReader();
+  r.feed([Buffer.from('Received: x\r\nx-SPAM-Flag: YES\r\n\r\nX-Spam-In-Body: no\r\n')]);
+  assert.equal(r.mayHave('x-spam-'), true);
+  const clean = new HeaderBlockReader();
+  clean.feed([Buffer.from('Received: x\r\nSubject: X-Spam-Flag\r\n\r\nX-Spam-Flag: in the body\r\n')]);
+  assert.equal(clean.mayHave('x-spam-'), false, 'a header value or the body does not count');
+  const text = 'Received: x\r\nX-Spam-Flag: YES\r\n\r\nbody\r\n';
+  for (let cut = 1; cut < text.length; cut++) {
+    const split = new HeaderBlockReader();
+    split.feed([Buffer.from(text.slice(0, cut)), Buffer.from(text.slice(cut))]);
+    assert.equal(split.mayHave('x-spam-'), true, `split at ${cut}`);
+  }
+});

@@ -34,8 +34,9 @@ export class HeaderBlockReader {
   private readonly cap: number;
   private parts: Buffer[] = [];
   private length = 0;
-  /** How far the search for the empty line has got. */
-  private searched = 0;
+  /** The last octets fed (up to 3), to find a CRLF CRLF that straddles two chunks. */
+  private tail = '';
+  private parsed: ParsedHeaders | undefined;
   /** The end of the header block (the empty line) was seen, or the cap was reached. */
   done = false;
 
@@ -45,26 +46,45 @@ export class HeaderBlockReader {
 
   feed(chunks: readonly Buffer[]): void {
     for (const chunk of chunks) {
-      if (this.done) return;
+      if (this.done || chunk.length === 0) return;
+      // A message that starts with the empty line has no header; else look for CRLF CRLF, also
+      // across the boundary with what came before. No copying: a small message costs a search.
+      const starts = this.length === 0 && (chunk[0] === 10 || (chunk[0] === 13 && chunk[1] === 10));
+      const across = this.tail !== '' && (this.tail + chunk.toString('latin1', 0, 3)).includes('\r\n\r\n');
       this.parts.push(chunk);
       this.length += chunk.length;
-      const all = this.joined();
-      // A message that starts with the empty line has no header; else look for CRLF CRLF.
-      if ((all[0] === 13 && all[1] === 10) || all[0] === 10 || all.includes('\r\n\r\n', Math.max(0, this.searched - 3))) this.done = true;
-      else if (this.length >= this.cap) this.done = true;
-      this.searched = all.length;
+      if (starts || across || chunk.includes('\r\n\r\n') || this.length >= this.cap) this.done = true;
+      this.tail = chunk.length >= 3 ? chunk.toString('latin1', chunk.length - 3) : (this.tail + chunk.toString('latin1')).slice(-3);
     }
   }
 
   private joined(): Buffer {
     if (this.parts.length > 1) this.parts = [Buffer.concat(this.parts)];
-    return this.parts[0] as Buffer;
+    return this.parts[0] ?? Buffer.alloc(0);
   }
 
-  /** The fields seen (call once DATA has ended). */
+  /** The fields seen (call once DATA has ended); parsed on the first call. */
   result(): ParsedHeaders {
-    const all = this.parts.length === 0 ? Buffer.alloc(0) : this.joined();
-    return parseHeaderBlock(all, this.cap);
+    this.parsed ??= parseHeaderBlock(this.joined(), this.cap);
+    return this.parsed;
+  }
+
+  /**
+   * Might a field whose (lower-case) name starts with `prefix` be there? A quick look at the
+   * octets, so that a message without one is never parsed for it; true means "parse and see".
+   */
+  mayHave(prefix: string): boolean {
+    // Part by part, without joining them; a name split across two parts is caught by the carry.
+    // (A false "yes" only costs a parse.)
+    let carry = '\n';
+    for (const part of this.parts) {
+      const end = part.indexOf('\r\n\r\n');
+      const text = carry + part.toString('latin1', 0, end === -1 ? part.length : end + 2).toLowerCase();
+      if (text.includes('\n' + prefix)) return true;
+      if (end !== -1) return false;
+      carry = text.slice(-prefix.length);
+    }
+    return false;
   }
 }
 
@@ -112,11 +132,10 @@ export function parseHeaderBlock(message: Buffer, cap?: number): ParsedHeaders {
       bodyOffset = pos;
       break;
     }
-    const value = raw
-      .slice(colon + 1)
-      .replace(/\r?\n$/, '')
-      .replace(/\r?\n(?=[ \t])/g, '')
-      .replace(/^[ \t]+/, '');
+    // Unfolded: most fields are one line, and need no regular expression.
+    const last = raw.length - (raw.endsWith('\r\n') ? 2 : 1);
+    const folded = raw.indexOf('\n') < last;
+    const value = (folded ? raw.slice(colon + 1, last).replace(/\r?\n(?=[ \t])/g, '') : raw.slice(colon + 1, last)).replace(/^[ \t]+/, '');
     fields.push({ name, key: name.toLowerCase(), value, raw, start: pos, end });
     pos = end;
   }

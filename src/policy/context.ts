@@ -75,7 +75,7 @@ export interface MessageView {
   readonly id: string;
   /** Octets of the stored message: our Received header, then the message as the client sent it. */
   readonly size: number;
-  /** The header fields in order, our Received first, raw and unfolded, up to a size cap. */
+  /** The header fields in order, our Received first, raw and unfolded, up to a size cap (parsed on first use). */
   readonly headers: readonly HeaderField[];
   /** The header block was longer than the cap: fields past it are not in `headers`. */
   readonly headersTruncated: boolean;
@@ -83,6 +83,11 @@ export interface MessageView {
   readonly lines: number;
   /** Offset of the body (after the empty line) in the stored message. */
   readonly bodyOffset: number;
+  /**
+   * Might a header field whose lower-case name starts with `prefix` be there? A quick look that
+   * spares parsing the header block when no check reads it; true means "look in `headers`".
+   */
+  mayHaveField(prefix: string): boolean;
   /** The stored message from `start` (default 0), read afresh each call: the whole of it is never held for a check. */
   read(start?: number): AsyncIterable<Buffer>;
 }

@@ -93,20 +93,26 @@ export class PolicyEngine {
     const full: DataContext = { ...ctx, signal: abort.signal };
     let timer: NodeJS.Timeout | undefined;
     const deadline = new Promise<'timeout'>((resolve) => {
-      timer = setTimeout(() => resolve('timeout'), timeoutMs);
+      timer = setTimeout(() => {
+        abort.abort(); // only when a check is late: an abort builds a DOMException, not free per message
+        resolve('timeout');
+      }, timeoutMs);
     });
     const t0 = performance.now();
     const started = checks.map((c) => settle(c, full));
+    let taken = 0;
     try {
       for (const [i, check] of checks.entries()) {
         const out = await Promise.race([started[i] as Promise<Outcome>, deadline]);
         const outcome: Outcome = out === 'timeout' ? { err: new DataCheckTimeout(timeoutMs), ms: performance.now() - t0 } : out;
+        taken++;
         if (this.take(result, 'data', check, outcome)) return result;
       }
       return result;
     } finally {
       clearTimeout(timer);
-      abort.abort();
+      // Checks after a final verdict are no longer waited for: tell them to stop.
+      if (taken < checks.length && !abort.signal.aborted) abort.abort();
     }
   }
 

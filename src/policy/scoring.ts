@@ -61,6 +61,7 @@ export function spamHeaders(score: number, tests: readonly TestHit[], s: Scoring
 
 /** Folds a long field at its commas and spaces (RFC 5322 2.2.3), lines under 78 octets where it can. */
 export function fold(name: string, value: string): string {
+  if (name.length + 2 + value.length <= 78) return `${name}: ${value}\r\n`;
   const words = value.split(/(?<=[, ])/);
   let line = `${name}:`;
   let out = '';

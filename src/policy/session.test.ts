@@ -68,6 +68,7 @@ function view(text = 'Subject: hi\r\n\r\nbody\r\n'): MessageView {
     headers: h.fields,
     headersTruncated: h.truncated,
     bodyOffset: h.bodyOffset,
+    mayHaveField: (prefix) => h.fields.some((f) => f.key.startsWith(prefix)),
     read: async function* (start = 0) {
       yield buf.subarray(start);
     },

@@ -227,7 +227,9 @@ export class PolicySession {
     }
     const remove = new Set(result.removeHeaders);
     const cut: [number, number][] = [];
-    for (const f of message.headers) if (f.key.startsWith(SPAM_HEADER_PREFIX) || remove.has(f.key)) cut.push([f.start, f.end]);
+    if (remove.size > 0 || message.mayHaveField(SPAM_HEADER_PREFIX)) {
+      for (const f of message.headers) if (f.key.startsWith(SPAM_HEADER_PREFIX) || remove.has(f.key)) cut.push([f.start, f.end]);
+    }
     return { kind: 'continue', score, headers: [...tx.headers, ...result.headers, ...spamHeaders(score, tests, s)], cut };
   }
 

@@ -30,6 +30,8 @@ export interface TransactionTrace {
   readonly rcpts: readonly string[];
   /** The queue ID, once DATA gave the message one. */
   readonly id?: string;
+  /** Octets queued (accepted messages). */
+  readonly size?: number;
   /** When MAIL was received (ms since the epoch). */
   readonly startedAt: number;
   /** The connect and HELO checks of the session, then the transaction's own, in the order they ran. */
@@ -102,7 +104,7 @@ export class TxTrace {
    * whose every recipient was refused counts as refused (or tempfailed) with that refusal, any
    * other as aborted. Only the first call counts.
    */
-  end(reply?: string, id?: string, outcome?: TraceOutcome): TransactionTrace | undefined {
+  end(reply?: string, id?: string, outcome?: TraceOutcome, size?: number): TransactionTrace | undefined {
     if (this.ended) return undefined;
     this.ended = true;
     let final = reply;
@@ -111,6 +113,7 @@ export class TxTrace {
       ...this.head,
       rcpts: this.rcpts,
       ...(id !== undefined ? { id } : {}),
+      ...(size !== undefined ? { size } : {}),
       entries: this.entries,
       score: this.entries.reduce((sum, e) => sum + (e.score ?? 0), 0),
       ...(final !== undefined ? { reply: final } : {}),
@@ -143,6 +146,7 @@ export function traceLogFields(t: TransactionTrace): Record<string, unknown> {
     ...(t.id !== undefined ? { id: t.id } : {}),
     from: t.mailFrom,
     rcpts: t.rcpts,
+    ...(t.size !== undefined ? { size: t.size } : {}),
     checks: formatEntries(t.entries),
     score: t.score,
     reply: t.reply,

@@ -505,8 +505,17 @@ export function messageBody(
     size: size + (head?.length ?? 0) - (cut ? cutLength(cut, size) : 0),
     async *chunks() {
       if (head && at === 0) yield head;
-      const edited = cut || at > 0 ? edit(stored(), cut ?? [], at > 0 ? { at, head: head as Buffer } : undefined) : stored();
-      yield* edited;
+      if (!cut && at === 0) {
+        yield* stored();
+        return;
+      }
+      const editor = new Editor(cut ?? [], at > 0 ? { at, head: head as Buffer } : undefined);
+      // A message in memory is edited at once; one read from a file, chunk by chunk.
+      if (cached) yield* editor.all(cached);
+      else {
+        for await (const chunk of stored()) yield* editor.push(chunk);
+        yield* editor.end();
+      }
     },
   };
 }
@@ -522,39 +531,60 @@ function cutLength(cut: readonly HeaderCut[], size: number): number {
 }
 
 /**
- * The chunks without the octets in `cut` (sorted, not overlapping), and with `insert.head` put
- * in at stored offset `insert.at` (which no cut contains: it is the end of our Received header).
+ * Takes the stored message chunk by chunk and gives it back without the octets in `cut` (sorted,
+ * not overlapping), and with `insert.head` put in at stored offset `insert.at` (which no cut
+ * contains: it is the end of our Received header).
  */
-async function* edit(chunks: AsyncIterable<Buffer>, cut: readonly HeaderCut[], insert: { at: number; head: Buffer } | undefined): AsyncGenerator<Buffer> {
-  // The insertion point is an empty cut that yields the head: one walk handles both.
-  const marks: { a: number; b: number; head?: Buffer }[] = cut.map(([a, b]) => ({ a, b }));
-  if (insert) {
-    const i = marks.findIndex((m) => m.a >= insert.at);
-    marks.splice(i === -1 ? marks.length : i, 0, { a: insert.at, b: insert.at, head: insert.head });
+class Editor {
+  /** The insertion point is an empty cut that yields the head: one walk handles both. */
+  private readonly marks: { a: number; b: number; head?: Buffer }[];
+  private pos = 0;
+  private i = 0;
+
+  constructor(cut: readonly HeaderCut[], insert: { at: number; head: Buffer } | undefined) {
+    this.marks = cut.map(([a, b]) => ({ a, b }));
+    if (insert) {
+      const i = this.marks.findIndex((m) => m.a >= insert.at);
+      this.marks.splice(i === -1 ? this.marks.length : i, 0, { a: insert.at, b: insert.at, head: insert.head });
+    }
   }
-  let pos = 0;
-  let i = 0;
-  for await (const chunk of chunks) {
+
+  push(chunk: Buffer): Buffer[] {
+    const out: Buffer[] = [];
+    const pos = this.pos;
     const end = pos + chunk.length;
     let from = pos;
-    while (i < marks.length && (marks[i] as { a: number }).a < end) {
-      const { a, b, head } = marks[i] as { a: number; b: number; head?: Buffer };
-      if (a > from) yield chunk.subarray(from - pos, a - pos);
-      if (head) yield head;
-      if (b > end) {
+    while (this.i < this.marks.length && (this.marks[this.i] as { a: number }).a < end) {
+      const m = this.marks[this.i] as { a: number; b: number; head?: Buffer };
+      if (m.a > from) out.push(chunk.subarray(from - pos, m.a - pos));
+      if (m.head) out.push(m.head);
+      if (m.b > end) {
         from = end;
-        marks[i] = { a: end, b }; // the rest of this cut lies in the next chunk
+        this.marks[this.i] = { a: end, b: m.b }; // the rest of this cut lies in the next chunk
         break;
       }
-      from = Math.max(from, b);
-      i++;
+      from = Math.max(from, m.b);
+      this.i++;
     }
-    if (from < end) yield chunk.subarray(from - pos);
-    pos = end;
+    if (from < end) out.push(chunk.subarray(from - pos));
+    this.pos = end;
+    return out;
   }
-  // An insertion point at the very end (a message that is only our Received header).
-  for (; i < marks.length; i++) {
-    const head = (marks[i] as { head?: Buffer }).head;
-    if (head) yield head;
+
+  /** An insertion point at the very end (a message that is only our Received header). */
+  end(): Buffer[] {
+    const out: Buffer[] = [];
+    for (; this.i < this.marks.length; this.i++) {
+      const head = (this.marks[this.i] as { head?: Buffer }).head;
+      if (head) out.push(head);
+    }
+    return out;
+  }
+
+  all(chunks: readonly Buffer[]): Buffer[] {
+    const out: Buffer[] = [];
+    for (const c of chunks) out.push(...this.push(c));
+    out.push(...this.end());
+    return out;
   }
 }

@@ -587,14 +587,22 @@ export class Session {
       await writer.abort();
       return this.finishTransaction(tx, writer.id, refused);
     }
-    const headers = (tx.headerBlock as HeaderBlockReader).result();
+    const header = tx.headerBlock as HeaderBlockReader;
     const message: MessageView = {
       id: writer.id,
       size: writer.length,
       lines: decoder.lines + (tx.prefixLines ?? 0),
-      headers: headers.fields,
-      headersTruncated: headers.truncated,
-      bodyOffset: headers.bodyOffset,
+      // Parsed only when something reads them (a DATA check, an incoming X-Spam-* field to cut).
+      get headers() {
+        return header.result().fields;
+      },
+      get headersTruncated() {
+        return header.result().truncated;
+      },
+      get bodyOffset() {
+        return header.result().bodyOffset;
+      },
+      mayHaveField: (prefix) => header.mayHave(prefix),
       read: (start) => writer.read(start),
     };
     const decision = await this.policy.data(tx.policy, tx, message);
@@ -635,13 +643,13 @@ export class Session {
       this.log.error({ id: writer.id, err }, 'spool write failed');
       return this.finishTransaction(tx, writer.id, '451 4.3.0 Error: queue file write error');
     }
-    this.log.info({ id: writer.id, from: envelope.mailFrom, rcpts: envelope.rcpts, size: committed.size }, 'queued');
+    // The transaction's one line (src/policy/trace.ts) says it was queued: outcome accepted, its size.
     this.deps.enqueue(committed);
-    this.finishTransaction(tx, writer.id, `250 2.0.0 Ok: queued as ${writer.id}`);
+    this.finishTransaction(tx, writer.id, `250 2.0.0 Ok: queued as ${writer.id}`, undefined, committed.size);
   }
 
-  private finishTransaction(tx: Transaction, id: string, reply: string, outcome?: TraceOutcome): void {
-    tx.policy.trace.end(reply, id, outcome);
+  private finishTransaction(tx: Transaction, id: string, reply: string, outcome?: TraceOutcome, size?: number): void {
+    tx.policy.trace.end(reply, id, outcome, size);
     this.reply(reply);
     if (this.shuttingDown) this.sayGoodbye();
   }

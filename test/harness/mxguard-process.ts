@@ -25,13 +25,16 @@ export interface MxguardProcess {
   exited: Promise<number | null>;
 }
 
-/** Writes `config` (a plain object) as YAML into dir/mxguard.yaml and starts mxguard on it. */
-export async function startMxguard(dir: string, config: Record<string, unknown>, port: number): Promise<MxguardProcess> {
+/**
+ * Writes `config` (a plain object) as YAML into dir/mxguard.yaml and starts mxguard on it;
+ * `main`: another checkout's src/cli/main.ts (the benchmark's code-before runs).
+ */
+export async function startMxguard(dir: string, config: Record<string, unknown>, port: number, opts: { main?: string } = {}): Promise<MxguardProcess> {
   const file = path.join(dir, 'mxguard.yaml');
   fs.writeFileSync(file, stringify({ listen: [`127.0.0.1:${port}`], ...config }));
   const logFile = path.join(dir, 'mxguard.log');
   const out = fs.openSync(logFile, 'a');
-  const child = spawn(process.execPath, [MAIN, 'start', '-c', file], { stdio: ['ignore', out, out] });
+  const child = spawn(process.execPath, [opts.main ?? MAIN, 'start', '-c', file], { stdio: ['ignore', out, out] });
   fs.closeSync(out);
   running.add(child);
   // Resolves on 'exit', or at once when the spawn failed (then only 'error' comes).
