@@ -61,6 +61,7 @@ export function isEnvelope(value: unknown): value is Envelope {
     v.client !== null &&
     (v.dsn === undefined || (typeof v.dsn === 'object' && v.dsn !== null)) &&
     (v.rcptDsn === undefined || (typeof v.rcptDsn === 'object' && v.rcptDsn !== null)) &&
+    (v.addHeadersAt === undefined || (Number.isSafeInteger(v.addHeadersAt) && (v.addHeadersAt as number) >= 0)) &&
     (v.cut === undefined || (Array.isArray(v.cut) && v.cut.every((r) => Array.isArray(r) && r.length === 2 && r.every((n) => Number.isSafeInteger(n) && (n as number) >= 0))))
   );
 }

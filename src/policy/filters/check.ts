@@ -5,11 +5,10 @@
 // transaction score under each rule's name (X-Spam-Status tests=), a reject is a 5xx at the end
 // of DATA (never a bounce message), a drop is a discard.
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import { defineCheck, type Check, type CheckDeps } from '../check.ts';
 import type { DataContext } from '../context.ts';
 import { CONTINUE, type Verdict } from '../verdict.ts';
-import { compileMfilter } from './mfilter.ts';
-import { compileRules } from './sa-rules.ts';
 import { scanMessage } from './scan.ts';
 import type { FilterEnvelope, FilterResult, ScanMessage } from './types.ts';
 
@@ -29,15 +28,21 @@ interface FilterSettings {
   readonly onError: 'tempfail' | 'accept';
 }
 
+// The compilers are loaded when a filter is configured, not with the registry: `mxguard stdio`
+// starts once per connection, and the two languages are some 3,000 lines it need not parse.
+const load = createRequire(import.meta.url);
+const mfilterModule = (): typeof import('./mfilter.ts') => load('./mfilter.ts') as typeof import('./mfilter.ts');
+const rulesModule = (): typeof import('./sa-rules.ts') => load('./sa-rules.ts') as typeof import('./sa-rules.ts');
+
 /** Reads and compiles filters.mfilter; throws FilterSyntaxError (file:line) or the read error. */
 export function loadMfilter(file: string): MessageFilter {
-  const program = compileMfilter(fs.readFileSync(file, 'utf8'), file);
+  const program = mfilterModule().compileMfilter(fs.readFileSync(file, 'utf8'), file);
   return { source: file, rules: program.rules, warnings: [], run: (msg, env) => program.run(msg, env) };
 }
 
 /** Reads and compiles the filters.rules files (one rule set: meta rules may span files). */
 export function loadRules(files: readonly string[]): MessageFilter {
-  const set = compileRules(files.map((file) => ({ file, text: fs.readFileSync(file, 'utf8') })));
+  const set = rulesModule().compileRules(files.map((file) => ({ file, text: fs.readFileSync(file, 'utf8') })));
   return { source: files.join(', '), rules: set.rules, warnings: set.warnings, run: (msg, env) => set.run(msg, env) };
 }
 
