@@ -123,7 +123,7 @@ test('a check that is not afterAuth stays refused after AUTH', async () => {
   assert.equal((await h.ps.rcpt(tx, info, addr('u@example.test'))).kind, 'reply');
 });
 
-test('points and headers add up over connect, HELO, MAIL, every accepted RCPT and DATA; a new HELO replaces the HELO ones', async () => {
+test('points and headers add up over connect, HELO, MAIL, RCPT and DATA, a RCPT finding once per message; a new HELO replaces the HELO ones', async () => {
   const h = harness([
     tag('rdns', 'connect', 1, 'X-A: connect'),
     tag('helo', 'helo', 2, 'X-B: helo'),
@@ -139,9 +139,10 @@ test('points and headers add up over connect, HELO, MAIL, every accepted RCPT an
   assert.deepEqual(await h.ps.rcpt(tx, info, addr('u@example.test')), { kind: 'continue' });
   assert.deepEqual(await h.ps.rcpt(tx, info, addr('v@example.test')), { kind: 'continue' });
   const d = await h.ps.data(tx, info, view());
-  assert.deepEqual(d, { kind: 'continue', score: 39, headers: ['X-A: connect', 'X-B: helo', 'X-C: mail', 'X-D: rcpt', 'X-D: rcpt', 'X-E: data'], cut: [] });
+  // Two recipients, one finding: the score is the message's, not the sum over its recipients.
+  assert.deepEqual(d, { kind: 'continue', score: 31, headers: ['X-A: connect', 'X-B: helo', 'X-C: mail', 'X-D: rcpt', 'X-E: data'], cut: [] });
   tx.trace.end('250 2.0.0 Ok', 'Q1');
-  assert.equal(h.traces[0]?.score, 39);
+  assert.equal(h.traces[0]?.score, 31, 'the trace carries the transaction score');
 
   h.ps.forgetHelo();
   const next = await begin(h.ps);

@@ -44,10 +44,16 @@ export interface PolicyTx {
   readonly trace: TxTrace;
   /** A refusal found at MAIL time, answered at RCPT (smtp.delay_reject). */
   readonly delayed: RefusalVerdict | undefined;
-  /** Points, headers and tests tagged so far: connect, HELO, MAIL and the accepted recipients. */
+  /** Points, headers and tests tagged so far at connect, HELO and MAIL. */
   score: number;
   headers: string[];
   tests: TestHit[];
+  /**
+   * What RCPT checks tagged, over the accepted recipients: the score is per message, not per
+   * recipient, so a finding counts once however many recipients it was found for (its highest points).
+   */
+  rcptTests: Map<string, number>;
+  rcptHeaders: Set<string>;
 }
 
 /**
@@ -165,7 +171,7 @@ export class PolicySession {
     const score = this.connectTags.score + this.heloTags.score + result.score;
     const headers = [...this.connectTags.headers, ...this.heloTags.headers, ...result.headers];
     const tests = [...this.connectTags.tests, ...this.heloTags.tests, ...result.tests];
-    return { kind: 'continue', tx: { mailFrom, trace, delayed: refusal, score, headers, tests } };
+    return { kind: 'continue', tx: { mailFrom, trace, delayed: refusal, score, headers, tests, rcptTests: new Map(), rcptHeaders: new Set() } };
   }
 
   /** One recipient. `close`: smtpd's deny, the SMTP session says 421 and ends. */
@@ -193,9 +199,8 @@ export class PolicySession {
       }
       return { kind: 'reply', reply: refusalReply(final) };
     }
-    tx.score += result.score;
-    tx.headers.push(...result.headers);
-    tx.tests.push(...result.tests);
+    for (const t of result.tests) tx.rcptTests.set(t.name, Math.max(t.score, tx.rcptTests.get(t.name) ?? -Infinity));
+    for (const h of result.headers) tx.rcptHeaders.add(h);
     return CONTINUE;
   }
 
@@ -215,8 +220,10 @@ export class PolicySession {
     if (final) this.logDecision('data', final);
     if (final && (final.kind === 'reject' || final.kind === 'tempfail')) return { kind: 'reply', reply: refusalReply(final) };
     if (final?.kind === 'discard') return { kind: 'discard' };
-    const score = tx.score + result.score;
-    const tests = mergeTests([...tx.tests, ...result.tests]);
+    const rcptTests = [...tx.rcptTests].map(([name, points]) => ({ name, score: points }));
+    const tests = mergeTests([...tx.tests, ...rcptTests, ...result.tests]);
+    const score = tests.reduce((sum, t) => sum + t.score, 0);
+    tx.trace.scored(score);
     // A check's accept (an Mfilter `accept`, say) is the administrator's word: the score does not refuse it.
     const refusal = final?.kind === 'accept' ? undefined : scoreRefusal(score, tests, s);
     if (refusal) {
@@ -230,7 +237,7 @@ export class PolicySession {
     if (remove.size > 0 || message.mayHaveField(SPAM_HEADER_PREFIX)) {
       for (const f of message.headers) if (f.key.startsWith(SPAM_HEADER_PREFIX) || remove.has(f.key)) cut.push([f.start, f.end]);
     }
-    return { kind: 'continue', score, headers: [...tx.headers, ...result.headers, ...spamHeaders(score, tests, s)], cut };
+    return { kind: 'continue', score, headers: [...tx.headers, ...tx.rcptHeaders, ...result.headers, ...spamHeaders(score, tests, s)], cut };
   }
 
   private refusalOf(phase: 'connect' | 'helo' | 'mail', result: PhaseResult): RefusalVerdict | undefined {

@@ -36,7 +36,7 @@ export interface TransactionTrace {
   readonly startedAt: number;
   /** The connect and HELO checks of the session, then the transaction's own, in the order they ran. */
   readonly entries: readonly TraceEntry[];
-  /** The points of every tag in entries. */
+  /** The transaction score (src/policy/scoring.ts) once DATA was judged; before, the points of every tag in entries. */
   readonly score: number;
   /** The final reply: to DATA, or the last refusal of a transaction that ended without one. */
   readonly reply?: string;
@@ -72,6 +72,7 @@ export class SessionTrace {
 export class TxTrace {
   private readonly rcpts: string[] = [];
   private lastRefusal: string | undefined;
+  private score: number | undefined;
   private ended = false;
   private readonly head: Pick<TransactionTrace, 'sid' | 'ip' | 'helo' | 'mailFrom' | 'startedAt'>;
   private readonly entries: TraceEntry[];
@@ -92,6 +93,11 @@ export class TxTrace {
   /** A refusal the session gave without a check running now (one held for smtp.delay_reject). */
   refused(reply: string): void {
     this.lastRefusal = reply;
+  }
+
+  /** The transaction score as the end of DATA read it (a finding counts once per message). */
+  scored(score: number): void {
+    this.score = score;
   }
 
   rcpt(address: string): void {
@@ -115,7 +121,7 @@ export class TxTrace {
       ...(id !== undefined ? { id } : {}),
       ...(size !== undefined ? { size } : {}),
       entries: this.entries,
-      score: this.entries.reduce((sum, e) => sum + (e.score ?? 0), 0),
+      score: this.score ?? this.entries.reduce((sum, e) => sum + (e.score ?? 0), 0),
       ...(final !== undefined ? { reply: final } : {}),
       outcome: outcome ?? outcomeOf(final),
     };

@@ -53,6 +53,12 @@ export interface Pattern {
   readonly foldCase: boolean;
   /** Does it match `text`? `lower` is text.toLowerCase() (with ſ → s), given when already known. */
   test(text: string, lower?: string): boolean;
+  /**
+   * Could it match any line of `text` (lines joined by \n)? One run over the whole text with ^ and
+   * $ at line ends: a match in a line is a match in the text, so false means no line matches.
+   * Absent when the pattern anchors to the text itself (\A, \z) or switches flags inline.
+   */
+  anyLine?(text: string): boolean;
 }
 
 /** Text lower-cased for the prefilter: ſ folds to s in RE2 but toLowerCase keeps it. */
@@ -94,6 +100,11 @@ export function compilePattern(perl: string, modifiers: string): Pattern {
     foldCase,
     test: (text, lower) => mayMatch(p, text, lower) && re.test(text),
   };
+  // \A and \z anchor to the text (for a body rule: a line); an inline flag could turn ^ $ back.
+  if (!/\\[AzZ]|\(\?/.test(source)) {
+    let whole: RE2JS | undefined; // compiled on first use: only body rules ask
+    p.anyLine = (text) => (whole ??= RE2.compile(source, flags | RE2.MULTILINE)).test(text);
+  }
   return p;
 }
 
@@ -827,6 +838,8 @@ class MessageContext {
         const p = t.pattern;
         // The whole text first: the prefilter rejects most rules in one indexOf.
         if (p.literals && !mayMatchText(p, d.body, () => this.lower(d.body))) return false;
+        // One run over the whole text before one per line (most rules match no line at all).
+        if (p.anyLine && !p.anyLine(d.body)) return false;
         this.bodyLines ??= d.body.split('\n');
         if (p.foldCase && p.literals) this.bodyLower ??= this.lower(d.body).split('\n');
         const lines = this.bodyLines;
