@@ -25,6 +25,7 @@
 //   skipped with its ifplugin block, or an eval: rule, counts as 0.
 import type { RE2JS } from 're2js';
 import { re2 } from '../../util/regex.ts';
+import { flatRegex } from './flat-regex.ts';
 import { decodedText, decodeMimeWords } from './mime-text.ts';
 import { FilterSyntaxError, type FilterEnvelope, type FilterHit, type FilterResult, type ScanMessage } from './types.ts';
 
@@ -61,6 +62,11 @@ export interface Pattern {
   anyLine?(text: string): boolean;
 }
 
+const NON_ASCII = /[^\x00-\x7f]/;
+function isAscii(text: string): boolean {
+  return !NON_ASCII.test(text);
+}
+
 /** Text lower-cased for the prefilter: ſ folds to s in RE2 but toLowerCase keeps it. */
 export function foldForPrefilter(text: string): string {
   const lower = text.toLowerCase();
@@ -94,14 +100,23 @@ export function compilePattern(perl: string, modifiers: string): Pattern {
   // Any (?i…) inline switch: prefilter case-folded (a superset, so never wrong).
   const foldCase = modifiers.includes('i') || /\(\?[a-zA-Z-]*i/.test(source);
   const literals = requiredLiterals(source, foldCase);
+  // A flat pattern (flat-regex.ts: no backtracking to speak of) runs on V8's engine, ten times
+  // faster, on ASCII text, where the two engines agree (RE2 folds ſ to s and K to k; V8 without
+  // the u flag does not). Other text goes to RE2.
+  const jsFlags = ['i', 'm', 's'].filter((f) => modifiers.includes(f)).join('');
+  const native = flatRegex(source, jsFlags);
   const p: Pattern = {
     source,
     literals,
     foldCase,
-    test: (text, lower) => mayMatch(p, text, lower) && re.test(text),
+    test: native ? (text, lower) => mayMatch(p, text, lower) && (isAscii(text) ? native.test(text) : re.test(text)) : (text, lower) => mayMatch(p, text, lower) && re.test(text),
   };
   // \A and \z anchor to the text (for a body rule: a line); an inline flag could turn ^ $ back.
-  if (!/\\[AzZ]|\(\?/.test(source)) {
+  if (native) {
+    const whole = jsFlags.includes('m') ? native : new RegExp(source, jsFlags + 'm');
+    let wholeRe2: RE2JS | undefined;
+    p.anyLine = (text) => (isAscii(text) ? whole.test(text) : (wholeRe2 ??= RE2.compile(source, flags | RE2.MULTILINE)).test(text));
+  } else if (!/\\[AzZ]|\(\?/.test(source)) {
     let whole: RE2JS | undefined; // compiled on first use: only body rules ask
     p.anyLine = (text) => (whole ??= RE2.compile(source, flags | RE2.MULTILINE)).test(text);
   }
