@@ -278,7 +278,8 @@ const FUNCTIONS: Readonly<Record<string, FunctionDef>> = {
     compile([name, text], scope) {
       const id = scope.headerId(name!);
       const needle = text!.toLowerCase();
-      return (s) => anyValue(s.headerLower(id), (v) => v.includes(needle));
+      const has = (v: string): boolean => v.includes(needle); // made once, not per message
+      return (s) => anyValue(s.headerLower(id), has);
     },
   },
   // exists("header")
@@ -320,7 +321,8 @@ const FUNCTIONS: Readonly<Record<string, FunctionDef>> = {
     compile([name, list], scope) {
       const id = scope.headerId(name!);
       const tests = wildcardList(list!.toLowerCase()).map(compileWildcard);
-      return (s) => anyValue(s.headerLower(id), (v) => tests.some((matches) => matches(v)));
+      const any = (v: string): boolean => tests.some((matches) => matches(v));
+      return (s) => anyValue(s.headerLower(id), any);
     },
   },
   // regex("header","RE2 pattern"): an mxguard extension. DMail's design aims at regular
@@ -333,11 +335,13 @@ const FUNCTIONS: Readonly<Record<string, FunctionDef>> = {
       const id = scope.headerId(name!);
       const re = scope.regex(pattern!, at);
       const literal = requiredLiteral(pattern!);
-      if (literal === undefined) return (s) => anyValue(s.header(id), (v) => re.test(v));
+      const matches = (v: string): boolean => re.test(v);
+      if (literal === undefined) return (s) => anyValue(s.header(id), matches);
+      const hasLiteral = (v: string): boolean => v.includes(literal);
       return (s) => {
         const low = s.headerFolded(id);
-        if (low === undefined || !low.some((v) => v.includes(literal))) return false;
-        return anyValue(s.header(id), (v) => re.test(v));
+        if (low === undefined || !low.some(hasLiteral)) return false;
+        return anyValue(s.header(id), matches);
       };
     },
   },

@@ -817,6 +817,7 @@ function buildRuleSet(files: string[], all: Rule[], warnings: string[]): RuleSet
 class MessageContext {
   private readonly headerTexts = new Map<string, string | null>();
   private readonly lowers = new Map<string, string>();
+  private byName?: Map<string, ScanMessage['headers'][number][]>;
   private bodyLines?: string[];
   private bodyLower?: string[];
   private fullText?: string;
@@ -833,8 +834,9 @@ class MessageContext {
   private lower(text: string): string {
     let l = this.lowers.get(text);
     if (l === undefined) {
+      // Cached whatever its length: one header value is read by many rules (Subject by dozens).
       l = foldForPrefilter(text);
-      if (text.length > 64) this.lowers.set(text, l); // short texts: cheaper to redo than to hash
+      this.lowers.set(text, l);
     }
     return l;
   }
@@ -852,7 +854,7 @@ class MessageContext {
         const d = decodedText(this.msg);
         const p = t.pattern;
         // The whole text first: the prefilter rejects most rules in one indexOf.
-        if (p.literals && !mayMatchText(p, d.body, () => this.lower(d.body))) return false;
+        if (p.literals && !mayMatchText(p, p.foldCase ? this.lower(d.body) : d.body)) return false;
         // One run over the whole text before one per line (most rules match no line at all).
         if (p.anyLine && !p.anyLine(d.body)) return false;
         this.bodyLines ??= d.body.split('\n');
@@ -872,7 +874,7 @@ class MessageContext {
         if (t.pattern.literals) {
           this.urisJoined ??= uris.join('\n');
           const joined = this.urisJoined;
-          if (!mayMatchText(t.pattern, joined, () => this.lower(joined))) return false;
+          if (!mayMatchText(t.pattern, t.pattern.foldCase ? this.lower(joined) : joined)) return false;
         }
         return uris.some((u) => t.pattern.test(u));
       }
@@ -909,16 +911,31 @@ class MessageContext {
       values = to === '' && cc === '' ? [] : [to !== '' && cc !== '' ? `${to}, ${cc}` : to + cc];
     } else if (name === 'envelopefrom') values = this.env.mailFrom === '' ? [] : [this.env.mailFrom];
     else if (name === 'messageid') values = fields.filter((f) => /^(?:resent-|x-)?message-id$/.test(f.key)).map(valueOf);
-    else values = fields.filter((f) => f.key === name).map(valueOf);
+    else values = (this.fieldsNamed().get(name) ?? NO_FIELDS).map(valueOf);
     if (mods.includes('addr')) values = values.map(firstAddress);
     if (mods.includes('name')) values = values.map(displayName);
-    return values.length === 0 ? null : values.join('\n');
+    return values.length === 0 ? null : values.length === 1 ? (values[0] as string) : values.join('\n');
+  }
+
+  /** The header fields by lower-case name, grouped once per message (rules ask by name). */
+  private fieldsNamed(): Map<string, ScanMessage['headers'][number][]> {
+    if (this.byName) return this.byName;
+    const m = new Map<string, ScanMessage['headers'][number][]>();
+    for (const f of this.msg.headers) {
+      const list = m.get(f.key);
+      if (list) list.push(f);
+      else m.set(f.key, [f]);
+    }
+    this.byName = m;
+    return m;
   }
 }
 
-function mayMatchText(p: Pattern, text: string, lower: () => string): boolean {
+const NO_FIELDS: readonly ScanMessage['headers'][number][] = [];
+
+/** Does `hay` (lower-cased when the pattern folds case) hold one of the pattern's literals? */
+function mayMatchText(p: Pattern, hay: string): boolean {
   if (p.literals === null) return true;
-  const hay = p.foldCase ? lower() : text;
   for (const lit of p.literals) if (hay.includes(lit)) return true;
   return false;
 }
