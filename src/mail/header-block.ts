@@ -74,18 +74,36 @@ export class HeaderBlockReader {
    * octets, so that a message without one is never parsed for it; true means "parse and see".
    */
   mayHave(prefix: string): boolean {
-    // Part by part, without joining them; a name split across two parts is caught by the carry.
-    // (A false "yes" only costs a parse.)
-    let carry = '\n';
+    // A byte scan, part by part, of each line start until the empty line: no string is made.
+    // `prefix` is lower-case ASCII; letters compare with the 0x20 bit set. A false "yes" only
+    // costs a parse.
+    let atLineStart = true;
+    let matched = 0;
+    let prev = -1;
     for (const part of this.parts) {
-      const end = part.indexOf('\r\n\r\n');
-      const text = carry + part.toString('latin1', 0, end === -1 ? part.length : end + 2).toLowerCase();
-      if (text.includes('\n' + prefix)) return true;
-      if (end !== -1) return false;
-      carry = text.slice(-prefix.length);
+      for (let i = 0; i < part.length; i++) {
+        const b = part[i] as number;
+        if (matched > 0 || atLineStart) {
+          const want = prefix.charCodeAt(matched);
+          const got = want >= 0x61 && want <= 0x7a ? b | 0x20 : b;
+          if (got === want) {
+            if (++matched === prefix.length) return true;
+            atLineStart = false;
+            prev = b;
+            continue;
+          }
+          matched = 0;
+        }
+        if (b === 10) {
+          if (prev === 10 || (prev === 13 && atLineStart)) return false; // the empty line: the header is over
+          atLineStart = true;
+        } else if (!(b === 13 && atLineStart)) atLineStart = false;
+        prev = b;
+      }
     }
     return false;
   }
+
 }
 
 /**

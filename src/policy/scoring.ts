@@ -20,6 +20,7 @@ export const SPAM_HEADER_PREFIX = 'x-spam-';
 
 /** The points by name: a name that scored twice is summed, zero contributions left out. */
 export function mergeTests(tests: readonly TestHit[]): TestHit[] {
+  if (tests.length === 0) return [];
   const byName = new Map<string, number>();
   for (const t of tests) byName.set(t.name, (byName.get(t.name) ?? 0) + t.score);
   return [...byName].filter(([, score]) => score !== 0).map(([name, score]) => ({ name, score }));
@@ -27,6 +28,7 @@ export function mergeTests(tests: readonly TestHit[]): TestHit[] {
 
 /** SpamAssassin's score notation: one decimal. */
 export function formatScore(n: number): string {
+  if (Number.isInteger(n)) return `${n}.0`; // the common case (0 for most mail): no rounding, no toFixed
   return (Math.round(n * 10) / 10).toFixed(1);
 }
 

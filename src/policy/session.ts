@@ -232,9 +232,9 @@ export class PolicySession {
       this.log.info({ phase: 'data', check: 'scoring', verdict, score, setting: `scoring.${verdict}_at`, reply: refusal }, 'message refused by its score');
       return { kind: 'reply', reply: refusal };
     }
-    const remove = new Set(result.removeHeaders);
     const cut: [number, number][] = [];
-    if (remove.size > 0 || message.mayHaveField(SPAM_HEADER_PREFIX)) {
+    if (result.removeHeaders.length > 0 || message.mayHaveField(SPAM_HEADER_PREFIX)) {
+      const remove = new Set(result.removeHeaders);
       for (const f of message.headers) if (f.key.startsWith(SPAM_HEADER_PREFIX) || remove.has(f.key)) cut.push([f.start, f.end]);
     }
     return { kind: 'continue', score, headers: [...tx.headers, ...tx.rcptHeaders, ...result.headers, ...spamHeaders(score, tests, s)], cut };

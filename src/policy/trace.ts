@@ -138,12 +138,14 @@ function outcomeOf(reply: string | undefined): TraceOutcome {
 
 /** "ban_ip:continue,helo:tag+3(1ms),relay:reject(2ms)": the checks in one compact field; times under 1 ms are left out. */
 export function formatEntries(entries: readonly TraceEntry[]): string {
-  return entries
-    .map((e) => {
-      const ms = Math.round(e.ms);
-      return `${e.check}:${e.verdict}${e.score !== undefined ? (e.score >= 0 ? '+' : '') + String(e.score) : ''}${ms >= 1 ? `(${ms}ms)` : ''}`;
-    })
-    .join(',');
+  let out = '';
+  for (const e of entries) {
+    if (out !== '') out += ',';
+    out += `${e.check}:${e.verdict}`;
+    if (e.score !== undefined) out += (e.score >= 0 ? '+' : '') + String(e.score);
+    if (e.ms >= 0.5) out += `(${Math.round(e.ms)}ms)`;
+  }
+  return out;
 }
 
 /** The fields of the `transaction` log line. */

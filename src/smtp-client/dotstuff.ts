@@ -116,27 +116,16 @@ function minPos(a: number, b: number): number {
  */
 export async function* dotStuffChunks(src: AsyncIterable<Buffer>): AsyncGenerator<Buffer, void, undefined> {
   const st = new DotStuffer();
-  // Small pieces (our Received header, the X-Spam-* fields, the message) are joined up to
-  // COALESCE octets: a small message leaves as one buffer, one write() instead of a writev().
-  let held: Buffer[] = [];
-  let heldSize = 0;
+  let held: Buffer | null = null;
   for await (const chunk of src) {
     const out = st.push(chunk);
     if (out.length === 0) continue;
-    if (heldSize > 0 && heldSize + out.length > COALESCE) {
-      yield held.length === 1 ? (held[0] as Buffer) : Buffer.concat(held, heldSize);
-      held = [];
-      heldSize = 0;
-    }
-    held.push(out);
-    heldSize += out.length;
+    if (held !== null) yield held;
+    held = out;
   }
-  held.push(st.end());
-  yield Buffer.concat(held);
+  const tail = st.end();
+  yield held === null ? tail : Buffer.concat([held, tail]);
 }
-
-/** Pieces are joined up to this size before they are handed to the socket. */
-const COALESCE = 64 * 1024;
 
 /** Dot-stuffs a complete message in memory (tests, small messages). */
 export function dotStuff(message: Buffer): Buffer {
