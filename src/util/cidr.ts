@@ -129,3 +129,23 @@ export function addressListOf(list: readonly string[]): AddressList {
   if (!matcher) matchers.set(list, (matcher = new AddressList(list)));
   return matcher;
 }
+
+/**
+ * The network a client address belongs to for counting and greylisting (postgrey's default):
+ * IPv4 /24, IPv6 /64, as CIDR text ("198.51.100.0/24", "2001:db8:1:2::/64" in canonical
+ * form). A mail pool retries from a neighbouring address; a /24 or /64 is one sender. Undefined
+ * when `ip` is not an address.
+ */
+export function clientNetwork(ip: string, v4Bits = 24, v6Bits = 64): string | undefined {
+  const canonical = canonicalIp(ip);
+  if (canonical === undefined) return undefined;
+  if (net.isIPv4(canonical)) {
+    const v = ipv4Value(canonical);
+    const masked = v & ~((1n << BigInt(32 - v4Bits)) - 1n) & 0xffffffffn;
+    return `${[24n, 16n, 8n, 0n].map((s) => ((masked >> s) & 0xffn).toString()).join('.')}/${v4Bits}`;
+  }
+  const v = ipv6Value(canonical);
+  if (v === undefined) return undefined;
+  const masked = v & ~((1n << BigInt(128 - v6Bits)) - 1n) & ((1n << 128n) - 1n);
+  return `${new net.SocketAddress({ address: ipv6Text(masked), family: 'ipv6' }).address}/${v6Bits}`;
+}
