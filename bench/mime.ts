@@ -14,14 +14,10 @@ import { decodedText } from '../src/policy/filters/mime-text.ts';
 import { compileRules, requiredLiterals } from '../src/policy/filters/sa-rules.ts';
 import type { FilterEnvelope, ScanMessage } from '../src/policy/filters/types.ts';
 import { generateRules } from './filter-rules.ts';
+import { median } from './stats.ts';
 
 const RUNS = 5;
 const RUN_MS = Number(process.env.BENCH_RUN_MS ?? 300);
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] as number;
-}
 
 /** Calls per second of `fn`, each run lasting ~RUN_MS; the median of RUNS runs. */
 async function rate(fn: () => unknown | Promise<unknown>, isAsync: boolean): Promise<number> {

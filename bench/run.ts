@@ -11,6 +11,7 @@ import { freePort, startPostfix, startSmtpSink } from '../test/harness/peers.ts'
 import { startMxguard } from '../test/harness/mxguard-process.ts';
 import { describeStartup, measureStdioStartup } from './startup.ts';
 import { startVariants, variantMedians, variantRounds, variantsTable, type VariantSample } from './variants.ts';
+import { cpuMs, median } from './stats.ts';
 
 // BENCH_STARTUP_ONLY=1: only the `mxguard stdio` start-up (bench/startup.ts), no throughput cells.
 const STARTUP_RUNS = Number(process.env.BENCH_STARTUP_RUNS ?? 15);
@@ -67,14 +68,6 @@ function smtpSource(cell: Cell, port: number): Promise<number> {
   });
 }
 
-/** utime+stime of a process in ms. */
-function cpuMs(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  const ticks = Number(fields[11]) + Number(fields[12]);
-  return (ticks * 1000) / 100; // USER_HZ is 100 on Linux
-}
-
 function peakRssMiB(pid: number): number {
   const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) / 1024 : NaN;
@@ -95,12 +88,6 @@ async function waitReceived(count: number, timeoutMs: number): Promise<void> {
     if (Date.now() > deadline) throw new Error(`the downstream got ${downstream.received()} of ${count} messages`);
     await new Promise((r) => setTimeout(r, 2));
   }
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-bench-'));

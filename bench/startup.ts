@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
+import { cpuMs, median } from './stats.ts';
 
 const BIN = path.resolve(import.meta.dirname, '../bin/mxguard.js');
 
@@ -19,19 +20,6 @@ export interface StartupResult {
   cpuMs: number;
   /** Every run's figures, in order. */
   samples: Array<{ bannerMs: number; cpuMs: number }>;
-}
-
-/** utime + stime of a live process, from /proc (USER_HZ 100). */
-function cpuMsOf(pid: number): number {
-  const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1000) / 100;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
 /** One session: spawn, wait for the banner (bounded), QUIT, wait for the exit. */
@@ -51,7 +39,7 @@ function once(configFile: string): Promise<{ bannerMs: number; cpuMs: number }> 
       out += d.toString('latin1');
       if (result === undefined && /^220 .*\r\n/m.test(out)) {
         const bannerMs = Number(process.hrtime.bigint() - t0) / 1e6;
-        result = { bannerMs, cpuMs: cpuMsOf(child.pid as number) };
+        result = { bannerMs, cpuMs: cpuMs(child.pid as number) };
         child.stdin.end('QUIT\r\n');
       }
     });

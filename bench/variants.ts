@@ -13,6 +13,7 @@ import path from 'node:path';
 import { freePort } from '../test/harness/peers.ts';
 import { startMxguard, type MxguardProcess } from '../test/harness/mxguard-process.ts';
 import { generateMfilter, generateRules } from './filter-rules.ts';
+import { median } from './stats.ts';
 
 export interface Variant {
   readonly key: string;
@@ -58,12 +59,6 @@ export async function startVariants(dir: string, base: Record<string, unknown>, 
     out.push({ key: s.key, what: s.what, mx });
   }
   return { variants: out, tmpfsDir: shm };
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 
 /** The variants' table: medians over rounds of rate, ratio to smtp-sink and ratio to the defaults of the same round. */

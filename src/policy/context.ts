@@ -61,9 +61,7 @@ export interface RcptContext {
 export interface DataContext {
   readonly session: SessionInfo;
   readonly tx: TransactionInfo;
-  /** Size of the message body as received, in octets. */
-  readonly size: number;
-  /** The message itself, received and in the spool, not yet acknowledged. */
+  /** The message itself (its size included), received and in the spool, not yet acknowledged. */
   readonly message: MessageView;
   /** Aborted when scoring.data_timeout passes: a check still reading should stop. */
   readonly signal: AbortSignal;

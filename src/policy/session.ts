@@ -213,7 +213,7 @@ export class PolicySession {
    */
   async data(tx: PolicyTx, info: TransactionInfo, message: MessageView): Promise<DataDecision> {
     const s = this.opts.scoring;
-    const result = await this.engine.runData({ session: this.info, tx: info, size: message.size, message }, s.data_timeout);
+    const result = await this.engine.runData({ session: this.info, tx: info, message }, s.data_timeout);
     await this.opts.hold(result.delayMs);
     tx.trace.phase(result);
     const final = result.final;
