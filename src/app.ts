@@ -94,6 +94,7 @@ export class App {
       tls: loadTlsContext(config),
       enqueue: (msg) => forwarder.enqueue(msg),
       store: this.store,
+      dns: this.resolverFor(config),
       authenticator: this.authenticatorFor(config),
       onTrace: (t) => this.traces.add(t),
     };

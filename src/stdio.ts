@@ -60,6 +60,7 @@ export async function runStdio(config: Config, log: Logger, env: NodeJS.ProcessE
       signals.push(told);
     },
     store,
+    dns,
     authenticator,
   };
   try {

@@ -157,7 +157,7 @@ test('weights and threshold: two lists of weight 1 reach 2; an allowlist of weig
   });
   await withTestApp(settings({ zones: [...two, { zone: 'wl.test', weight: -5 }], threshold: 2 }), async (app) => {
     assert.equal(await rcptReply(app), '250 2.1.5 Ok', 'the allowlist wins');
-    assert.ok(messages(app, 'dnsbl').includes('dnsbl: client [127.0.0.1]: two.test=127.0.0.2 (+1), three.test=127.0.0.2 (+1), wl.test=127.0.10.2 (-5); sum -3, threshold 2'), JSON.stringify(messages(app, 'dnsbl')));
+    assert.ok(messages(app, 'dnsbl').includes('dnsbl: client [127.0.0.1]: two.test=127.0.0.2 (+1), three.test=127.0.0.2 (+1), wl.test=127.0.10.2 (-5); sum -3, threshold 2; allowlisted, scored -5'), JSON.stringify(messages(app, 'dnsbl')));
   });
 });
 

@@ -17,13 +17,13 @@
 // 5 MiB one most times: this file fails on it in every run.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import { freePort, makeTempDir, parseSinkDump, runSwaks, startPostfix, startSmtpSink, waitUntil, type MailStorePeer, type SmtpSinkPeer } from './harness/peers.ts';
-import { killQuietly, track, untrack } from './harness/processes.ts';
+import { runWithInput } from './harness/processes.ts';
 import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts';
 import { prng } from './harness/prng.ts';
 
@@ -268,26 +268,6 @@ after(async () => {
 
 // --- helpers -------------------------------------------------------------------------------
 
-/** Runs a command with a file as its stdin; killed after timeoutMs; never throws for an exit code. */
-function runWithInput(cmd: string, args: readonly string[], inputFile: string, timeoutMs: number): Promise<{ code: number | null; output: string }> {
-  return new Promise((resolve) => {
-    const fd = fs.openSync(inputFile, 'r');
-    const child = spawn(cmd, args, { stdio: [fd, 'pipe', 'pipe'] });
-    fs.closeSync(fd);
-    let output = '';
-    child.stdout?.on('data', (d: Buffer) => (output += d.toString('utf8')));
-    child.stderr?.on('data', (d: Buffer) => (output += d.toString('utf8')));
-    const token = child.pid === undefined ? 0 : track(() => killQuietly(child.pid as number, 'SIGKILL'));
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
-    child.once('error', (err) => (output += `\nspawn error: ${err.message}`));
-    child.once('close', (code) => {
-      clearTimeout(timer);
-      untrack(token);
-      resolve({ code, output });
-    });
-  });
-}
-
 function readHead(file: string, n: number): string {
   const fd = fs.openSync(file, 'r');
   try {
@@ -398,7 +378,7 @@ async function viaPostfix(sample: Sample, what: string): Promise<{ ms: number; m
   const file = await writeSample(sample, true);
   const started = Date.now();
   // -i: a line of a lone "." is text (Postfix's smtp client dot-stuffs it on the way out).
-  const sm = await runWithInput('sendmail', ['-C', relayEtc, '-i', '-f', SENDER, '--', RCPT], file, DELIVERY_TIMEOUT_MS);
+  const sm = await runWithInput('sendmail', ['-C', relayEtc, '-i', '-f', SENDER, '--', RCPT], { file }, DELIVERY_TIMEOUT_MS);
   assert.equal(sm.code, 0, `sendmail: ${sm.output}\n${relay.log().slice(-2000)}`);
   const msgIdLine = new RegExp(`cleanup\\[\\d+\\]: ([0-9A-Za-z]+): message-id=<${sample.token}@src\\.test>`);
   assert.ok(await waitUntil(() => msgIdLine.test(relay.log()), 20_000, 50), `Postfix never queued ${what}:\n${relay.log().slice(-3000)}`);

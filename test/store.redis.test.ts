@@ -3,6 +3,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { storeContract } from '../src/store/contract.ts';
+import { createClient } from '@redis/client';
 import { RedisStore } from '../src/store/redis.ts';
 import { StoreUnavailable } from '../src/store/store.ts';
 import { startRedis, type RedisPeer } from './harness/peers.ts';
@@ -42,6 +43,23 @@ test('redis: a Redis that goes away gives StoreUnavailable quickly, and the stor
     assert.ok(back, 'the store works again once Redis is back');
     assert.equal(await store.relayerGet('192.0.2.44'), 45);
   } finally {
+    await store.close();
+  }
+});
+
+test('redis: a rate key carries a TTL of two windows, so it cannot outlive a host that dies', async () => {
+  const prefix = `ttl:${Date.now()}:`;
+  const store = await RedisStore.open(redis.url, prefix);
+  const raw = createClient({ url: redis.url });
+  await raw.connect();
+  try {
+    await store.rateAdd('ip:192.0.2.9', 1, 60_000);
+    const ttl = Number(await raw.sendCommand(['PTTL', `${prefix}rate:ip:192.0.2.9`]));
+    assert.ok(ttl > 110_000 && ttl <= 120_000, `PTTL ${ttl}`);
+    await store.rateGet('ip:192.0.2.10', 60_000);
+    assert.equal(Number(await raw.sendCommand(['EXISTS', `${prefix}rate:ip:192.0.2.10`])), 0, 'reading creates nothing');
+  } finally {
+    await raw.close();
     await store.close();
   }
 });

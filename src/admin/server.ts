@@ -4,6 +4,11 @@
 //   GET    /api/relayers            [{ "ip": "192.0.2.1", "at": 1795300000 }, …]
 //   POST   /api/relayers/<ip>       a login from <ip> now (or ?at=<epoch seconds>)
 //   DELETE /api/relayers/<ip>
+//   GET    /api/greylist            {"triplets": [{"key", "record"}…], "allowed": [{"net", "at", "by"}…]}
+//   GET    /api/greylist/stats      {"grey", "passed", "allowedAuto", "allowedAdmin"}
+//   POST   /api/greylist/allow?net=<ip or cidr>    allow the client network(s) for greylist.expire
+//   POST   /api/greylist/release?key=<key>         let a waiting triplet through now
+//   DELETE /api/greylist?key=<key>
 // Every /api call carries `Authorization: Bearer <admin.token>`; the comparison is constant-time.
 // <ip> is stored as the SMTP side sees clients (IPv4-mapped IPv6 as IPv4, IPv6 canonical); one
 // that is not an IP address (or a bad %-escape) is 400.
@@ -15,6 +20,7 @@ import type { Store } from '../store/store.ts';
 import type { Logger } from '../util/log.ts';
 import { canonicalIp } from '../util/cidr.ts';
 import { clock } from '../util/clock.ts';
+import { GreyStore, networksToAllow } from '../policy/greylist/store.ts';
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {
   const text = typeof body === 'string' ? body + '\n' : JSON.stringify(body) + '\n';
@@ -44,6 +50,7 @@ export async function startAdmin(config: Config, store: Store, log: Logger): Pro
     if (!url.pathname.startsWith('/api/')) return send(res, 404, { error: 'not found' });
     if (!authorized(req, token as string)) return send(res, 401, { error: 'missing or wrong bearer token' });
     if (url.pathname === '/api/relayers' && req.method === 'GET') return send(res, 200, await store.relayerList());
+    if (url.pathname.startsWith('/api/greylist')) return greylistApi(url, req.method ?? 'GET', res);
     const m = /^\/api\/relayers\/([^/]+)$/.exec(url.pathname);
     if (!m) return send(res, 404, { error: 'not found' });
     let raw: string;
@@ -65,6 +72,35 @@ export async function startAdmin(config: Config, store: Store, log: Logger): Pro
     }
     if (req.method === 'DELETE') return send(res, 200, { deleted: await store.relayerDelete([ip]) });
     return send(res, 405, { error: 'method not allowed' });
+  }
+  /** The greylisting records, as `mxguard greylist` shows and changes them. */
+  async function greylistApi(url: URL, method: string, res: http.ServerResponse): Promise<void> {
+    const grey = new GreyStore(store);
+    const expire = config.greylist?.expire ?? 35 * 86_400_000;
+    const key = url.searchParams.get('key');
+    switch (`${method} ${url.pathname}`) {
+      case 'GET /api/greylist':
+        return send(res, 200, await grey.list());
+      case 'GET /api/greylist/stats':
+        return send(res, 200, await grey.stats());
+      case 'POST /api/greylist/allow': {
+        const nets = networksToAllow(url.searchParams.get('net') ?? '');
+        if ('error' in nets) return send(res, 400, { error: nets.error });
+        for (const n of nets) await grey.allow(n, 'admin', expire);
+        log.info({ check: 'greylist', nets, via: 'admin' }, 'client networks allowed');
+        return send(res, 200, { allowed: nets });
+      }
+      case 'POST /api/greylist/release':
+        if (key === null) return send(res, 400, { error: 'release needs ?key= (as the list shows it)' });
+        if (!(await grey.release(key, expire))) return send(res, 404, { error: `no such triplet: ${key}` });
+        log.info({ check: 'greylist', key, via: 'admin' }, 'triplet released');
+        return send(res, 200, { released: key });
+      case 'DELETE /api/greylist':
+        if (key === null) return send(res, 400, { error: 'delete needs ?key= (as the list shows it)' });
+        return send(res, 200, { deleted: await grey.delete([key]) });
+      default:
+        return send(res, 404, { error: 'not found' });
+    }
   }
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);

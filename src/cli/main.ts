@@ -179,6 +179,7 @@ function subcommands(name: string, description: string, args: string, fn: (confi
 }
 
 subcommands('relay', 'POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]', 'IP addresses, ticks (epoch seconds) or minutes', async (c, cmd, args) => (await import('./relay.ts')).relayCommand(c, cmd, args));
+subcommands('greylist', 'greylisting records: list | allow IP|CIDR... | release KEY (or IP SENDER RCPT) | delete KEY... | stats', 'keys as list shows them, addresses', async (c, cmd, args) => (await import('./greylist.ts')).greylistCommand(c, cmd, args));
 subcommands('user', 'SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list', 'user names', async (c, cmd, args) => (await import('./user.ts')).userCommand(c, cmd, args));
 
 program

@@ -209,7 +209,7 @@ describe('schema problems at the exact node', () => {
   test('messages a mail administrator can read', () => {
     const cases: [string, string, string][] = [
       ['smtp:\n  delay_reject: yes\n', 'smtp.delay_reject', 'expected true or false, got "yes"'],
-      ['smtp:\n  early_talker: drop\n', 'smtp.early_talker', 'expected one of ignore, reject, got "drop"'],
+      ['smtp:\n  early_talker: drop\n', 'smtp.early_talker', 'expected one of ignore, reject, score, got "drop"'],
       ['smtp:\n  greet_delay: [1s]\n', 'smtp.greet_delay', 'expected a duration such as 30s, 2m, 1h or 5d, got a list'],
       ['smtp:\n  greet_delay: soon\n', 'smtp.greet_delay', '"soon" is not a duration (use e.g. 500ms, 30s, 2m, 1h, 5d)'],
       ['limits:\n  max_message_size: true\n', 'limits.max_message_size', 'expected a size such as 64KB, 25MB or 1GB, got true'],

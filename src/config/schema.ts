@@ -8,6 +8,7 @@ import { parseDuration, parseSize } from '../util/units.ts';
 import { cidrError, cidrHostBitsError, coversEverything } from '../util/cidr.ts';
 import { asciiDomain } from '../util/idna.ts';
 import { linearRegexError } from '../util/regex.ts';
+import { FROMIP_MAX, KEYS_FOR, RATE_ACTIONS, RATE_COUNTS, RATE_KEYS } from './rates.ts';
 
 // The union messages are what load.ts shows (as "expected …, got X") for a value of the wrong type.
 const duration = z.union([z.string(), z.number()], { error: 'a duration such as 30s, 2m, 1h or 5d' }).transform((v, ctx) => {
@@ -91,6 +92,30 @@ const envelopeSender = z.string().transform((v, ctx) => {
   return a;
 });
 
+/** One limits.rates rule: at most `max` of `count` per `per` per `key`. */
+const rateRule = z
+  .strictObject({
+    /** Names the rule in the refusal and the log line (setting: limits.rates.<name>). */
+    name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'letters, digits, _ . - only'),
+    key: z.enum(RATE_KEYS),
+    count: z.enum(RATE_COUNTS),
+    /** A number; for bytes also a size (100MB). */
+    max: size.refine((n) => n > 0, 'must be more than 0'),
+    per: duration.refine((ms) => ms >= 1000, 'must be at least 1s'),
+    action: z.enum(RATE_ACTIONS).default('tempfail'),
+    /** Points added, for action: score. */
+    score: z.number().default(1),
+    /** How long each reply is held, for action: tarpit (up to one minute). */
+    delay: duration.refine((ms) => ms <= 60_000, 'at most 1m').default(5000),
+    /** Clients the rule does not count. */
+    except: z.array(cidr).default([]),
+  })
+  .superRefine((r, ctx) => {
+    if (!KEYS_FOR[r.count].includes(r.key)) ctx.addIssue({ code: 'custom', path: ['key'], message: `${r.count} cannot be counted per ${r.key}; use one of ${KEYS_FOR[r.count].join(', ')}` });
+    // AUTH has no transaction to carry points into.
+    if (r.count === 'auth_failures' && r.action === 'score') ctx.addIssue({ code: 'custom', path: ['action'], message: 'auth_failures cannot score (there is no message yet); use tempfail, reject or tarpit' });
+  });
+
 export const configSchema = z.strictObject({
   /** The Obtuse smtpd rules file (seed 004): [allow|deny|noto]:SourceList:FromList:ToList[:XXX message]. */
   rules_file: z.string().min(1).optional(),
@@ -132,7 +157,19 @@ export const configSchema = z.strictObject({
       banner: z.string().default('ESMTP mxguard'),
       /** Wait this long before the banner; a client that talks first is an early talker. */
       greet_delay: duration.default(0),
-      early_talker: z.enum(['ignore', 'reject']).default('reject'),
+      /** Who waits: every client on every connection (all), or only clients without a forward-confirmed reverse DNS or with connect-phase points, once per greet_pass_ttl (suspicious). */
+      greet_delay_for: z.enum(['all', 'suspicious']).default('all'),
+      /** greet_delay_for suspicious: a client that waited without talking is let through at once for this long (postscreen's cache); 0: never remembered. */
+      greet_pass_ttl: duration.default(86_400_000),
+      /** A client that talks before the banner while made to wait: refused (at RCPT with delay_reject), scored, or let be. */
+      early_talker: z.enum(['ignore', 'reject', 'score']).default('reject'),
+      early_talker_score: z.number().default(3),
+      /** An HTTP-proxy or POP line as a command (GET, POST, CONNECT, USER …): 521 and the connection closed (reject), scored, or a plain 500 (ignore). */
+      non_smtp_command: z.enum(['ignore', 'reject', 'score']).default('reject'),
+      non_smtp_command_score: z.number().default(5),
+      /** Commands sent before our reply where RFC 2920 forbids it (after HELO, or after EHLO, DATA …): 521 and closed (reject), scored, or let be. */
+      bare_pipelining: z.enum(['ignore', 'reject', 'score']).default('ignore'),
+      bare_pipelining_score: z.number().default(3),
       /** Bare CR, bare LF or NUL in a message: refuse it (550 5.5.2) or turn them into CRLF / drop them. */
       bare_lf: z.enum(['reject', 'normalize']).default('reject'),
       /** Answer the delayed verdicts of connect, HELO and MAIL at RCPT time (Postfix smtpd_delay_reject). */
@@ -176,6 +213,32 @@ export const configSchema = z.strictObject({
       tarpit_delay: duration.default(1000),
       /** DMail tarpit_except: clients never tarpitted. */
       tarpit_except: z.array(cidr).default(['127.0.0.0/8', '::1']),
+      /** DMail fromip_max: messages per hour from one client IP (0 = off); the rate rule named fromip_max. */
+      fromip_max: z.number().int().nonnegative().default(0),
+      /** DMail fromip_nolimit: clients fromip_max does not count. */
+      fromip_nolimit: z.array(cidr).default(['127.0.0.0/8', '::1']),
+      /** Volume limits (src/policy/rates/): counts kept in the store, shared by every host on one Redis. */
+      rates: z.array(rateRule).default([]),
+    })
+    .prefault({})
+    .superRefine((l, ctx) => {
+      const seen = new Set<string>(l.fromip_max > 0 ? [FROMIP_MAX] : []);
+      for (const [i, r] of l.rates.entries()) {
+        if (seen.has(r.name)) ctx.addIssue({ code: 'custom', path: ['rates', i, 'name'], message: r.name === FROMIP_MAX ? `"${FROMIP_MAX}" is the rule limits.fromip_max makes; name this one otherwise` : `another rule is already named "${r.name}"` });
+        seen.add(r.name);
+      }
+    }),
+  /** qmail's spam throttle: the reply after DATA is held longer the faster a client sends. */
+  throttle: z
+    .strictObject({
+      /** Messages per minute from one client IP above which its replies are held (0 = off). */
+      rate: z.number().nonnegative().default(0),
+      /** How much longer per message over the rate. */
+      step: duration.default(2000),
+      /** The longest hold. */
+      max: duration.default(30_000),
+      /** Clients never throttled. */
+      except: z.array(cidr).default(['127.0.0.0/8', '::1']),
     })
     .prefault({}),
   relay: z
@@ -367,6 +430,45 @@ export const configSchema = z.strictObject({
     .superRefine((s, ctx) => {
       if (s.reject_at < s.tag_at) ctx.addIssue({ code: 'custom', path: ['reject_at'], message: `reject_at (${s.reject_at}) is below tag_at (${s.tag_at}): nothing would ever be tagged` });
       if (s.tempfail_at !== undefined && s.tempfail_at >= s.reject_at) ctx.addIssue({ code: 'custom', path: ['tempfail_at'], message: `tempfail_at (${s.tempfail_at}) must be below reject_at (${s.reject_at})` });
+    }),
+  /** Greylisting (issue 11), decided at RCPT; absent: off. */
+  greylist: z
+    .strictObject({
+      /** triplet: client network, sender, recipient (postgrey); ip: the client network alone (seed 001's per-IP). */
+      mode: z.enum(['triplet', 'ip']).default('triplet'),
+      /** Key a client with a forward-confirmed reverse DNS name by that name's domain, not its /24 (a pool of senders is one client). */
+      by_domain: z.boolean().default(false),
+      /** How long a new triplet waits before a retry passes. */
+      delay: duration.default(300_000),
+      /** A retry must come within this of the first attempt, or the triplet starts over. */
+      retry_window: duration.default(2 * 86_400_000),
+      /** A passed triplet (and an allowed network) is remembered this long after its last use. */
+      expire: duration.default(35 * 86_400_000),
+      /** After this many greylisted triplets passed within auto_allow_window, the client network is allowed for `expire` (0 = never). */
+      auto_allow: z.number().int().nonnegative().default(2),
+      auto_allow_window: duration.default(86_400_000),
+      /** always, or suspicious: only when the transaction score so far is at least min_score. */
+      when: z.enum(['always', 'suspicious']).default('suspicious'),
+      min_score: z.number().default(1),
+      /** Greylite: one more retry demanded for each `retry_per_points` points above min_score (0 = one retry always). */
+      retry_per_points: z.number().nonnegative().default(0),
+      /** Clients never greylisted: IPs, CIDRs, or host-name patterns (`*.google.com`) matched on a forward-confirmed name only. */
+      allow_clients: z.array(z.string().min(1)).default([]),
+      /** Recipients never greylisted: addresses, @domain, or shell-style patterns (`postmaster@*`). */
+      allow_recipients: z.array(z.string().min(1)).default([]),
+      /** When SPF passes for the sender, its domain stands for the client network (pools pass on their first retry). */
+      spf_domain: z.boolean().default(true),
+    })
+    .optional()
+    .superRefine((g, ctx) => {
+      if (g === undefined) return;
+      if (g.delay >= g.retry_window) ctx.addIssue({ code: 'custom', path: ['retry_window'], message: `retry_window (${g.retry_window / 1000}s) must be longer than delay (${g.delay / 1000}s): no retry could pass` });
+      for (const [i, c] of g.allow_clients.entries()) {
+        if (/^[0-9a-f.:]+(\/\d+)?$/i.test(c) && (c.includes(':') || /^\d/.test(c))) {
+          const err = cidrError(c) ?? cidrHostBitsError(c);
+          if (err) ctx.addIssue({ code: 'custom', path: ['allow_clients', i], message: err });
+        }
+      }
     }),
   filters: z
     .strictObject({

@@ -1,8 +1,9 @@
 // A check: one small module, one phase, one job. It names itself in every verdict and log line.
 // Each check module exports a CheckModule (its name, phase, the slice of the config it reads, the
 // clients it waives and a factory); src/policy/index.ts lists them, in order, in one registry.
-import type { Phase, Verdict } from './verdict.ts';
-import type { PhaseContexts } from './context.ts';
+import type { Phase, RefusalVerdict, Verdict } from './verdict.ts';
+import type { PhaseContexts, SessionInfo } from './context.ts';
+import type { Address } from '../mail/address.ts';
 import type { Config } from '../config/schema.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import type { Store } from '../store/store.ts';
@@ -40,7 +41,20 @@ export interface Check<P extends Phase = Phase> {
   /** Copied from the check's module by the registry (buildChecks). */
   readonly waives?: Waivers;
   run(ctx: PhaseContexts[P]): Verdict | Promise<Verdict>;
+  /**
+   * Told what happened after the checks had their say (a message queued, a recipient refused),
+   * for checks that count (limits.rates, the throttle). It cannot change the outcome; an error
+   * is logged and forgotten.
+   */
+  observe?(event: PolicyEvent): void | Promise<void>;
 }
+
+/** What a check may be told after the fact (Check.observe). */
+export type PolicyEvent =
+  /** A message was committed to the queue: `size` octets as stored. */
+  | { readonly kind: 'accepted'; readonly session: SessionInfo; readonly mailFrom: Address; readonly size: number }
+  /** A RCPT was refused (by any check, or a refusal held from an earlier phase). */
+  | { readonly kind: 'rcpt_refused'; readonly session: SessionInfo; readonly mailFrom: Address; readonly rcpt: Address; readonly verdict: RefusalVerdict };
 
 export type AnyCheck = { [P in Phase]: Check<P> }[Phase];
 

@@ -30,6 +30,8 @@ export interface TransactionInfo {
   readonly params: PathParams;
   /** Recipients accepted so far. */
   readonly rcpts: Address[];
+  /** The sender's SPF result and the domain it was checked for, once an SPF check has run (issue 12). */
+  readonly spf?: { readonly result: string; readonly domain: string };
 }
 
 export interface ConnectContext {
@@ -57,6 +59,8 @@ export interface RcptContext {
   readonly session: SessionInfo;
   readonly tx: TransactionInfo;
   readonly rcpt: Address;
+  /** The transaction score so far: connect, HELO and MAIL findings, and those of the recipients accepted before. */
+  readonly score: number;
 }
 export interface DataContext {
   readonly session: SessionInfo;

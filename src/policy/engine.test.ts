@@ -19,7 +19,7 @@ function addr(a: string): Address {
   return { address: a, local, domain, utf8: false };
 }
 function rcptCtx(ip: string, rcpt: string, accepted = 0, rcptCount = 0): RcptContext {
-  return { session: session(ip, rcptCount), tx: { mailFrom: addr('s@x.test'), params: {}, rcpts: Array.from({ length: accepted }, (_, i) => addr(`r${i}@example.test`)) }, rcpt: addr(rcpt) };
+  return { session: session(ip, rcptCount), tx: { mailFrom: addr('s@x.test'), params: {}, rcpts: Array.from({ length: accepted }, (_, i) => addr(`r${i}@example.test`)) }, rcpt: addr(rcpt), score: 0 };
 }
 
 const relaySettings = (forward_from_ip: string[]) => configSchema.parse({ relay: { forward_from_ip } }).relay;

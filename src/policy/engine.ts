@@ -8,7 +8,7 @@
 // per phase). The verdicts are still taken in registry order: a later check's answer counts only
 // when every check ahead of it said continue or tag. The checks before the first concurrent one
 // (ban.ip, say) still decide before any query is sent.
-import type { AnyCheck, Check } from './check.ts';
+import type { AnyCheck, Check, PolicyEvent } from './check.ts';
 import type { DataContext, PhaseContexts } from './context.ts';
 import type { FinalVerdict, Phase, TestHit, Verdict } from './verdict.ts';
 import { refusalReply } from './verdict.ts';
@@ -38,12 +38,26 @@ export class PolicyEngine {
   private readonly log: Logger;
 
   private readonly waivedAfterAuthNames = new Set<string>();
+  /** The checks that count what happened (Check.observe), in registry order. */
+  private readonly observers: AnyCheck[] = [];
 
   constructor(checks: readonly AnyCheck[], log: Logger) {
     this.log = log;
     for (const c of checks) {
       (this.byPhase[c.phase] as AnyCheck[]).push(c);
       if (c.waives?.afterAuth) this.waivedAfterAuthNames.add(c.name);
+      if (c.observe) this.observers.push(c);
+    }
+  }
+
+  /** Tells the checks that count (Check.observe) what happened; never throws, and costs nothing when none do. */
+  async notify(event: PolicyEvent): Promise<void> {
+    for (const c of this.observers) {
+      try {
+        await c.observe?.(event);
+      } catch (err) {
+        this.log.warn({ check: c.name, event: event.kind, err: errText(err) }, 'could not count (store unreachable?)');
+      }
     }
   }
 

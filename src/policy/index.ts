@@ -4,7 +4,7 @@
 // services. The order here is the order the engine runs them in, within each phase; docs/flow.md
 // lists the same order ("Checks, in order"), and src/policy/registry.test.ts holds them together.
 import type { Config } from '../config/schema.ts';
-import type { AnyCheck, AnyCheckModule, Check, CheckDeps, Waivers } from './check.ts';
+import type { AnyCheck, AnyCheckModule, Check, CheckDeps, PolicyEvent, Waivers } from './check.ts';
 import type { PhaseContexts } from './context.ts';
 import type { Store } from '../store/store.ts';
 import type { Logger } from '../util/log.ts';
@@ -12,7 +12,6 @@ import type { DnsResolver } from '../dns/resolver.ts';
 import type { Phase, Verdict } from './verdict.ts';
 import { CONTINUE } from './verdict.ts';
 import { AddressList } from '../util/cidr.ts';
-import { earlyTalker } from './checks/early_talker.ts';
 import { banIp, banMailFrom, banRcptTo } from './checks/ban.ts';
 import { dnsbl, rhsblHelo, rhsblSender } from './checks/dnsbl.ts';
 import { rdns } from './checks/rdns.ts';
@@ -29,11 +28,14 @@ import { localDomains } from './checks/local_domains.ts';
 import { relay } from './checks/relay.ts';
 import { authFailures } from './checks/auth_failures.ts';
 import { filterRules, mfilter } from './filters/check.ts';
+import { greylist } from './greylist/check.ts';
+import { ratesAuth, ratesConnect, ratesMail, ratesRcpt } from './rates/check.ts';
+import { throttle } from './rates/throttle.ts';
 
 export const REGISTRY: readonly AnyCheckModule[] = [
-  // connect
-  earlyTalker,
+  // connect (early talking is judged after these, at the banner: a protocol finding, src/policy/protocol.ts)
   banIp,
+  ratesConnect, // before the DNS checks: a connection flood costs no queries
   dnsbl, // after ban_ip: a banned client costs no query; the refusal waits for RCPT (smtp.delay_reject)
   rdns,
   // helo
@@ -41,8 +43,10 @@ export const REGISTRY: readonly AnyCheckModule[] = [
   rhsblHelo,
   // auth
   authFailures,
+  ratesAuth,
   // mail
   banMailFrom,
+  ratesMail,
   rhsblSender,
   senderDomain,
   // rcpt
@@ -51,13 +55,16 @@ export const REGISTRY: readonly AnyCheckModule[] = [
   nullSender,
   banRcptTo,
   tarpit,
+  ratesRcpt, // before the recipient checks: a client over bad_rcpts is not told which users exist
   rulesFile, // after tarpit, before relay_probe and local_domains: deny and noto apply to local mail too
   relayProbe, // before local_domains: user%victim.test@example.test must not pass as local mail
   recipients,
   recipientCallout, // after recipients.file (no network), before local_domains accepts
+  greylist, // after the recipient checks (an unknown user gets its 550, not a 451), before local_domains accepts
   localDomains,
   relay,
   // data: all started at once, under scoring.data_timeout; their verdicts count in this order
+  throttle, // first: its hold counts whatever the filters decide
   mfilter,
   filterRules,
 ];
@@ -88,5 +95,7 @@ function build(m: AnyCheckModule, config: Config, deps: CheckDeps, relayClients:
 function withWaivers(check: AnyCheck, waives: Waivers, relayClients: AddressList): AnyCheck {
   const inner = check as Check;
   const run = (ctx: PhaseContexts[Phase]): Verdict | Promise<Verdict> => (waives.relayClients && relayClients.has(ctx.session.remoteIp) ? CONTINUE : inner.run(ctx));
-  return { name: check.name, phase: check.phase, ...(check.concurrent ? { concurrent: true } : {}), waives, run } as AnyCheck;
+  // A waived client is not counted either (Check.observe).
+  const observe = inner.observe && ((e: PolicyEvent) => (waives.relayClients && relayClients.has(e.session.remoteIp) ? undefined : inner.observe?.(e)));
+  return { name: check.name, phase: check.phase, ...(check.concurrent ? { concurrent: true } : {}), ...(inner.onError ? { onError: inner.onError } : {}), ...(observe ? { observe } : {}), waives, run } as AnyCheck;
 }

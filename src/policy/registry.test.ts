@@ -50,9 +50,19 @@ function everything(): ConfigInput {
     dnsbl: { zones: [{ zone: 'bl.example' }], rhsbl_helo: [{ zone: 'dbl.example' }], rhsbl_sender: [{ zone: 'dbl.example' }] },
     rdns: { require: 'ptr' },
     mail_from: { require_domain: true },
-    limits: { tarpit_start: 10 },
+    limits: {
+      tarpit_start: 10,
+      fromip_max: 100,
+      rates: [
+        { name: 'conns', key: 'client_ip', count: 'connections', max: 10, per: '1m' },
+        { name: 'auth', key: 'client_net', count: 'auth_failures', max: 10, per: '1h' },
+        { name: 'rcpts', key: 'sender', count: 'recipients', max: 100, per: '1h' },
+      ],
+    },
+    throttle: { rate: 10 },
     rules_file: tmpFile('rules', 'allow:ALL:ALL:ALL\n'),
     recipients: { file: tmpFile('recipients', 'alice@example.test\n'), callout: {} },
+    greylist: {},
     filters: { mfilter: tmpFile('mfilter.rul', 'if (exists("X-Foo")) spamdetect(1, "foo")\n'), rules: [tmpFile('local.cf', 'header FOO X-Foo =~ /x/\nscore FOO 1\n')] },
   };
 }

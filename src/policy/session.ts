@@ -13,6 +13,11 @@ import type { Logger } from '../util/log.ts';
 import { clock } from '../util/clock.ts';
 import type { Config } from '../config/schema.ts';
 import type { Store } from '../store/store.ts';
+import type { DnsResolver } from '../dns/resolver.ts';
+import { addressListOf } from '../util/cidr.ts';
+import { greetPassKey, greetPlan, type GreetFacts } from './greet.ts';
+import { protocolVerdict, type ProtocolSettings } from './protocol.ts';
+import type { TraceEntry } from './trace.ts';
 
 export interface PolicySessionOptions {
   /** The connection's facts; the SMTP session keeps them current (HELO, TLS, AUTH, recipients). */
@@ -33,6 +38,12 @@ export interface PolicySessionOptions {
   readonly store?: Store;
   /** The transaction score's thresholds and headers, and the DATA checks' deadline (scoring.*). */
   readonly scoring: ScoringSettings & { readonly data_timeout: number };
+  /** The greet delay and the protocol findings (smtp.*); without them, no wait and no findings. */
+  readonly smtp?: ProtocolSettings & Pick<Config['smtp'], 'greet_delay' | 'greet_delay_for' | 'greet_pass_ttl'>;
+  /** For greet_delay_for suspicious: the forward-confirmed reverse DNS of the client (cached, shared with the rdns check). */
+  readonly dns?: DnsResolver;
+  /** relay.forward_from_ip: these clients never wait with greet_delay_for suspicious. */
+  readonly relayClients?: readonly string[];
 }
 
 /** What the SMTP session does next: go on, or answer with `reply` (and close, when `close`). */
@@ -54,6 +65,8 @@ export interface PolicyTx {
    */
   rcptTests: Map<string, number>;
   rcptHeaders: Set<string>;
+  /** A RCPT refusal to be answered to DATA (Verdict.atData), the first one found. */
+  dataRefusal?: RefusalVerdict;
 }
 
 /**
@@ -83,6 +96,12 @@ export class PolicySession {
   /** Score and headers that connect- and HELO-phase checks tagged (action: score), for every transaction. */
   private connectTags: Tags = NO_TAGS;
   private heloTags: Tags = NO_TAGS;
+  /** Protocol findings after the greeting (PolicySession.finding), for the open and every later transaction. */
+  private sessionTags: Tags = NO_TAGS;
+  private sessionRan: TraceEntry[] = [];
+  private readonly found = new Set<string>();
+  /** When the connection came: the greet delay counts from here, so the connect checks' lookups are part of the wait. */
+  private readonly startedAt = performance.now();
 
   constructor(engine: PolicyEngine, opts: PolicySessionOptions) {
     this.engine = engine;
@@ -94,9 +113,16 @@ export class PolicySession {
 
   /** Before the greeting. A refusal closes the session, unless smtp.delay_reject holds it for RCPT. */
   async connect(): Promise<PolicyDecision> {
+    const facts = this.greetFacts(); // the Store and the reverse DNS asked beside the checks
     const result = await this.engine.run('connect', { session: this.info });
     await this.opts.hold(result.delayMs);
     if (this.opts.closed()) return CONTINUE;
+    const final = result.final;
+    // A refusal answered now needs no pregreet test; one held for RCPT does not spare the wait.
+    if (!(final && (final.kind === 'reject' || final.kind === 'tempfail') && !this.opts.delayReject)) {
+      await this.greet(result, facts);
+      if (this.opts.closed()) return CONTINUE;
+    }
     const refusal = this.refusalOf('connect', result);
     this.connectTags = { score: result.score, headers: result.headers, tests: result.tests };
     this.trace.phase('connect', result);
@@ -105,6 +131,118 @@ export class PolicySession {
       else return { kind: 'reply', reply: refusalReply(refusal), close: true };
     }
     return CONTINUE;
+  }
+
+  /**
+   * What greet_delay_for suspicious asks before the banner: is it a relay client, did it pass
+   * before (the Store; unreachable: not remembered, so it waits), its forward-confirmed reverse DNS.
+   */
+  private greetFacts(): Promise<Omit<GreetFacts, 'score'>> | undefined {
+    const s = this.opts.smtp;
+    if (!s || s.greet_delay <= 0 || s.greet_delay_for === 'all') return undefined;
+    const ip = this.info.remoteIp;
+    if (addressListOf(this.opts.relayClients ?? []).has(ip)) return Promise.resolve({ relayClient: true, remembered: false, rdns: undefined });
+    const store = this.opts.store;
+    const remembered =
+      store && s.greet_pass_ttl > 0
+        ? store.cacheGet(greetPassKey(ip)).then(
+            (v) => v !== undefined,
+            (err: unknown) => {
+              this.log.warn({ check: 'greet_delay', err: (err as Error).message }, 'store unreachable: the client waits');
+              return false;
+            },
+          )
+        : Promise.resolve(false);
+    const rdns = this.opts.dns ? this.opts.dns.forwardConfirmed(ip).then((r) => r.kind, () => 'error' as const) : Promise.resolve(undefined);
+    return Promise.all([remembered, rdns]).then(([remembered, rdns]) => ({ relayClient: false, remembered, rdns }));
+  }
+
+  /**
+   * smtp.greet_delay (postscreen's pregreet test): hold the banner until greet_delay after the
+   * connection for the clients that must wait, then judge one that talked meanwhile
+   * (smtp.early_talker) into the connect result; remember one that did not (greet_pass_ttl).
+   */
+  private async greet(result: PhaseResult, factsOf: ReturnType<PolicySession['greetFacts']>): Promise<void> {
+    const s = this.opts.smtp;
+    if (!s || s.greet_delay <= 0) return;
+    const left = (): number => s.greet_delay - (performance.now() - this.startedAt);
+    let why = 'greet_delay_for: all';
+    if (factsOf) {
+      // Lookups slower than the delay decide nothing: by then the client has waited anyway.
+      let timer: NodeJS.Timeout | undefined;
+      const late = new Promise<undefined>((resolve) => (timer = setTimeout(() => resolve(undefined), Math.max(0, left()))));
+      const facts = await Promise.race([factsOf, late]);
+      clearTimeout(timer);
+      const plan = facts ? greetPlan('suspicious', { ...facts, score: result.score }) : { wait: true, why: 'lookups slower than greet_delay' };
+      if (!plan.wait) {
+        this.log.debug({ check: 'greet_delay', why: plan.why }, 'banner at once');
+        return;
+      }
+      why = plan.why;
+    }
+    await this.opts.hold(left());
+    if (this.opts.closed()) return;
+    result.ran.push({ phase: 'connect', check: 'greet_delay', verdict: 'continue', ms: performance.now() - this.startedAt });
+    this.log.debug({ check: 'greet_delay', why }, 'client made to wait for the banner');
+    const store = this.opts.store;
+    if (!this.info.earlyTalker) {
+      if (factsOf && store && s.greet_pass_ttl > 0) {
+        store.cacheSet(greetPassKey(this.info.remoteIp), '1', s.greet_pass_ttl).catch((err: unknown) => this.log.warn({ check: 'greet_delay', err: (err as Error).message }, 'store unreachable: pregreet pass not remembered'));
+      }
+      return;
+    }
+    this.log.info({ check: 'early_talker' }, 'client talked before greeting');
+    const v = protocolVerdict('early_talker', s);
+    if (!v) return;
+    if (v.kind === 'tag') {
+      result.ran.push({ phase: 'connect', check: 'early_talker', verdict: 'tag', score: v.score, ms: 0 });
+      result.score += v.score;
+      result.headers.push(...(v.headers ?? []));
+      result.tests.push({ name: v.check, score: v.score });
+      result.tags.push(v.check);
+      this.log.info({ phase: 'connect', check: v.check, score: v.score }, v.log ?? 'early talker scored');
+    } else if (v.kind === 'reject' || v.kind === 'tempfail') {
+      result.ran.push({ phase: 'connect', check: 'early_talker', verdict: v.kind, ms: 0, reply: refusalReply(v) });
+      result.final ??= v; // a refusal found first (ban.ip) stays the one answered
+    }
+  }
+
+  /**
+   * A protocol finding after the greeting (src/smtp/protocol-findings.ts: commands pipelined
+   * without PIPELINING, a non-SMTP command), counted once per session. With action score its
+   * points and X-Spam-Warning join the open transaction, if any, and every later one (a session
+   * tag from now on, as connect tags are from the start); reject ends the session (521).
+   */
+  finding(name: 'non_smtp_command' | 'bare_pipelining', detail: string, tx: PolicyTx | undefined): PolicyDecision {
+    const s = this.opts.smtp;
+    if (!s || this.found.has(name)) return CONTINUE;
+    const v = protocolVerdict(name, s, detail);
+    if (!v) return CONTINUE;
+    this.found.add(name);
+    const phase = tx ? 'mail' : this.info.helo === undefined ? 'connect' : 'helo';
+    if (v.kind === 'tag') {
+      const entry: TraceEntry = { phase, check: name, verdict: 'tag', score: v.score, ms: 0 };
+      const tests = [{ name, score: v.score }];
+      const headers = v.headers ?? [];
+      this.sessionTags = { score: this.sessionTags.score + v.score, headers: [...this.sessionTags.headers, ...headers], tests: [...this.sessionTags.tests, ...tests] };
+      this.sessionRan.push(entry);
+      if (tx) {
+        tx.score += v.score;
+        tx.headers.push(...headers);
+        tx.tests.push(...tests);
+        tx.trace.phase({ ran: [entry] });
+      }
+      this.log.info({ phase, check: name, score: v.score }, v.log ?? name);
+      return CONTINUE;
+    }
+    if (v.kind !== 'reject' && v.kind !== 'tempfail') return CONTINUE;
+    const reply = refusalReply(v);
+    if (tx) {
+      tx.trace.phase({ ran: [{ phase, check: name, verdict: v.kind, ms: 0, reply }] });
+      tx.trace.end(reply);
+    }
+    this.logDecision(phase, v);
+    return { kind: 'reply', reply, close: true };
   }
 
   /** HELO/EHLO with a well-formed name. A refusal is the answer to it, unless smtp.delay_reject holds it for RCPT. */
@@ -160,6 +298,7 @@ export class PolicySession {
   /** MAIL: a refusal, or the new transaction's policy state. */
   async mail(mailFrom: Address, params: PathParams): Promise<{ kind: 'reply'; reply: string } | { kind: 'continue'; tx: PolicyTx }> {
     const trace = this.trace.begin(mailFrom.address, this.info.helo);
+    if (this.sessionRan.length > 0) trace.phase({ ran: this.sessionRan });
     const result = await this.engine.run('mail', { session: this.info, mailFrom, params });
     await this.opts.hold(result.delayMs);
     trace.phase(result);
@@ -168,9 +307,9 @@ export class PolicySession {
       trace.end(refusalReply(refusal));
       return { kind: 'reply', reply: refusalReply(refusal) };
     }
-    const score = this.connectTags.score + this.heloTags.score + result.score;
-    const headers = [...this.connectTags.headers, ...this.heloTags.headers, ...result.headers];
-    const tests = [...this.connectTags.tests, ...this.heloTags.tests, ...result.tests];
+    const score = this.connectTags.score + this.heloTags.score + this.sessionTags.score + result.score;
+    const headers = [...this.connectTags.headers, ...this.heloTags.headers, ...this.sessionTags.headers, ...result.headers];
+    const tests = [...this.connectTags.tests, ...this.heloTags.tests, ...this.sessionTags.tests, ...result.tests];
     return { kind: 'continue', tx: { mailFrom, trace, delayed: refusal, score, headers, tests, rcptTests: new Map(), rcptHeaders: new Set() } };
   }
 
@@ -187,12 +326,19 @@ export class PolicySession {
       this.logDecision('rcpt', delayed, tx.mailFrom, rcpt);
       return { kind: 'reply', reply: refusalReply(delayed) };
     }
-    const result = await this.engine.run('rcpt', { session: this.info, tx: info, rcpt });
+    let scoreSoFar = tx.score;
+    for (const points of tx.rcptTests.values()) scoreSoFar += points;
+    const result = await this.engine.run('rcpt', { session: this.info, tx: info, rcpt, score: scoreSoFar });
     await this.opts.hold(result.delayMs);
     tx.trace.phase(result);
     const final = result.final;
     if (final) this.logDecision('rcpt', final, tx.mailFrom, rcpt);
-    if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
+    if (final && (final.kind === 'reject' || final.kind === 'tempfail') && final.atData) {
+      // Answered to DATA (greylisting the null sender): the recipient itself is accepted.
+      tx.dataRefusal ??= final;
+    } else if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
+      // The counting checks (limits.rates bad_rcpts) hear of it; `rcpt` is the object they saw.
+      await this.engine.notify({ kind: 'rcpt_refused', session: this.info, mailFrom: tx.mailFrom, rcpt, verdict: final });
       if (final.closeSession) {
         tx.trace.end(refusalReply(final));
         return { kind: 'reply', reply: refusalReply(final), close: true };
@@ -202,6 +348,21 @@ export class PolicySession {
     for (const t of result.tests) tx.rcptTests.set(t.name, Math.max(t.score, tx.rcptTests.get(t.name) ?? -Infinity));
     for (const h of result.headers) tx.rcptHeaders.add(h);
     return CONTINUE;
+  }
+
+  /** The message is in the queue (`size` octets as stored): the checks that count messages and bytes (limits.rates, throttle) count it. */
+  async accepted(tx: PolicyTx, size: number): Promise<void> {
+    await this.engine.notify({ kind: 'accepted', session: this.info, mailFrom: tx.mailFrom, size });
+  }
+
+  /** The DATA command, before 354: a refusal a RCPT check put off until now (atData), or go on. */
+  dataCommand(tx: PolicyTx): PolicyDecision {
+    const refusal = tx.dataRefusal;
+    if (refusal === undefined) return CONTINUE;
+    const reply = refusalReply(refusal);
+    tx.trace.phase({ ran: [{ phase: 'data', check: refusal.check, verdict: refusal.kind, ms: 0, reply }] });
+    tx.trace.end(reply);
+    return { kind: 'reply', reply };
   }
 
   /**

@@ -13,7 +13,18 @@ export interface TestHit {
 export type Verdict = (
   | { kind: 'continue'; check?: string; log?: string }
   | { kind: 'accept'; check: string; log?: string }
-  | { kind: 'reject' | 'tempfail'; check: string; code: number; enhanced: string; text: string; setting?: string; log?: string; closeSession?: true }
+  | {
+      kind: 'reject' | 'tempfail';
+      check: string;
+      code: number;
+      enhanced: string;
+      text: string;
+      setting?: string;
+      log?: string;
+      closeSession?: true;
+      /** A RCPT refusal answered to DATA instead (the recipient is accepted): greylisting the null sender lets callouts through. */
+      atData?: true;
+    }
   | {
       kind: 'tag';
       check: string;

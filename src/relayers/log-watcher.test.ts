@@ -158,6 +158,15 @@ function fakeStore(): Store & { added: Added[]; failNext: number } {
     async cacheDelete() {
       return false;
     },
+    async cacheList() {
+      return [];
+    },
+    async rateAdd() {
+      return 0;
+    },
+    async rateGet() {
+      return 0;
+    },
     async close() {},
   };
   return s;

@@ -26,6 +26,8 @@ import type { Logger } from '../util/log.ts';
 import { addressListOf, plainIp } from '../util/cidr.ts';
 import type { Store } from '../store/store.ts';
 import { AuthBusyError, HashRefusedError, type Authenticator } from '../auth/index.ts';
+import type { DnsResolver } from '../dns/resolver.ts';
+import { barePipelining, nonSmtpVerb } from './protocol-findings.ts';
 
 /** What a session needs from the server around it. */
 export interface SessionDeps {
@@ -44,6 +46,8 @@ export interface SessionDeps {
   readonly stressed?: () => boolean;
   /** Receives each transaction's trace when it ends (after its `transaction` log line). */
   readonly onTrace?: (t: TransactionTrace) => void;
+  /** The resolver, for smtp.greet_delay_for suspicious (the client's forward-confirmed reverse DNS). */
+  readonly dns?: DnsResolver;
 }
 
 /**
@@ -166,7 +170,10 @@ export class Session {
       closed: () => this.closed,
       relay: this.config.relay,
       scoring: this.config.scoring,
+      smtp: this.config.smtp,
+      relayClients: this.config.relay.forward_from_ip,
       ...(deps.store ? { store: deps.store } : {}),
+      ...(deps.dns ? { dns: deps.dns } : {}),
       onTrace: (t) => {
         this.log.info(traceLogFields(t), 'transaction');
         deps.onTrace?.(t);
@@ -194,16 +201,9 @@ export class Session {
     socket.setTimeout(0);
   }
 
-  /** Greets after smtp.greet_delay and the connect-phase checks. */
+  /** Greets after the connect-phase checks and smtp.greet_delay, which the policy holds the banner for (PolicySession.connect). */
   async start(): Promise<void> {
     this.log.info({ port: this.info.remotePort }, 'connect');
-    const delay = this.config.smtp.greet_delay;
-    if (delay > 0) await new Promise((r) => setTimeout(r, delay));
-    if (this.closed) return;
-    if (this.buf.length > 0) {
-      this.info.earlyTalker = true;
-      this.log.info({ check: 'early_talker', bytes: this.buf.length }, 'client talked before greeting');
-    }
     const decision = await this.policy.connect();
     if (this.closed) return;
     if (decision.kind === 'reply') {
@@ -242,6 +242,8 @@ export class Session {
   // --- input ---------------------------------------------------------------------------
 
   private readonly onData = (chunk: Buffer): void => {
+    // Anything before our banner: the policy judges it if it made the client wait (smtp.early_talker).
+    if (this.mode === 'greeting') this.info.earlyTalker = true;
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     if (this.buf.length > INPUT_HIGH_WATER) this.socket.pause();
     if (!this.pumping && this.mode !== 'greeting') void this.pump();
@@ -301,12 +303,19 @@ export class Session {
         const line = this.nextLine();
         if (line === undefined) break;
         this.clearDeadline();
+        const command = this.sasl === undefined && !line.tooLong;
+        const esmtp = this.info.esmtp;
+        const sentAhead = this.buf.length > 0;
         const pending = this.handleLine(line);
         if (pending) {
           // RFC 2920: while another complete command is waiting, its reply joins this batch.
           if (this.buf.indexOf(10) === -1) this.flush();
           await pending;
         }
+        // More input before our reply, where the client had to wait for it (after STARTTLS the
+        // buffer was emptied, and what comes now was sent after its handshake).
+        const ahead = sentAhead || (pending !== undefined && this.buf.length > 0 && !/^starttls/i.test(line.text));
+        if (ahead && command && !this.closed && this.config.smtp.bare_pipelining !== 'ignore' && barePipelining(line.text, esmtp)) this.protocolFinding('bare_pipelining', line.text.split(' ', 1)[0]?.toUpperCase() ?? '');
       }
     } catch (err) {
       this.log.error({ err }, 'session failed');
@@ -392,6 +401,8 @@ export class Session {
     }
     const parsed = parseCommandLine(line.text);
     if (!parsed.ok) {
+      const foreign = nonSmtpVerb(line.text);
+      if (foreign !== undefined && this.protocolFinding('non_smtp_command', foreign)) return;
       this.log.debug({ cmd: parsed.unknown }, 'unknown command');
       return this.error('500 5.5.2 Error: command not recognized');
     }
@@ -520,6 +531,11 @@ export class Session {
     if (arg !== '') return this.error('501 5.5.4 Syntax: DATA');
     if (!tx) return this.error('503 5.5.1 Error: need MAIL command');
     if (tx.rcpts.length === 0) return this.error('554 5.5.1 Error: no valid recipients');
+    const deferred = this.policy.dataCommand(tx.policy);
+    if (deferred.kind === 'reply') {
+      this.tx = undefined; // the transaction ends with its refusal (RFC 5321 3.3: a new MAIL follows)
+      return this.error(deferred.reply);
+    }
     if (tx.params.SMTPUTF8 === true) tx.headerScan = new HeaderScan();
     const id = newQueueId();
     // RFC 3848: ESMTPS with TLS, ESMTPA / ESMTPSA after AUTH; RFC 6531 3.7.3: UTF8SMTP, UTF8SMTPS,
@@ -645,6 +661,7 @@ export class Session {
     }
     // The transaction's one line (src/policy/trace.ts) says it was queued: outcome accepted, its size.
     this.deps.enqueue(committed);
+    await this.policy.accepted(tx.policy, committed.size); // counted before the 250: the client's next MAIL sees it
     this.finishTransaction(tx, writer.id, `250 2.0.0 Ok: queued as ${writer.id}`, undefined, committed.size);
   }
 
@@ -750,6 +767,17 @@ export class Session {
   }
 
   // --- helpers -------------------------------------------------------------------------
+
+  /** A protocol finding for the policy (PolicySession.finding); true when it ended the session. */
+  private protocolFinding(name: 'non_smtp_command' | 'bare_pipelining', detail: string): boolean {
+    const decision = this.policy.finding(name, detail, this.tx?.policy);
+    if (decision.kind !== 'reply') return false;
+    this.reply(decision.reply);
+    this.buf = Buffer.alloc(0); // what else it sent is not read
+    if (this.mode === 'data') this.dropMessage();
+    this.close();
+    return true;
+  }
 
   private get closed(): boolean {
     return this.mode === 'closed';

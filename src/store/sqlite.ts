@@ -4,7 +4,8 @@
 import { DatabaseSync, type StatementSync } from 'node:sqlite';
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Relayer, Store } from './store.ts';
+import type { CacheEntry, Relayer, Store } from './store.ts';
+import { rateBucket, rateEstimate } from './rate.ts';
 import { clock } from '../util/clock.ts';
 
 const SWEEP_EVERY_MS = 60_000;
@@ -18,6 +19,7 @@ const SCHEMA = `
   CREATE TABLE IF NOT EXISTS relayers (ip TEXT PRIMARY KEY, at INTEGER NOT NULL, expires INTEGER NOT NULL);
   CREATE TABLE IF NOT EXISTS counters (key TEXT PRIMARY KEY, value INTEGER NOT NULL, expires INTEGER NOT NULL);
   CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value TEXT NOT NULL, expires INTEGER NOT NULL);
+  CREATE TABLE IF NOT EXISTS rates (key TEXT PRIMARY KEY, win INTEGER NOT NULL, bucket INTEGER NOT NULL, prev REAL NOT NULL, cur REAL NOT NULL, expires INTEGER NOT NULL);
 `;
 
 /**
@@ -80,7 +82,23 @@ export class SqliteStore implements Store {
       cacheSet: this.db.prepare('INSERT INTO cache (key, value, expires) VALUES (?, ?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires = excluded.expires'),
       cacheGet: this.db.prepare('SELECT value FROM cache WHERE key = ? AND expires > ?'),
       cacheDelete: this.db.prepare('DELETE FROM cache WHERE key = ? AND expires > ?'),
+      cacheFrom: this.db.prepare('SELECT key, value, expires FROM cache WHERE key >= ? AND expires > ? ORDER BY key'),
+      // One statement, so two processes on one file never lose an addition. Same window (or a
+      // bucket ahead, from a clock running fast): add; the next window: the current count becomes
+      // the previous one; older, or another window length: start again.
+      rateAdd: this.db.prepare(
+        `INSERT INTO rates (key, win, bucket, prev, cur, expires) VALUES (?1, ?2, ?3, 0, max(0, ?4), (?3 + 2) * ?2)
+         ON CONFLICT (key) DO UPDATE SET
+           prev = CASE WHEN win = ?2 AND bucket >= ?3 THEN prev WHEN win = ?2 AND bucket = ?3 - 1 THEN cur ELSE 0 END,
+           cur = max(0, CASE WHEN win = ?2 AND bucket >= ?3 THEN cur + ?4 ELSE ?4 END),
+           bucket = CASE WHEN win = ?2 AND bucket >= ?3 THEN bucket ELSE ?3 END,
+           expires = (CASE WHEN win = ?2 AND bucket >= ?3 THEN bucket ELSE ?3 END + 2) * ?2,
+           win = ?2
+         RETURNING bucket, prev, cur`,
+      ),
+      rateGet: this.db.prepare('SELECT win, bucket, prev, cur FROM rates WHERE key = ? AND expires > ?'),
       sweepCache: this.db.prepare('DELETE FROM cache WHERE expires <= ?'),
+      sweepRates: this.db.prepare('DELETE FROM rates WHERE expires <= ?'),
       sweepRelayers: this.db.prepare('DELETE FROM relayers WHERE expires <= ?'),
       sweepCounters: this.db.prepare('DELETE FROM counters WHERE expires <= ?'),
     } as Record<string, StatementSync>;
@@ -96,6 +114,7 @@ export class SqliteStore implements Store {
     this.s('sweepRelayers').run(now);
     this.s('sweepCounters').run(now);
     this.s('sweepCache').run(now);
+    this.s('sweepRates').run(now);
   }
 
   async relayerAdd(ip: string, at: number, keepMs: number): Promise<void> {
@@ -156,6 +175,33 @@ export class SqliteStore implements Store {
 
   async cacheDelete(key: string): Promise<boolean> {
     return Number(this.s('cacheDelete').run(key, clock.now()).changes) > 0;
+  }
+
+  async cacheList(prefix: string): Promise<CacheEntry[]> {
+    // Keys with the prefix are one run in key order (BINARY, the UTF-8 bytes): read from the
+    // prefix on, through the index, and stop at the first key past it.
+    const out: CacheEntry[] = [];
+    for (const row of this.s('cacheFrom').iterate(prefix, clock.now()) as Iterable<{ key: string; value: string; expires: number }>) {
+      if (!row.key.startsWith(prefix)) break;
+      out.push({ key: row.key, value: row.value, expiresAt: row.expires });
+    }
+    // In JavaScript's string order, as the Redis store sorts (UTF-8 order differs past U+FFFF).
+    return out.sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
+  }
+
+  async rateAdd(key: string, amount: number, windowMs: number): Promise<number> {
+    const now = clock.now();
+    this.sweep(now);
+    const win = Math.max(1, Math.round(windowMs));
+    const row = this.s('rateAdd').get(key, win, rateBucket(now, win), amount) as { bucket: number; prev: number; cur: number };
+    return rateEstimate(now, win, row.bucket, row.prev, row.cur);
+  }
+
+  async rateGet(key: string, windowMs: number): Promise<number> {
+    const now = clock.now();
+    const win = Math.max(1, Math.round(windowMs));
+    const row = this.s('rateGet').get(key, now) as { win: number; bucket: number; prev: number; cur: number } | undefined;
+    return row === undefined || row.win !== win ? 0 : rateEstimate(now, win, row.bucket, row.prev, row.cur);
   }
 
   async close(): Promise<void> {

@@ -11,6 +11,13 @@ export interface Relayer {
   readonly at: number;
 }
 
+/** One live cache entry (cacheList): its key, value and when it expires (epoch ms on util/clock.ts). */
+export interface CacheEntry {
+  readonly key: string;
+  readonly value: string;
+  readonly expiresAt?: number;
+}
+
 export interface Store {
   /** "sqlite" or "redis", for logs. */
   readonly kind: string;
@@ -46,6 +53,22 @@ export interface Store {
   cacheGet(key: string): Promise<string | undefined>;
   /** Forgets the key; resolves with whether it was there. */
   cacheDelete(key: string): Promise<boolean>;
+  /** Every live entry whose key starts with `prefix` (no wildcards: the prefix is literal), sorted by key. */
+  cacheList(prefix: string): Promise<CacheEntry[]>;
+
+  /**
+   * A rate (limits.rates, the throttle): adds `amount` to the counter `key` and returns its count
+   * over the last `windowMs`, this amount included. The count is a sliding-window ESTIMATE from
+   * two fixed windows (Cloudflare's and nginx's approximation): the current window
+   * floor(now / windowMs) counts in full, the previous one in proportion to the part of it still
+   * inside the sliding window. Two numbers per key, kept atomically (one SQL statement, one Redis
+   * script); "now" is util/clock.ts on both backends. A key lives two windows after its last
+   * addition, then it is gone: no counter leaks when a host dies.
+   */
+  rateAdd(key: string, amount: number, windowMs: number): Promise<number>;
+  // A negative amount takes back what was added (a count is never below 0 in its window).
+  /** The count over the last `windowMs` as rateAdd reckons it, without adding; 0 for an unknown key. */
+  rateGet(key: string, windowMs: number): Promise<number>;
 
   close(): Promise<void>;
 }

@@ -1,6 +1,7 @@
 // Processes the test harness starts (daemons in their own process groups): every one is
 // tracked, so an 'exit' or signal handler kills whatever is left when a test run dies.
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import os from 'node:os';
 
 export const STOP_TIMEOUT_MS = 10_000;
@@ -161,4 +162,29 @@ export async function supervise(
     throw err;
   }
   return stop;
+}
+
+/**
+ * Runs a command to its end without blocking the event loop (an mxguard in the test process
+ * must go on answering), its standard input a string or a file; killed after timeoutMs. Never
+ * throws for an exit code: resolves with the code and the output (stdout then stderr, as they came).
+ */
+export function runWithInput(cmd: string, args: readonly string[], input: string | { file: string }, timeoutMs: number): Promise<{ code: number | null; output: string }> {
+  return new Promise((resolve) => {
+    const fd = typeof input === 'string' ? undefined : fs.openSync(input.file, 'r');
+    const child = spawn(cmd, args, { stdio: [fd ?? 'pipe', 'pipe', 'pipe'] });
+    if (fd !== undefined) fs.closeSync(fd);
+    let output = '';
+    child.stdout?.on('data', (d: Buffer) => (output += d.toString('utf8')));
+    child.stderr?.on('data', (d: Buffer) => (output += d.toString('utf8')));
+    const token = child.pid === undefined ? 0 : track(() => killQuietly(child.pid as number, 'SIGKILL'));
+    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    child.once('error', (err) => (output += `\nspawn error: ${err.message}`));
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      untrack(token);
+      resolve({ code, output });
+    });
+    if (typeof input === 'string') child.stdin?.end(input);
+  });
 }

@@ -35,9 +35,10 @@ export class RawClient {
     for (const w of this.waiters.splice(0)) w();
   }
 
-  static connect(port: number, host = '127.0.0.1'): Promise<RawClient> {
+  /** `localAddress`: appear as another client (every 127.x.y.z is this machine). */
+  static connect(port: number, host = '127.0.0.1', localAddress?: string): Promise<RawClient> {
     return new Promise((resolve, reject) => {
-      const socket = net.connect({ port, host, noDelay: true }, () => resolve(new RawClient(socket)));
+      const socket = net.connect({ port, host, noDelay: true, ...(localAddress ? { localAddress } : {}) }, () => resolve(new RawClient(socket)));
       socket.once('error', reject);
     });
   }

@@ -119,6 +119,18 @@ test('listVerdict: continue (logged when a zone answered or failed), refusal, ta
     { kind: 'listed', spec: a, answers: ['127.0.0.2'], reason: 'A says no' },
     { kind: 'listed', spec: b, answers: ['127.0.0.4'], reason: undefined },
   ];
+  const vouched: ZoneOutcome[] = [
+    { kind: 'listed', spec: a, answers: ['127.0.0.2'], reason: 'r' },
+    { kind: 'listed', spec: wl, answers: ['127.0.10.2'], reason: undefined },
+  ];
+  assert.deepEqual(listVerdict(c, 'client [192.0.2.1]', vouched), {
+    kind: 'tag',
+    check: 'dnsbl',
+    score: -5,
+    tests: [{ name: 'dnsbl_allowlist', score: -5 }],
+    log: 'dnsbl: client [192.0.2.1]: a.test=127.0.0.2 (+1), wl.test=127.0.10.2 (-5); sum -4, threshold 2; allowlisted, scored -5',
+  }, 'an allowlist that answered counts its weight as points');
+
   const v2 = listVerdict(c, 'client [192.0.2.1]', both);
   assert.equal(v2.kind, 'reject');
   assert.ok(v2.kind === 'reject');
@@ -131,8 +143,8 @@ test('listVerdict: continue (logged when a zone answered or failed), refusal, ta
   assert.equal(`${v3.code} ${v3.enhanced}`, '450 4.7.1');
 
   const allow = listVerdict(c, 'client [192.0.2.1]', [...both, { kind: 'listed', spec: wl, answers: ['127.0.10.2'], reason: undefined }]);
-  assert.ok(allow.kind === 'continue');
-  assert.match(allow.log ?? '', /wl\.test=127\.0\.10\.2 \(-5\); sum -3, threshold 2$/);
+  assert.ok(allow.kind === 'tag', 'not refused: the allowlist wins, with its points');
+  assert.match(allow.log ?? '', /wl\.test=127\.0\.10\.2 \(-5\); sum -3, threshold 2; allowlisted, scored -5$/);
 
   const refused = listVerdict(c, 'client [192.0.2.1]', [{ kind: 'clean', spec: a, ignored: ['127.255.255.254'], refusedCode: '127.255.255.254' }]);
   assert.ok(refused.kind === 'continue');

@@ -214,7 +214,13 @@ export function listVerdict(c: ListCheckSpec, subject: string, outcomes: readonl
   const d = decide(hits, c.settings.threshold);
   const log = `${c.check}: ${describeOutcomes(subject, outcomes, d, c.settings.threshold)}`;
   const top = d.deciding[0];
-  if (!d.listed || top === undefined) return noteworthy(outcomes) ? { kind: 'continue', check: c.check, log } : CONTINUE;
+  if (!d.listed || top === undefined) {
+    // An allowlist (negative weight) that answered counts its weight as points, as SpamAssassin's
+    // RCVD_IN_DNSWL_* do: the score goes below zero, and greylisting lets such a client be.
+    const allow = hits.reduce((sum, h) => sum + Math.min(0, h.spec.weight), 0);
+    if (allow < 0) return { kind: 'tag', check: c.check, score: allow, tests: [{ name: `${c.check}_allowlist`, score: allow }], log: `${log}; allowlisted, scored ${allow}` };
+    return noteworthy(outcomes) ? { kind: 'continue', check: c.check, log } : CONTINUE;
+  }
   const action = c.settings.action;
   if (action === 'score') {
     return { kind: 'tag', check: c.check, score: c.settings.score, headers: [dnsblHeader(d.deciding)], log: `${log}; scored ${c.settings.score}` };

@@ -29,6 +29,7 @@ function ctx(rcpt: string): RcptContext {
     session: { sid: 's', remoteIp: '203.0.113.5', remotePort: 1, localIp: '192.0.2.25', localPort: 25, tls: false, esmtp: true, earlyTalker: false, rcptCount: 0 },
     tx: { mailFrom: { address: 'someone@src.test', local: 'someone', domain: 'src.test', utf8: false }, params: {}, rcpts: [] },
     rcpt: a,
+    score: 0,
   };
 }
 

@@ -57,6 +57,7 @@ function ctxFor(rcpt: TestAddress, opts: { ip?: string; localIp?: string; from?:
     session: { sid: 's', remoteIp: opts.ip ?? '203.0.113.5', remotePort: 1, localIp: opts.localIp ?? OUR_IP, localPort: 25, tls: false, esmtp: true, earlyTalker: false, rcptCount: 0 },
     tx: { mailFrom: addr(opts.from ?? 'antispam@sender.test'), params: {}, rcpts: [] },
     rcpt,
+    score: 0,
   };
 }
 

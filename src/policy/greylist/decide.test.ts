@@ -28,3 +28,15 @@ test('an expired grey record starts over and never passes (qpsmtpd#172); an expi
   const gone = decide(white, T0 + 401 + 35 * 86_400, s);
   assert.deepEqual(gone, { kind: 'defer', record: { first: T0 + 401 + 35 * 86_400 }, retryIn: 300 });
 });
+
+test('Greylite: a suspicious client must retry more than once, each retry a delay after the last', () => {
+  const first = decide(undefined, T0, s, 3);
+  const r1 = decide(first.record, T0 + 301, s, 3);
+  assert.deepEqual(r1, { kind: 'defer', record: { first: T0, tries: 1 }, retryIn: 300 });
+  const tooSoon = decide(r1.record, T0 + 400, s, 3);
+  assert.deepEqual(tooSoon, { kind: 'defer', record: { first: T0, tries: 1 }, retryIn: 200 }, 'the second retry is due two delays after the first attempt');
+  const r2 = decide(r1.record, T0 + 601, s, 3);
+  assert.deepEqual(r2, { kind: 'defer', record: { first: T0, tries: 2 }, retryIn: 300 });
+  const pass = decide(r2.record, T0 + 901, s, 3);
+  assert.deepEqual(pass, { kind: 'pass', record: { first: T0, passed: T0 + 901 }, delayed: 901 });
+});

@@ -21,13 +21,19 @@ export interface GreyRecord {
   readonly first: number;
   /** When the triplet last passed (it is white since), or undefined while it is grey. */
   readonly passed?: number;
+  /** Retries after the delay that were still refused (a suspicious client must retry more than once). */
+  readonly tries?: number;
 }
 
 export type GreyDecision =
   | { readonly kind: 'pass'; readonly record: GreyRecord; /** Seconds the message was held up (0 once white). */ readonly delayed: number }
   | { readonly kind: 'defer'; readonly record: GreyRecord; /** Seconds until a retry may pass. */ readonly retryIn: number };
 
-export function decide(record: GreyRecord | undefined, now: number, s: GreySettings): GreyDecision {
+/**
+ * `retries`: how many retries after the delay it takes to pass (Greylite: more for a more
+ * suspicious client); each refused one must again wait `delay`. Default one.
+ */
+export function decide(record: GreyRecord | undefined, now: number, s: GreySettings, retries = 1): GreyDecision {
   if (record?.passed !== undefined && now - record.passed <= s.expire) {
     return { kind: 'pass', record: { first: record.first, passed: now }, delayed: 0 };
   }
@@ -36,6 +42,10 @@ export function decide(record: GreyRecord | undefined, now: number, s: GreySetti
     return { kind: 'defer', record: { first: now }, retryIn: s.delay };
   }
   const waited = now - record.first;
-  if (waited < s.delay) return { kind: 'defer', record, retryIn: s.delay - waited };
+  const tries = record.tries ?? 0;
+  // The n-th retry may pass from n delays after the first attempt on (and not before).
+  const due = s.delay * (tries + 1);
+  if (waited < due) return { kind: 'defer', record, retryIn: due - waited };
+  if (tries + 1 < retries) return { kind: 'defer', record: { first: record.first, tries: tries + 1 }, retryIn: s.delay };
   return { kind: 'pass', record: { first: record.first, passed: now }, delayed: waited };
 }

@@ -29,7 +29,7 @@ function addr(a: string): Address {
   return { address: a, local: at === -1 ? a : a.slice(0, at), domain: at === -1 ? '' : a.slice(at + 1), utf8: false };
 }
 function rcpt(s: SessionInfo, from: string, to: string): RcptContext {
-  return { session: s, tx: { mailFrom: addr(from), params: {}, rcpts: [] }, rcpt: addr(to) };
+  return { session: s, tx: { mailFrom: addr(from), params: {}, rcpts: [] }, rcpt: addr(to), score: 0 };
 }
 
 function fakeDns(ptr: Record<string, string>) {

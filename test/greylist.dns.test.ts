@@ -1,0 +1,104 @@
+// Greylisting's decisions that rest on DNS (issue 11, Must show 2), against real DNS: rbldnsd
+// serves a blocklist and an allowlist, dnsmasq is mxguard's resolver and serves the reverse DNS.
+//   - when: suspicious (the default): a clean client is not delayed; a client with DNSBL points is.
+//   - a client a DNS allowlist vouches for (negative weight) is never greylisted, even with `always`.
+//   - by_domain: two servers of one pool (forward-confirmed names under one domain, different
+//     /24s) are one client: the second passes on the first one's retry.
+//   - allow_clients host-name patterns match a forward-confirmed name only, never a bare PTR.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import type { ConfigInput } from '../src/config/schema.ts';
+import { startTestApp, type TestApp } from './harness/app.ts';
+import { RawClient } from './harness/smtp-talk.ts';
+import { startDnsmasq, startRbldnsd, type DnsmasqPeer, type RbldnsdPeer } from './harness/dns.ts';
+import { advanceClock, resetClock } from '../src/util/clock.ts';
+
+const LIMIT = { timeout: 60_000 };
+const LISTED = '127.5.0.66';
+const VOUCHED = '127.5.1.1';
+const CLEAN = '127.5.2.1';
+
+let rbl: RbldnsdPeer;
+let dm: DnsmasqPeer;
+
+before(async () => {
+  rbl = await startRbldnsd({
+    ttl: 300,
+    zones: {
+      'bl.test': { type: 'ip4set', entries: [LISTED], txt: 'Listed: $' },
+      'wl.test': { type: 'ip4set', entries: [VOUCHED], a: '127.0.10.2' },
+    },
+  });
+  dm = await startDnsmasq({
+    forward: { 'bl.test': rbl.port, 'wl.test': rbl.port },
+    records: {
+      a: { 'mx1.pool.example.test': ['127.6.1.1'], 'mx2.pool.example.test': ['127.6.2.1'], 'mail.trusted.example.test': ['127.6.3.1'] },
+      ptr: { '127.6.4.1': ['fake.trusted.example.test'] },
+    },
+  });
+});
+
+after(async () => {
+  resetClock();
+  await dm?.stop();
+  await rbl?.stop();
+});
+
+function app(greylist: NonNullable<ConfigInput['greylist']>): Promise<TestApp> {
+  return startTestApp({
+    dns: { servers: [dm.server], timeout: '3s' },
+    relay: { forward_from_ip: ['192.0.2.0/24'] },
+    dnsbl: { zones: [{ zone: 'bl.test' }, { zone: 'wl.test', weight: -5 }], action: 'score', score: 5 },
+    greylist,
+  });
+}
+
+async function rcpt(a: TestApp, ip: string, from = 'someone@sender.example'): Promise<string> {
+  const c = await RawClient.connect(a.port, '127.0.0.1', ip);
+  try {
+    await c.reply(10_000);
+    c.send('EHLO client.example.org\r\n');
+    await c.reply(10_000);
+    c.send(`MAIL FROM:<${from}>\r\n`);
+    await c.reply(10_000);
+    c.send('RCPT TO:<bob@example.test>\r\n');
+    const r = await c.reply(10_000);
+    c.send('QUIT\r\n');
+    return r;
+  } finally {
+    c.close();
+  }
+}
+
+test('when: suspicious — a clean client is not delayed, a client with DNSBL points is; an allowlisted one never is', LIMIT, async () => {
+  const a = await app({});
+  try {
+    assert.equal(await rcpt(a, CLEAN), '250 2.1.5 Ok', 'no points: not greylisted');
+    assert.equal(await rcpt(a, LISTED), '451 4.7.1 Greylisted, please try again in 300 seconds');
+    assert.equal(await rcpt(a, VOUCHED), '250 2.1.5 Ok');
+  } finally {
+    await a.stop();
+  }
+  const always = await app({ when: 'always' });
+  try {
+    assert.match(await rcpt(always, CLEAN), /^451 4\.7\.1 Greylisted/, 'always: the clean client too');
+    assert.equal(await rcpt(always, VOUCHED), '250 2.1.5 Ok', 'a DNS allowlist vouches for it (its score is below zero)');
+  } finally {
+    await always.stop();
+  }
+});
+
+test('by_domain: two servers of one pool are one client; allow_clients names match a forward-confirmed name only', LIMIT, async () => {
+  const a = await app({ when: 'always', by_domain: true, allow_clients: ['*.trusted.example.test'] });
+  try {
+    assert.match(await rcpt(a, '127.6.1.1'), /^451 .* in 300 seconds$/);
+    advanceClock(301_000);
+    assert.equal(await rcpt(a, '127.6.2.1'), '250 2.1.5 Ok', 'mx2 retries what mx1 began');
+    assert.ok(a.logs().some((l) => typeof l.msg === 'string' && l.msg.includes('greylisting passed dns:pool.example.test|someone@sender.example|bob@example.test')));
+    assert.equal(await rcpt(a, '127.6.3.1'), '250 2.1.5 Ok', 'mail.trusted.example.test is confirmed and allowed');
+    assert.match(await rcpt(a, '127.6.4.1'), /^451 4\.7\.1 Greylisted/, 'a PTR claiming the allowed domain, not confirmed, is no waiver');
+  } finally {
+    resetClock();
+    await a.stop();
+  }
+});
