@@ -59,7 +59,7 @@ export class App {
     const config = this.config;
     await fsp.mkdir(config.data_dir, { recursive: true });
     this.spool = await Spool.open(path.join(config.data_dir, 'spool'), { log: this.log.child({ component: 'spool' }) });
-    this.store = await openStore(config, this.log);
+    this.store = await openStore(config, this.log, { batchWrites: true });
     this.popWatcher = this.watchPopLogs(config);
     const transport = createTransport(config, this.log);
     this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });

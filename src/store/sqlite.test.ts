@@ -14,6 +14,28 @@ let n = 0;
 // SQLite reckons expiry on util/clock.ts: the contract's waits move it on instead of sleeping.
 afterEach(() => resetClock());
 storeContract('sqlite', async () => new SqliteStore(path.join(dir, `state-${++n}.db`)), async (ms) => advanceClock(ms));
+// The daemon's store batches its writes (commitEveryMs): the same contract holds.
+storeContract('sqlite, batched commits', async () => new SqliteStore(path.join(dir, `state-${++n}.db`), { commitEveryMs: 10 }), async (ms) => advanceClock(ms));
+
+test('batched commits: another connection sees a write once its batch commits, and close() commits the last batch', async () => {
+  const file = path.join(dir, `batched-${++n}.db`);
+  const daemon = new SqliteStore(file, { commitEveryMs: 50 });
+  const cli = new SqliteStore(file);
+  try {
+    await daemon.cacheSet('grey:allow:192.0.2.0/24', 'x', 60_000);
+    assert.equal(await daemon.cacheGet('grey:allow:192.0.2.0/24'), 'x', 'its own write, at once');
+    assert.equal(await cli.cacheGet('grey:allow:192.0.2.0/24'), undefined, 'not yet committed');
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(await cli.cacheGet('grey:allow:192.0.2.0/24'), 'x', 'committed after commitEveryMs');
+    await cli.cacheSet('from-cli', 'y', 60_000); // the write lock is free between batches
+    assert.equal(await daemon.rateAdd('r', 1, 60_000), 1);
+    await daemon.close();
+    assert.equal(await cli.rateGet('r', 60_000), 1, 'close() committed the open batch');
+    assert.equal(await cli.cacheGet('from-cli'), 'y');
+  } finally {
+    await cli.close();
+  }
+});
 
 // Issue 9 item 16: several processes (mxguard stdio, one per connection) opening the same fresh
 // state.db at once. Switching a new file to WAL needs its lock; without a busy timeout already in

@@ -60,7 +60,19 @@ export class SqliteStore implements Store {
   private readonly stmt: Record<string, StatementSync>;
   private lastSweep = 0;
 
-  constructor(file: string) {
+  /** Writes of this many milliseconds share one transaction (0: each commits at once). */
+  private readonly commitEveryMs: number;
+  private commitTimer: NodeJS.Timeout | undefined;
+  private readonly onCommitError: ((err: Error) => void) | undefined;
+
+  /**
+   * `commitEveryMs`: batch the writes of that many milliseconds into one commit (the daemon;
+   * `mxguard stdio`, one short process per connection, and the CLI commit each write, so they
+   * never hold the write lock while others wait).
+   */
+  constructor(file: string, opts: { commitEveryMs?: number; onCommitError?: (err: Error) => void } = {}) {
+    this.commitEveryMs = opts.commitEveryMs ?? 0;
+    this.onCommitError = opts.onCommitError;
     fs.mkdirSync(path.dirname(file), { recursive: true });
     this.db = openDatabase(file);
     this.stmt = {
@@ -108,19 +120,49 @@ export class SqliteStore implements Store {
     return this.stmt[name] as StatementSync;
   }
 
+  /**
+   * A statement that writes. With commitEveryMs, writes share one transaction that commits that
+   * long after its first write: one commit (one WAL frame, and a checkpoint a hundred times less
+   * often) for every write of those milliseconds instead of one each; on the event loop, a
+   * checkpoint's fsync blocks every session. This process reads its own writes at once; others
+   * see them when the batch commits, and a kill -9 loses the last batch: soft state, a count or
+   * a greylisting record (the triplet waits once more), never mail.
+   */
+  private w(name: string): StatementSync {
+    if (this.commitEveryMs > 0 && !this.db.isTransaction) {
+      this.db.exec('BEGIN IMMEDIATE');
+      this.commitTimer = setTimeout(() => this.commit(), this.commitEveryMs);
+      this.commitTimer.unref();
+    }
+    return this.stmt[name] as StatementSync;
+  }
+
+  /** Ends the open batch. A failed COMMIT is rolled back and the next write starts a new batch. */
+  private commit(): void {
+    clearTimeout(this.commitTimer);
+    this.commitTimer = undefined;
+    if (!this.db.isTransaction) return; // SQLite rolled it back itself (an I/O error, a full disk)
+    try {
+      this.db.exec('COMMIT');
+    } catch (err) {
+      if (this.db.isTransaction) this.db.exec('ROLLBACK');
+      this.onCommitError?.(err as Error);
+    }
+  }
+
   private sweep(now: number): void {
     if (now - this.lastSweep < SWEEP_EVERY_MS) return;
     this.lastSweep = now;
-    this.s('sweepRelayers').run(now);
-    this.s('sweepCounters').run(now);
-    this.s('sweepCache').run(now);
-    this.s('sweepRates').run(now);
+    this.w('sweepRelayers').run(now);
+    this.w('sweepCounters').run(now);
+    this.w('sweepCache').run(now);
+    this.w('sweepRates').run(now);
   }
 
   async relayerAdd(ip: string, at: number, keepMs: number): Promise<void> {
     const now = clock.now();
     this.sweep(now);
-    this.s('relayerAdd').run(ip, at, now + keepMs);
+    this.w('relayerAdd').run(ip, at, now + keepMs);
   }
 
   async relayerGet(ip: string): Promise<number | undefined> {
@@ -130,12 +172,12 @@ export class SqliteStore implements Store {
 
   async relayerDelete(ips: readonly string[]): Promise<number> {
     let n = 0;
-    for (const ip of ips) n += Number(this.s('relayerDelete').run(ip).changes);
+    for (const ip of ips) n += Number(this.w('relayerDelete').run(ip).changes);
     return n;
   }
 
   async relayerExpire(before: number): Promise<number> {
-    return Number(this.s('relayerExpire').run(before).changes);
+    return Number(this.w('relayerExpire').run(before).changes);
   }
 
   async relayerList(): Promise<Relayer[]> {
@@ -145,7 +187,7 @@ export class SqliteStore implements Store {
   async counterIncr(key: string, windowMs: number): Promise<number> {
     const now = clock.now();
     this.sweep(now);
-    const row = this.s('counterIncr').get(key, now, windowMs) as { value: number };
+    const row = this.w('counterIncr').get(key, now, windowMs) as { value: number };
     return row.value;
   }
 
@@ -155,17 +197,17 @@ export class SqliteStore implements Store {
   }
 
   async counterReset(key: string): Promise<void> {
-    this.s('counterReset').run(key);
+    this.w('counterReset').run(key);
   }
 
   async counterDecr(key: string): Promise<void> {
-    this.s('counterDecr').run(key, clock.now());
+    this.w('counterDecr').run(key, clock.now());
   }
 
   async cacheSet(key: string, value: string, ttlMs: number): Promise<void> {
     const now = clock.now();
     this.sweep(now);
-    this.s('cacheSet').run(key, value, now + ttlMs);
+    this.w('cacheSet').run(key, value, now + ttlMs);
   }
 
   async cacheGet(key: string): Promise<string | undefined> {
@@ -174,7 +216,7 @@ export class SqliteStore implements Store {
   }
 
   async cacheDelete(key: string): Promise<boolean> {
-    return Number(this.s('cacheDelete').run(key, clock.now()).changes) > 0;
+    return Number(this.w('cacheDelete').run(key, clock.now()).changes) > 0;
   }
 
   async cacheList(prefix: string): Promise<CacheEntry[]> {
@@ -193,7 +235,7 @@ export class SqliteStore implements Store {
     const now = clock.now();
     this.sweep(now);
     const win = Math.max(1, Math.round(windowMs));
-    const row = this.s('rateAdd').get(key, win, rateBucket(now, win), amount) as { bucket: number; prev: number; cur: number };
+    const row = this.w('rateAdd').get(key, win, rateBucket(now, win), amount) as { bucket: number; prev: number; cur: number };
     return rateEstimate(now, win, row.bucket, row.prev, row.cur);
   }
 
@@ -205,6 +247,7 @@ export class SqliteStore implements Store {
   }
 
   async close(): Promise<void> {
+    this.commit();
     this.db.close();
   }
 }

@@ -115,6 +115,7 @@ export class AddressList {
   }
 
   has(ip: string): boolean {
+    if (this.entries.length === 0) return false; // most lists are empty: no parse, no BlockList call
     const plain = plainIp(ip);
     const family = net.isIP(plain);
     if (family === 0) return false;
