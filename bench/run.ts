@@ -255,7 +255,7 @@ Start-up of \`mxguard stdio\`, which runs one process per connection under inetd
 tcpserver (bench/startup.ts; \`BENCH_STARTUP_ONLY=1 npm run bench\` runs only this), median of
 ${startup.runs} runs: ${startup.bannerMs.toFixed(0)} ms from spawn to the 220 banner, ${startup.cpuMs.toFixed(0)} ms of CPU by then.
 
-## The 1 KiB, 20 sessions cell: filters, logging, fsync (issue 10)
+## The 1 KiB, 20 sessions cell: filters, greylisting and rate limits, logging, fsync (issues 10 and 11)
 
 The same cell against mxguard processes that differ in one thing each, run in every round
 next to the shipped defaults (the order turns each round), ${VARIANT_ROUNDS} rounds, medians. "Ratio to
