@@ -27,12 +27,21 @@ before(async () => {
     zones: {
       'bl.test': { type: 'ip4set', entries: [LISTED], txt: 'Listed: $' },
       'wl.test': { type: 'ip4set', entries: [VOUCHED], a: '127.0.10.2' },
+      'dwl.test': { type: 'dnset', entries: ['big.example'], a: '127.0.10.2' },
     },
   });
   dm = await startDnsmasq({
-    forward: { 'bl.test': rbl.port, 'wl.test': rbl.port },
+    forward: { 'bl.test': rbl.port, 'wl.test': rbl.port, 'dwl.test': rbl.port },
     records: {
-      a: { 'mx1.pool.example.test': ['127.6.1.1'], 'mx2.pool.example.test': ['127.6.2.1'], 'mail.trusted.example.test': ['127.6.3.1'] },
+      a: {
+        'mx1.pool.example.test': ['127.6.1.1'],
+        'mx2.pool.example.test': ['127.6.2.1'],
+        'mail.trusted.example.test': ['127.6.3.1'],
+        'mx.other.example.test': ['127.6.5.1'],
+        // A generic name of a dynamic pool: it spells out its address.
+        'c-127-6-6-1.dyn.isp.example.test': ['127.6.6.1'],
+        'c-127-6-7-1.dyn.isp.example.test': ['127.6.7.1'],
+      },
       ptr: { '127.6.4.1': ['fake.trusted.example.test'] },
     },
   });
@@ -44,11 +53,14 @@ after(async () => {
   await rbl?.stop();
 });
 
+const TOKEN = 'greylist-dns-admin-token-0123456789';
+
 function app(greylist: NonNullable<ConfigInput['greylist']>): Promise<TestApp> {
   return startTestApp({
     dns: { servers: [dm.server], timeout: '3s' },
     relay: { forward_from_ip: ['192.0.2.0/24'] },
-    dnsbl: { zones: [{ zone: 'bl.test' }, { zone: 'wl.test', weight: -5 }], action: 'score', score: 5 },
+    dnsbl: { zones: [{ zone: 'bl.test' }, { zone: 'wl.test', weight: -5 }], rhsbl_sender: [{ zone: 'dwl.test', weight: -5 }], action: 'score', score: 5 },
+    admin: { listen: '127.0.0.1:0', token: TOKEN },
     greylist,
   });
 }
@@ -83,6 +95,9 @@ test('when: suspicious — a clean client is not delayed, a client with DNSBL po
   try {
     assert.match(await rcpt(always, CLEAN), /^451 4\.7\.1 Greylisted/, 'always: the clean client too');
     assert.equal(await rcpt(always, VOUCHED), '250 2.1.5 Ok', 'a DNS allowlist vouches for it (its score is below zero)');
+    // Found in review: a domain allowlist (rhsbl_sender) vouches for a name anyone can write in
+    // MAIL FROM; it gave negative points, and so a forged sender skipped greylisting.
+    assert.match(await rcpt(always, CLEAN, 'anyone@big.example'), /^451 4\.7\.1 Greylisted/, 'a forged allowlisted sender domain is no waiver');
   } finally {
     await always.stop();
   }
@@ -97,6 +112,15 @@ test('by_domain: two servers of one pool are one client; allow_clients names mat
     assert.ok(a.logs().some((l) => typeof l.msg === 'string' && l.msg.includes('greylisting passed dns:pool.example.test|someone@sender.example|bob@example.test')));
     assert.equal(await rcpt(a, '127.6.3.1'), '250 2.1.5 Ok', 'mail.trusted.example.test is confirmed and allowed');
     assert.match(await rcpt(a, '127.6.4.1'), /^451 4\.7\.1 Greylisted/, 'a PTR claiming the allowed domain, not confirmed, is no waiver');
+    // An administrator allows a network: its clients pass, whatever name they have (found in review:
+    // with by_domain the look-up used the domain key and missed the allowed network).
+    const allowed = await fetch(`http://127.0.0.1:${a.app.adminPort as number}/api/greylist/allow?net=127.6.5.0%2F24`, { method: 'POST', headers: { authorization: `Bearer ${TOKEN}` } });
+    assert.equal(allowed.status, 200);
+    assert.equal(await rcpt(a, '127.6.5.1'), '250 2.1.5 Ok', 'mx.other.example.test, in an allowed network');
+    // A generic pool name is not a domain of one sender's servers: each keeps its own network.
+    assert.match(await rcpt(a, '127.6.6.1'), /^451/);
+    advanceClock(301_000);
+    assert.match(await rcpt(a, '127.6.7.1'), /^451 .* in 300 seconds$/, 'another host of the dynamic pool is a new client');
   } finally {
     resetClock();
     await a.stop();

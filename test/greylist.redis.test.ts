@@ -1,7 +1,7 @@
-// Two mxguard processes on one real redis-server share greylisting (issue 11, Must show 3): a
-// triplet greylisted by one passes on its retry to the other, and a network one of them
-// auto-allowed is allowed on the other. Real processes, real time (Redis expires on its own
-// clock): the delay is 2 s.
+// Two mxguard processes on one real redis-server share greylisting and volume limits (issue 11,
+// Must show 3): a triplet greylisted by one passes on its retry to the other, a network one of
+// them auto-allowed is allowed on the other, and limits.fromip_max counts the messages of both.
+// Real processes, real time (Redis expires on its own clock): the delay is 2 s.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -27,7 +27,8 @@ before(async () => {
         mail_from: { require_domain: false },
         relay: { forward_from_ip: ['192.0.2.0/24'] },
         store: { backend: 'redis', redis_url: `redis://127.0.0.1:${redis.port}`, redis_prefix: 'mxg-test:' },
-        greylist: { when: 'always', delay: '2s', auto_allow: 2 },
+        greylist: { when: 'always', delay: '2s', auto_allow: 2, allow_clients: ['127.8.0.0/16'] },
+        limits: { fromip_max: 4, fromip_nolimit: [] },
       },
       await freePort(),
     );
@@ -83,4 +84,15 @@ test('a triplet greylisted by one mxguard passes on its retry to the other; an a
   assert.equal((await send(a.mx, '127.7.0.1', 'two@s.example', 'bob@example.test')).rcpt, '250 2.1.5 Ok');
   assert.equal((await send(b.mx, '127.7.0.200', 'three@s.example', 'carol@example.test')).rcpt, '250 2.1.5 Ok', 'auto-allowed on the other host');
   assert.match((await send(b.mx, '127.7.1.1', 'three@s.example', 'carol@example.test')).rcpt, /^451/, 'another network is not');
+});
+
+test('limits.fromip_max counts the messages one client sent through both mxguard processes', LIMIT, async () => {
+  const [a, b] = hosts as [{ mx: MxguardProcess; dir: string }, { mx: MxguardProcess; dir: string }];
+  const ip = '127.8.0.1'; // greylist.allow_clients: only the rate limit applies
+  for (const [i, h] of [a, a, b, b].entries()) assert.match((await send(h.mx, ip, `n${i}@s.example`, 'dave@example.test')).data ?? '', /^250 2\.0\.0 Ok: queued/, `message ${i + 1}`);
+  for (const h of [a, b]) {
+    const over = await send(h.mx, ip, 'n5@s.example', 'dave@example.test');
+    assert.equal(over.rcpt, '451 4.7.1 Rate limit fromip_max reached (4 messages per 1h per client address), try again in 3600 seconds', 'the fifth, on either host');
+  }
+  assert.match((await send(b.mx, '127.8.0.2', 'x@s.example', 'dave@example.test')).data ?? '', /^250 2\.0\.0 Ok: queued/, 'another address has its own count');
 });

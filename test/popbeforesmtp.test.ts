@@ -17,7 +17,7 @@ import { freePort, makeTempDir, sleep, waitUntil } from './harness/peers.ts';
 import { startTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import { DEFAULT_LOGIN_PATTERNS, loginIp } from '../src/relayers/log-watcher.ts';
-import { openStore, type Store } from '../src/store/index.ts';
+import { DAEMON_COMMIT_EVERY_MS, openStore, type Store } from '../src/store/index.ts';
 import { advanceClock, resetClock } from '../src/util/clock.ts';
 
 const USER = 'alice';
@@ -339,6 +339,9 @@ test('POP-before-SMTP end to end: a real Dovecot login lets 127.0.0.1 relay with
     assert.equal(await rcpt('w@far.test'), '250 2.1.5 Ok', 'still within forward_window');
     advanceClock(60_000 + 2000);
     assert.match(await rcpt('z@far.test'), /^554 5\.7\.1 <z@far\.test>: Relay access denied/);
+    // Read through another connection, as `mxguard relay` would: the daemon commits its writes in
+    // batches of DAEMON_COMMIT_EVERY_MS (src/store/sqlite.ts), so others see them that much later.
+    await sleep(DAEMON_COMMIT_EVERY_MS * 5);
     assert.notEqual(await store.relayerGet('127.0.0.1'), undefined, 'kept for relayers_keep, only outside the window');
   } finally {
     resetClock();

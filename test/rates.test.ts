@@ -248,3 +248,28 @@ test('two mxguard instances on one redis-server: fromip_max counts the messages 
     await a.stop();
   }
 });
+
+// Found in review: the throttle holds the reply after the final dot, before the message is
+// committed. A client that gives up and aborts the connection meanwhile was never answered, so it
+// will send the message again: queuing this copy too would deliver it twice. Failed on the old
+// code (the message was committed and queued after the client had gone). A client that only
+// half-closes (FIN) may still read the reply (Exim's "." + QUIT ending): that one is queued.
+test('a client that goes away while its reply is held gets no message queued (it will send it again)', async () => {
+  await withTestApp({ relay, throttle: { rate: 1, step: '1500ms', max: '2s', except: [] } }, async (app) => {
+    const c = await open(app.port, '127.0.0.7');
+    for (let i = 0; i < 2; i++) assert.ok(queued(await send(c, 'gone@sender.test', ['alice@example.test'])), `message ${i + 1}`);
+    // The second and third are held: the client aborts 200 ms into the third's hold.
+    c.send('MAIL FROM:<gone@sender.test>\r\nRCPT TO:<alice@example.test>\r\nDATA\r\n');
+    assert.deepEqual((await c.replies(3)).map((r) => r.slice(0, 3)), ['250', '250', '354']);
+    c.send('Subject: never acknowledged\r\n\r\nhello\r\n.\r\n');
+    const held = () => app.logs().filter((l) => l.check === 'throttle' && l.phase === 'data').length === 2;
+    const t0 = Date.now();
+    while (!held() && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+    assert.ok(held(), 'the reply is being held');
+    await new Promise((r) => setTimeout(r, 200));
+    c.reset(); // an RST: a FIN alone would look like a half-close after the message, which is answered and queued
+    await new Promise((r) => setTimeout(r, 2000));
+    assert.equal(app.maildir('alice').length, 2, `only the two acknowledged messages: ${JSON.stringify(app.logs().slice(-12).map((l) => l.msg))}`);
+    assert.ok(app.logs().some((l) => l.msg === 'client gone before the reply to its message: not queued'));
+  });
+});

@@ -235,8 +235,8 @@ export const configSchema = z.strictObject({
       rate: z.number().nonnegative().default(0),
       /** How much longer per message over the rate. */
       step: duration.default(2000),
-      /** The longest hold. */
-      max: duration.default(30_000),
+      /** The longest hold: at most 5m, well inside the 10 minutes a sender waits for this reply (RFC 5321 4.5.3.2.6). */
+      max: duration.refine((ms) => ms <= 300_000, 'at most 5m: a sender waits 10 minutes for the reply to its message, then gives up and sends it again').default(30_000),
       /** Clients never throttled. */
       except: z.array(cidr).default(['127.0.0.0/8', '::1']),
     })
@@ -436,13 +436,13 @@ export const configSchema = z.strictObject({
     .strictObject({
       /** triplet: client network, sender, recipient (postgrey); ip: the client network alone (seed 001's per-IP). */
       mode: z.enum(['triplet', 'ip']).default('triplet'),
-      /** Key a client with a forward-confirmed reverse DNS name by that name's domain, not its /24 (a pool of senders is one client). */
+      /** Key a client with a forward-confirmed reverse DNS name by that name's domain, not its /24 (a pool of senders is one client); a generic name that spells out the address keeps the /24. */
       by_domain: z.boolean().default(false),
       /** How long a new triplet waits before a retry passes. */
       delay: duration.default(300_000),
       /** A retry must come within this of the first attempt, or the triplet starts over. */
       retry_window: duration.default(2 * 86_400_000),
-      /** A passed triplet (and an allowed network) is remembered this long after its last use. */
+      /** A passed triplet is remembered this long after its last use; an allowed network this long after it was allowed. */
       expire: duration.default(35 * 86_400_000),
       /** After this many greylisted triplets passed within auto_allow_window, the client network is allowed for `expire` (0 = never). */
       auto_allow: z.number().int().nonnegative().default(2),

@@ -52,13 +52,16 @@ export class PolicyEngine {
 
   /** Tells the checks that count (Check.observe) what happened; never throws, and costs nothing when none do. */
   async notify(event: PolicyEvent): Promise<void> {
-    for (const c of this.observers) {
-      try {
-        await c.observe?.(event);
-      } catch (err) {
-        this.log.warn({ check: c.name, event: event.kind, err: errText(err) }, 'could not count (store unreachable?)');
-      }
-    }
+    // Together, not one after another: with Redis unreachable each waits out its own timeout.
+    await Promise.all(
+      this.observers.map(async (c) => {
+        try {
+          await c.observe?.(event);
+        } catch (err) {
+          this.log.warn({ check: c.name, event: event.kind, err: errText(err) }, 'could not count (store unreachable?)');
+        }
+      }),
+    );
   }
 
   /** The policy side of one connection (src/policy/session.ts). */

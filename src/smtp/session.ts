@@ -586,6 +586,8 @@ export class Session {
     }
     this.buf = this.buf.subarray(end);
     this.mode = 'command';
+    // The final dot made the DATA deadline; the time we now take to judge and store the message is ours.
+    this.clearDeadline();
     this.socket.setTimeout(this.config.limits.command_timeout);
     // The whole message is in: it is no longer the session's to drop if the client goes away
     // now (it is committed and queued, as Postfix does after END-OF-MESSAGE).
@@ -622,6 +624,15 @@ export class Session {
       read: (start) => writer.read(start),
     };
     const decision = await this.policy.data(tx.policy, tx, message);
+    if (this.closed) {
+      // The client went away (or its deadline ran out) while the DATA checks ran or the throttle
+      // held the reply: nothing was acknowledged, and a queued copy would arrive twice once it
+      // retries. The message is dropped, as a refusal would be.
+      await writer.abort();
+      tx.policy.trace.end();
+      this.log.info({ id: writer.id, from: tx.mailFrom.address }, 'client gone before the reply to its message: not queued');
+      return;
+    }
     if (decision.kind === 'reply') {
       await writer.abort();
       return this.finishTransaction(tx, writer.id, decision.reply);

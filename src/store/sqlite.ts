@@ -63,6 +63,8 @@ export class SqliteStore implements Store {
   /** Writes of this many milliseconds share one transaction (0: each commits at once). */
   private readonly commitEveryMs: number;
   private commitTimer: NodeJS.Timeout | undefined;
+  /** No new batch before this (Date.now(), real time: the lock is shared with real processes). */
+  private nextBatchAt = 0;
   private readonly onCommitError: ((err: Error) => void) | undefined;
 
   /**
@@ -129,7 +131,9 @@ export class SqliteStore implements Store {
    * a greylisting record (the triplet waits once more), never mail.
    */
   private w(name: string): StatementSync {
-    if (this.commitEveryMs > 0 && !this.db.isTransaction) {
+    // After a batch, as long again without one (writes commit one by one meanwhile): other
+    // processes on the file (mxguard stdio, the CLI) find the write lock free half the time.
+    if (this.commitEveryMs > 0 && !this.db.isTransaction && Date.now() >= this.nextBatchAt) {
       this.db.exec('BEGIN IMMEDIATE');
       this.commitTimer = setTimeout(() => this.commit(), this.commitEveryMs);
       this.commitTimer.unref();
@@ -141,6 +145,7 @@ export class SqliteStore implements Store {
   private commit(): void {
     clearTimeout(this.commitTimer);
     this.commitTimer = undefined;
+    this.nextBatchAt = Date.now() + this.commitEveryMs;
     if (!this.db.isTransaction) return; // SQLite rolled it back itself (an I/O error, a full disk)
     try {
       this.db.exec('COMMIT');

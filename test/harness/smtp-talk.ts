@@ -116,4 +116,9 @@ export class RawClient {
   close(): void {
     this.socket.destroy();
   }
+
+  /** Aborts the connection with a TCP RST (a client that gave up), where close() sends a FIN the server may take for a half-close. */
+  reset(): void {
+    (this.socket as net.Socket).resetAndDestroy();
+  }
 }

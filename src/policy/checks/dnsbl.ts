@@ -215,9 +215,10 @@ export function listVerdict(c: ListCheckSpec, subject: string, outcomes: readonl
   const log = `${c.check}: ${describeOutcomes(subject, outcomes, d, c.settings.threshold)}`;
   const top = d.deciding[0];
   if (!d.listed || top === undefined) {
-    // An allowlist (negative weight) that answered counts its weight as points, as SpamAssassin's
-    // RCVD_IN_DNSWL_* do: the score goes below zero, and greylisting lets such a client be.
-    const allow = hits.reduce((sum, h) => sum + Math.min(0, h.spec.weight), 0);
+    // An allowlist (negative weight) of the client's address that answered counts its weight as
+    // points, as SpamAssassin's RCVD_IN_DNSWL_* do: the score goes below zero, and greylisting
+    // lets such a client be. Not for the sender's domain or the HELO name: anyone can claim those.
+    const allow = c.check === 'dnsbl' ? hits.reduce((sum, h) => sum + Math.min(0, h.spec.weight), 0) : 0;
     if (allow < 0) return { kind: 'tag', check: c.check, score: allow, tests: [{ name: `${c.check}_allowlist`, score: allow }], log: `${log}; allowlisted, scored ${allow}` };
     return noteworthy(outcomes) ? { kind: 'continue', check: c.check, log } : CONTINUE;
   }

@@ -24,7 +24,7 @@ import { asciiDomain, DomainSet } from '../../util/idna.ts';
 import { isLocalDomain } from '../checks/local_domains.ts';
 import { clock } from '../../util/clock.ts';
 import { decide, type GreySettings } from './decide.ts';
-import { normaliseSender } from './key.ts';
+import { normaliseSender, spellsAddress } from './key.ts';
 import { GreyStore, nowSec } from './store.ts';
 
 interface Settings {
@@ -68,21 +68,27 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
     if (allowIps.has(session.remoteIp)) return 'greylist.allow_clients';
     if (s.relay.forward_user) {
       const at = await store.relayerGet(session.remoteIp);
-      if (at !== undefined && clock.now() / 1000 - at <= s.relay.forward_window / 1000) return 'POP-before-SMTP';
+      const now = clock.now() / 1000;
+      // A login dated in the future is no login (as the relay check judges it).
+      if (at !== undefined && at <= now + 1 && now - at <= s.relay.forward_window / 1000) return 'POP-before-SMTP';
     }
     return undefined;
   };
 
-  /** What stands for the client: the SPF-passing sender domain, its confirmed name's domain, or its /24. */
-  const clientKey = (ctx: RcptContext, name: string | undefined): string | undefined => {
+  /**
+   * What stands for the client in its triplets: the SPF-passing sender domain, its confirmed
+   * name's domain (by_domain; not for a generic name that spells out the address, as pools of
+   * dynamic addresses have), or its /24.
+   */
+  const clientKey = (ctx: RcptContext, name: string | undefined, net: string): string => {
     const spf = ctx.tx.spf;
     if (g.spf_domain && spf?.result === 'pass' && spf.domain !== '') return `spf:${spf.domain.toLowerCase()}`;
-    if (g.by_domain && name !== undefined) {
+    if (g.by_domain && name !== undefined && !spellsAddress(name, ctx.session.remoteIp)) {
       const dot = name.indexOf('.');
       const parent = name.slice(dot + 1);
       if (dot > 0 && parent.includes('.')) return `dns:${parent}`;
     }
-    return clientNetwork(ctx.session.remoteIp);
+    return net;
   };
 
   const retriesFor = (score: number): number => (g.retry_per_points > 0 ? 1 + Math.floor(Math.max(0, score - g.min_score) / g.retry_per_points) : 1);
@@ -94,10 +100,12 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
     if ((await waived(ctx)) !== undefined) return CONTINUE;
     const name = await confirmedName(ctx.session.remoteIp);
     if (name !== undefined && allowNames.some((p) => globMatches(p, name))) return CONTINUE;
-    const net = clientKey(ctx, name);
+    const net = clientNetwork(ctx.session.remoteIp);
     if (net === undefined) return CONTINUE; // not an IP address (mxguard stdio without one): nothing to key on
+    const client = clientKey(ctx, name, net);
+    // Allowed networks are networks, whatever keys the triplets (an administrator's allow, auto_allow).
     if ((await grey.allowed(net)) !== undefined) return CONTINUE;
-    const key = g.mode === 'ip' ? net : `${net}|${normaliseSender(ctx.tx.mailFrom.address)}|${ctx.rcpt.address.toLowerCase()}`;
+    const key = g.mode === 'ip' ? client : `${client}|${normaliseSender(ctx.tx.mailFrom.address)}|${ctx.rcpt.address.toLowerCase()}`;
     const now = nowSec();
     const decision = decide(await grey.get(key), now, secs, retriesFor(ctx.score));
     await grey.put(key, decision.record, decision.kind === 'pass' ? g.expire : g.retry_window);

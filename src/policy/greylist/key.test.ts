@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { normaliseSender, tripletKey } from './key.ts';
+import { normaliseSender, spellsAddress, tripletKey } from './key.ts';
 
 test('senders are normalised as postgrey does: case, BATV, +extension, numbers', () => {
   assert.equal(normaliseSender('Alice@Example.ORG'), 'alice@example.org');
@@ -20,4 +20,15 @@ test('the triplet: client network, normalised sender, recipient', () => {
   assert.notEqual(tripletKey('198.51.101.1', 'a@l.example', 'bob@example.test'), tripletKey('198.51.100.1', 'a@l.example', 'bob@example.test'));
   assert.equal(tripletKey('2001:db8::1', '', 'postmaster@example.test'), '2001:db8::/64||postmaster@example.test');
   assert.equal(tripletKey('nonsense', 'a@b', 'c@d'), undefined);
+});
+
+test('generic names that spell out the address are recognised (by_domain keys them by their network instead)', () => {
+  assert.equal(spellsAddress('c-73-162-5-10.hsd1.ca.comcast.net', '73.162.5.10'), true);
+  assert.equal(spellsAddress('ec2-3-91-20-7.compute-1.amazonaws.com', '3.91.20.7'), true);
+  assert.equal(spellsAddress('10.5.162.73.dyn.example.net', '73.162.5.10'), true, 'reversed octets too');
+  assert.equal(spellsAddress('4a5b140a.dyn.example.net', '74.91.20.10'), true, 'hex');
+  assert.equal(spellsAddress('mail-yw1-f170.google.com', '209.85.128.170'), false, 'one octet is a coincidence, not a pattern');
+  assert.equal(spellsAddress('mx1.pool.example.test', '127.6.1.1'), false);
+  assert.equal(spellsAddress('host-2001-db8-1-2.v6.example', '2001:db8:1:2::99'), true);
+  assert.equal(spellsAddress('mail.example.org', '2001:db8::25'), false);
 });

@@ -30,3 +30,25 @@ export function tripletKey(clientIp: string, sender: string, rcpt: string): stri
   if (network === undefined) return undefined;
   return `${network}|${normaliseSender(sender)}|${rcpt.toLowerCase()}`;
 }
+
+/**
+ * Does a host name spell out the address it stands for, as the generic names of dynamic and
+ * cloud pools do (`c-73-162-5-10.hsd1.ca.comcast.net`, `ec2-3-91-20-7.compute-1.amazonaws.com`,
+ * `4a5b140a.dyn.example`)? Then its domain is a pool of strangers, not one sender's servers.
+ * IPv4: three of the four octets among the name's numbers, or the address in hex; IPv6: two of
+ * its non-zero groups.
+ */
+export function spellsAddress(name: string, ip: string): boolean {
+  const lower = name.toLowerCase();
+  if (ip.includes(':')) {
+    const groups = ip.split(':').filter((g) => g !== '' && !/^0+$/.test(g));
+    const words = new Set(lower.split(/[^0-9a-f]+/));
+    return groups.filter((g) => words.has(g.replace(/^0+/, ''))).length >= 2;
+  }
+  const octets = ip.split('.');
+  if (octets.length !== 4) return false;
+  const numbers: string[] = lower.match(/\d+/g) ?? [];
+  const found = octets.filter((o) => numbers.includes(o)).length;
+  const hex = octets.map((o) => Number(o).toString(16).padStart(2, '0')).join('');
+  return found >= 3 || lower.includes(hex);
+}
