@@ -116,6 +116,58 @@ const rateRule = z
     if (r.count === 'auth_failures' && r.action === 'score') ctx.addIssue({ code: 'custom', path: ['action'], message: 'auth_failures cannot score (there is no message yet); use tempfail, reject or tarpit' });
   });
 
+/** What every scanner entry has: a name for logs and tests=, its deadline, its size limit, what its failure means. */
+const scannerCommon = {
+  /** For logs and X-Spam-Status tests=; default: the type. Unique. */
+  name: z.string().regex(/^[A-Za-z0-9_.-]{1,40}$/, 'letters, digits, _ . - (at most 40)').optional(),
+  /** The longest this scanner may take; it is stopped then and its on_error applies. */
+  timeout: duration.refine((ms) => ms > 0, 'must be longer than 0').default(30_000),
+  /** Larger messages are not given to it... */
+  max_size: size.default(10 * 1024 * 1024),
+  /** ...and go on unscanned (skip) or are refused for now (tempfail). */
+  on_oversize: z.enum(['skip', 'tempfail']).default('skip'),
+  /** When it fails or times out: tempfail (451, the client retries) or accept (the message goes on unscanned). Write it out: `mxguard check` warns where it is left to the default. */
+  on_error: z.enum(['tempfail', 'accept']).optional(),
+};
+
+/** One entry of filters.scanners. */
+const scanner = z.discriminatedUnion('type', [
+  z.strictObject({
+    type: z.literal('exec'),
+    /** The program and its arguments (no shell, no PATH look-up: an absolute path). */
+    command: z.array(z.string().min(1)).min(1).refine((c) => (c[0] as string).startsWith('/'), 'the program must be an absolute path (no PATH look-up)'),
+    /** chasquid: the message on stdin, the envelope in the environment, exit 0 / 20 / other; qmail-queue: the message on fd 0, the envelope on fd 1, qmail-queue's exit codes. */
+    protocol: z.enum(['chasquid', 'qmail-queue']).default('chasquid'),
+    ...scannerCommon,
+  }),
+  z.strictObject({
+    type: z.literal('spamd'),
+    /** host:port, or the path of spamd's Unix socket. */
+    address: z.string().min(1),
+    /** SYMBOLS (rule names) or REPORT (rule names and descriptions). */
+    command: z.enum(['SYMBOLS', 'REPORT']).default('SYMBOLS'),
+    /** The SpamAssassin user whose preferences apply (spamc -u). */
+    user: z.string().min(1).optional(),
+    /** tag: SpamAssassin's points join the transaction score; reject: refuse at its required score as well. */
+    action: z.enum(['tag', 'reject']).default('tag'),
+    ...scannerCommon,
+  }),
+  z.strictObject({
+    type: z.literal('rspamd'),
+    /** The normal worker's base URL: http://127.0.0.1:11333 */
+    url: z.string().regex(/^https?:\/\/.+/, 'an http:// URL'),
+    /** Sent as the Password header (controller password), if rspamd wants one. */
+    password: z.string().optional(),
+    ...scannerCommon,
+  }),
+  z.strictObject({
+    type: z.literal('clamd'),
+    /** host:port, or the path of clamd's Unix socket. */
+    address: z.string().min(1),
+    ...scannerCommon,
+  }),
+]);
+
 export const configSchema = z.strictObject({
   /** The Obtuse smtpd rules file (seed 004): [allow|deny|noto]:SourceList:FromList:ToList[:XXX message]. */
   rules_file: z.string().min(1).optional(),
@@ -472,6 +524,18 @@ export const configSchema = z.strictObject({
     }),
   filters: z
     .strictObject({
+      /** External scanners run on each message at the end of DATA, all at once (issue 12): exec, spamd, rspamd, clamd. */
+      scanners: z
+        .array(scanner)
+        .default([])
+        .superRefine((list, ctx) => {
+          const seen = new Set<string>();
+          list.forEach((sc, i) => {
+            const name = sc.name ?? sc.type;
+            if (seen.has(name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `a second scanner named "${name}": give each its own name` });
+            seen.add(name);
+          });
+        }),
       /** DMail's msg_filter: a file of Mfilter rules, run on each message at the end of DATA. */
       mfilter: z.string().min(1).optional(),
       /** Files of SpamAssassin-syntax rules (header, body, rawbody, uri, full, meta, score, describe). */

@@ -29,6 +29,7 @@ import { relay } from './checks/relay.ts';
 import { authFailures } from './checks/auth_failures.ts';
 import { filterRules, mfilter } from './filters/check.ts';
 import { greylist } from './greylist/check.ts';
+import { scanners } from './scanners/check.ts';
 import { ratesAuth, ratesConnect, ratesMail, ratesRcpt } from './rates/check.ts';
 import { throttle } from './rates/throttle.ts';
 
@@ -67,6 +68,7 @@ export const REGISTRY: readonly AnyCheckModule[] = [
   throttle, // first: its hold counts whatever the filters decide
   mfilter,
   filterRules,
+  scanners, // last: the local rules' accept or reject is the administrator's word and comes first
 ];
 
 /** The enabled checks, in registry order, each built from its own settings. */
