@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian peers the tests drive (swaks, Postfix's smtp-source/smtp-sink and a
 # private Postfix, Dovecot LMTP/POP3/IMAP, redis-server, rbldnsd, dnsmasq, openssl, ucspi-tcp's
-# tcpserver, HAProxy, oidentd) when they are missing. Runs as `npm test`'s pretest
-# step, so a fresh Debian 12 machine needs nothing else. Quick when all is there already.
+# tcpserver, HAProxy, oidentd, rspamd, spamd, clamd) when they are missing. Runs as `npm test`'s
+# pretest step, so a fresh Debian 12 machine needs nothing else. Quick when all is there already.
 #
 # Exim 4.96 (a sending MTA for test/exim.peers.test.ts) is not installed: exim4-daemon-light
 # and Postfix are both mail-transport-agents, so apt would remove Postfix. Its package is only
@@ -29,6 +29,12 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 { command -v tcpserver >/dev/null 2>&1 && command -v tcprules >/dev/null 2>&1; } || need+=(ucspi-tcp)
 [ -x /usr/sbin/haproxy ] || need+=(haproxy)
 [ -x /usr/sbin/oidentd ] || need+=(oidentd)
+# rspamd 3.4 (a content filter): the tests start their own instance, never the packaged service.
+command -v rspamd >/dev/null 2>&1 || need+=(rspamd)
+# SpamAssassin's spamd (bookworm splits it out of spamassassin) and clamd, content filters too:
+# the same holds for them; freshclam never runs (no internet: the tests' clamd reads a database
+# holding only an EICAR signature).
+{ [ -x /usr/sbin/spamd ] && [ -x /usr/sbin/clamd ]; } || need+=(spamd clamav-daemon)
 
 need_exim=0
 exim_ready || need_exim=1
@@ -48,9 +54,28 @@ else
 fi
 export DEBIAN_FRONTEND=noninteractive
 echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+# freshclam updates only when asked ("manual"): no freshclam daemon, no cron job.
+echo "clamav-freshclam clamav-freshclam/autoupdate_freshclam select manual" | $SUDO debconf-set-selections
 $SUDO apt-get update -q
 if [ ${#need[@]} -gt 0 ]; then
-  $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}"
+  # Daemons the tests start themselves (rspamd, spamd, clamd) must not be started by their
+  # package: without a policy-rc.d (Docker images have one) invoke-rc.d would start them on their
+  # standard ports.
+  own_policy=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    own_policy=1
+  fi
+  $SUDO apt-get install -y -q -o DPkg::Lock::Timeout=600 --no-install-recommends "${need[@]}" || { [ $own_policy -eq 0 ] || $SUDO rm -f /usr/sbin/policy-rc.d; exit 1; }
+  [ $own_policy -eq 0 ] || $SUDO rm -f /usr/sbin/policy-rc.d
+  # Nor enabled at boot (works offline, without a running systemd).
+  if [[ " ${need[*]} " == *" rspamd "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable -q rspamd.service >/dev/null 2>&1 || true
+  fi
+  if [[ " ${need[*]} " == *" clamav-daemon "* ]] && command -v systemctl >/dev/null 2>&1; then
+    $SUDO systemctl disable -q spamd.service clamav-daemon.service clamav-daemon.socket clamav-freshclam.service >/dev/null 2>&1 || true
+  fi
 fi
 
 if [ $need_exim -eq 1 ]; then

@@ -79,3 +79,38 @@ test('a malformed filter line is reported with its file and line number; start r
   assert.equal(b.code, 1, b.out);
   assert.match(b.out, /local\.cf:2:\d+: filters\.rules: /);
 });
+
+test('a scanner without on_error written out is warned about, at its own line; one with it is not', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-check-scanners-'));
+  const cfg = path.join(dir, 'mxguard.yaml');
+  fs.writeFileSync(
+    cfg,
+    [
+      'hostname: mx.example.test', // 1
+      'listen: ["127.0.0.1:0"]',
+      'local_domains: [example.test]',
+      `data_dir: ${path.join(dir, 'var')}`,
+      'filters:', // 5
+      '  scanners:',
+      '    - type: exec', // 7
+      '      command: [/usr/local/bin/hook]',
+      '    - type: exec', // 9
+      '      name: written',
+      '      command: [/usr/local/bin/hook2]',
+      '      on_error: accept',
+      '    - type: clamd', // 13
+      '      name: av',
+      '      address: 127.0.0.1:3310',
+      '',
+    ].join('\n'),
+  );
+  const r = await check(['-c', cfg]);
+  assert.equal(r.code, 0, r.out);
+  const warnings = r.out.split('\n').filter((l) => l.includes('on_error not set'));
+  const file = cfg.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&');
+  assert.equal(warnings.length, 2, r.out);
+  assert.match(warnings[0] ?? '', new RegExp(`^${file}:7:\\d+: warning: filters\\.scanners\\[0\\] \\(exec\\): on_error not set: a failure of this scanner will refuse mail for now \\(tempfail\\); write on_error: tempfail or accept$`));
+  assert.match(warnings[1] ?? '', new RegExp(`^${file}:13:\\d+: warning: filters\\.scanners\\[2\\] \\(av\\): on_error not set`));
+  assert.doesNotMatch(r.out, /written/);
+  fs.rmSync(dir, { recursive: true, force: true });
+});

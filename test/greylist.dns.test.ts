@@ -43,6 +43,7 @@ before(async () => {
         'c-127-6-7-1.dyn.isp.example.test': ['127.6.7.1'],
       },
       ptr: { '127.6.4.1': ['fake.trusted.example.test'] },
+      txt: { 'pool.spf.test': ['v=spf1 ip4:127.10.0.0/16 -all'] },
     },
   });
 });
@@ -55,8 +56,9 @@ after(async () => {
 
 const TOKEN = 'greylist-dns-admin-token-0123456789';
 
-function app(greylist: NonNullable<ConfigInput['greylist']>): Promise<TestApp> {
+function app(greylist: NonNullable<ConfigInput['greylist']>, more: Partial<ConfigInput> = {}): Promise<TestApp> {
   return startTestApp({
+    ...more,
     dns: { servers: [dm.server], timeout: '3s' },
     relay: { forward_from_ip: ['192.0.2.0/24'] },
     dnsbl: { zones: [{ zone: 'bl.test' }, { zone: 'wl.test', weight: -5 }], rhsbl_sender: [{ zone: 'dwl.test', weight: -5 }], action: 'score', score: 5 },
@@ -121,6 +123,23 @@ test('by_domain: two servers of one pool are one client; allow_clients names mat
     assert.match(await rcpt(a, '127.6.6.1'), /^451/);
     advanceClock(301_000);
     assert.match(await rcpt(a, '127.6.7.1'), /^451 .* in 300 seconds$/, 'another host of the dynamic pool is a new client');
+  } finally {
+    resetClock();
+    await a.stop();
+  }
+});
+
+test('spf_domain: a sender whose SPF passes is keyed by its domain, so its pool passes on the first retry from another network', LIMIT, async () => {
+  const a = await app({ when: 'always', auto_allow: 0 }, { spf: {} });
+  try {
+    assert.match(await rcpt(a, '127.10.1.1', 'news@pool.spf.test'), /^451 .* in 300 seconds$/);
+    advanceClock(301_000);
+    assert.equal(await rcpt(a, '127.10.2.1', 'news@pool.spf.test'), '250 2.1.5 Ok', 'another /24 of the same SPF-passing domain');
+    assert.ok(a.logs().some((l) => String(l.msg).includes('greylisting passed spf:pool.spf.test|news@pool.spf.test|bob@example.test')));
+    // Without an SPF pass the network is the key: a sender in no SPF record, from two networks, is two clients.
+    assert.match(await rcpt(a, '127.10.1.1', 'x@nospf.test'), /^451/);
+    advanceClock(301_000);
+    assert.match(await rcpt(a, '127.10.2.1', 'x@nospf.test'), /^451 .* in 300 seconds$/);
   } finally {
     resetClock();
     await a.stop();

@@ -208,6 +208,12 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
   if (config.admin.listen !== undefined && !isLoopbackListen(config.admin.listen)) {
     warnings.push(at(nodeOffset(locate(doc, ['admin', 'listen'])), 'admin.listen', `${config.admin.listen} is not a loopback address: the admin API is reachable from the network`));
   }
+  // Which way a scanner's failure goes is the operator's call: say where it is left to the default.
+  config.filters.scanners.forEach((s, i) => {
+    if (s.on_error !== undefined) return;
+    const key = `filters.scanners[${i}] (${s.name ?? s.type})`;
+    warnings.push(at(nodeOffset(locate(doc, ['filters', 'scanners', i])), key, `on_error not set: a failure of this scanner will refuse mail for now (tempfail); write on_error: tempfail or accept`));
+  });
   const callout = locate(doc, ['recipients', 'callout']);
   if (callout.found && (callout.node === null || (isScalar(callout.node) && callout.node.value === null))) {
     // An empty section counts as left out (dropEmptySections): say so, since here that means off.

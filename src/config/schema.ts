@@ -483,6 +483,36 @@ export const configSchema = z.strictObject({
       if (s.reject_at < s.tag_at) ctx.addIssue({ code: 'custom', path: ['reject_at'], message: `reject_at (${s.reject_at}) is below tag_at (${s.tag_at}): nothing would ever be tagged` });
       if (s.tempfail_at !== undefined && s.tempfail_at >= s.reject_at) ctx.addIssue({ code: 'custom', path: ['tempfail_at'], message: `tempfail_at (${s.tempfail_at}) must be below reject_at (${s.reject_at})` });
     }),
+  /** SPF (RFC 7208) of the sender at MAIL FROM, or of the HELO name for the null sender (issue 12); absent: off. */
+  spf: z
+    .strictObject({
+      /** What a `fail` gets: score (fail_score points, the default), tempfail, or reject (550 5.7.23, answered at RCPT with smtp.delay_reject). */
+      fail: action.default('score'),
+      fail_score: z.number().default(5),
+      softfail_score: z.number().default(2),
+      /** A broken SPF record (permerror) is the sender's mistake, not proof of forgery: a few points. */
+      permerror_score: z.number().default(1),
+      /** A DNS failure (temperror): accept (go on without a result, logged) or tempfail (451 4.7.24). */
+      temperror: z.enum(['accept', 'tempfail']).default('accept'),
+    })
+    .optional(),
+  /** DKIM, ARC and DMARC of each message at the end of DATA (issue 12); absent: off. */
+  dmarc: z
+    .strictObject({
+      /** What a DMARC fail gets: none (points only, the default), quarantine (quarantine_score points, spam), reject (550 5.7.1, only for p=reject, not under t=y, not after a trusted ARC chain). */
+      enforce: z.enum(['none', 'quarantine', 'reject']).default('none'),
+      /** Points for a DMARC fail (every enforce). */
+      fail_score: z.number().default(3),
+      /** Points for a DMARC fail of a p=quarantine or p=reject domain with enforce: quarantine (or reject that may not refuse). */
+      quarantine_score: z.number().default(6),
+      /** Points for a DKIM signature that fails (a body altered on the way, a forgery). */
+      dkim_fail_score: z.number().default(1),
+      /** ARC sealers (d= of ARC-Seal) whose passing chain overrides a DMARC fail (a mailing list you trust). */
+      trusted_arc: z.array(domain).default([]),
+      /** Keys shorter than this fail (RFC 8301: 1024). */
+      min_key_bits: z.number().int().min(512).default(1024),
+    })
+    .optional(),
   /** Greylisting (issue 11), decided at RCPT; absent: off. */
   greylist: z
     .strictObject({

@@ -383,6 +383,11 @@ export class DnsResolver {
     return this.lookup('PTR', name, this.deadline());
   }
 
+  /** PTR records of a reverse name as asked (`4.3.2.1.in-addr.arpa`): SPF's ptr mechanism names them itself. */
+  ptrByName(name: string): Promise<DnsResult<string>> {
+    return this.lookup('PTR', name, this.deadline());
+  }
+
   ns(name: string): Promise<DnsResult<string>> {
     return this.lookup('NS', name, this.deadline());
   }

@@ -1,6 +1,7 @@
 // What a check may look at, per phase. The SMTP engine fills these in; checks never see sockets.
 import type { Address, PathParams } from '../mail/address.ts';
 import type { HeaderField } from '../mail/header-block.ts';
+import type { AuthResults } from './auth/results.ts';
 
 export interface SessionInfo {
   /** Session ID for logs. */
@@ -30,8 +31,8 @@ export interface TransactionInfo {
   readonly params: PathParams;
   /** Recipients accepted so far. */
   readonly rcpts: Address[];
-  /** The sender's SPF result and the domain it was checked for, once an SPF check has run (issue 12). */
-  readonly spf?: { readonly result: string; readonly domain: string };
+  /** What the authentication checks found so far (SPF at MAIL; DKIM, DMARC, ARC at the end of DATA). */
+  readonly auth?: AuthResults;
 }
 
 export interface ConnectContext {
@@ -54,6 +55,8 @@ export interface MailContext {
   readonly session: SessionInfo;
   readonly mailFrom: Address;
   readonly params: PathParams;
+  /** The transaction's authentication results, for the checks that find them (SPF) to fill in (the policy session always gives one). */
+  readonly auth?: AuthResults;
 }
 export interface RcptContext {
   readonly session: SessionInfo;

@@ -30,6 +30,8 @@ import { authFailures } from './checks/auth_failures.ts';
 import { filterRules, mfilter } from './filters/check.ts';
 import { greylist } from './greylist/check.ts';
 import { scanners } from './scanners/check.ts';
+import { spf } from './auth/spf.ts';
+import { dmarc } from './auth/message-auth.ts';
 import { ratesAuth, ratesConnect, ratesMail, ratesRcpt } from './rates/check.ts';
 import { throttle } from './rates/throttle.ts';
 
@@ -50,6 +52,7 @@ export const REGISTRY: readonly AnyCheckModule[] = [
   ratesMail,
   rhsblSender,
   senderDomain,
+  spf, // with the other DNS checks of MAIL (all concurrent); fills the transaction's SPF result
   // rcpt
   rblsmtpd, // first: a non-empty RBLSMTPD (mxguard stdio) refuses every recipient
   maxRcpts,
@@ -68,6 +71,7 @@ export const REGISTRY: readonly AnyCheckModule[] = [
   throttle, // first: its hold counts whatever the filters decide
   mfilter,
   filterRules,
+  dmarc, // after the local rules (an Mfilter accept is the administrator's word), before the external scanners
   scanners, // last: the local rules' accept or reject is the administrator's word and comes first
 ];
 

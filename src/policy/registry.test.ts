@@ -63,7 +63,9 @@ function everything(): ConfigInput {
     rules_file: tmpFile('rules', 'allow:ALL:ALL:ALL\n'),
     recipients: { file: tmpFile('recipients', 'alice@example.test\n'), callout: {} },
     greylist: {},
-    filters: { mfilter: tmpFile('mfilter.rul', 'if (exists("X-Foo")) spamdetect(1, "foo")\n'), rules: [tmpFile('local.cf', 'header FOO X-Foo =~ /x/\nscore FOO 1\n')] },
+    spf: {},
+    dmarc: {},
+    filters: { mfilter: tmpFile('mfilter.rul', 'if (exists("X-Foo")) spamdetect(1, "foo")\n'), rules: [tmpFile('local.cf', 'header FOO X-Foo =~ /x/\nscore FOO 1\n')], scanners: [{ type: 'exec', command: ['/bin/true'], on_error: 'accept' }] },
   };
 }
 

@@ -18,6 +18,7 @@ import { addressListOf } from '../util/cidr.ts';
 import { greetPassKey, greetPlan, type GreetFacts } from './greet.ts';
 import { protocolVerdict, type ProtocolSettings } from './protocol.ts';
 import type { TraceEntry } from './trace.ts';
+import { authResultsHeader, authservIdOf, type AuthResults } from './auth/results.ts';
 
 export interface PolicySessionOptions {
   /** The connection's facts; the SMTP session keeps them current (HELO, TLS, AUTH, recipients). */
@@ -38,6 +39,10 @@ export interface PolicySessionOptions {
   readonly store?: Store;
   /** The transaction score's thresholds and headers, and the DATA checks' deadline (scoring.*). */
   readonly scoring: ScoringSettings & { readonly data_timeout: number };
+  /** Our host name as the RFC 8601 authserv-id: incoming Authentication-Results claiming it are cut at delivery. */
+  readonly authservId?: string;
+  /** Write our own Authentication-Results field (an authentication check is configured: spf). */
+  readonly addAuthResults?: boolean;
   /** The greet delay and the protocol findings (smtp.*); without them, no wait and no findings. */
   readonly smtp?: ProtocolSettings & Pick<Config['smtp'], 'greet_delay' | 'greet_delay_for' | 'greet_pass_ttl'>;
   /** For greet_delay_for suspicious: the forward-confirmed reverse DNS of the client (cached, shared with the rdns check). */
@@ -67,6 +72,8 @@ export interface PolicyTx {
   rcptHeaders: Set<string>;
   /** A RCPT refusal to be answered to DATA (Verdict.atData), the first one found. */
   dataRefusal?: RefusalVerdict;
+  /** The authentication results found so far (SPF at MAIL), for later checks and the Authentication-Results field. */
+  readonly auth: AuthResults;
 }
 
 /**
@@ -76,6 +83,7 @@ export interface PolicyTx {
 export type DataDecision = { kind: 'reply'; reply: string } | { kind: 'discard' } | { kind: 'continue'; score: number; headers: string[]; cut: [number, number][] };
 
 const CONTINUE: PolicyDecision = { kind: 'continue' };
+const AUTH_RESULTS = 'authentication-results';
 
 interface Tags {
   score: number;
@@ -299,7 +307,8 @@ export class PolicySession {
   async mail(mailFrom: Address, params: PathParams): Promise<{ kind: 'reply'; reply: string } | { kind: 'continue'; tx: PolicyTx }> {
     const trace = this.trace.begin(mailFrom.address, this.info.helo);
     if (this.sessionRan.length > 0) trace.phase({ ran: this.sessionRan });
-    const result = await this.engine.run('mail', { session: this.info, mailFrom, params });
+    const auth: AuthResults = {};
+    const result = await this.engine.run('mail', { session: this.info, mailFrom, params, auth });
     await this.opts.hold(result.delayMs);
     trace.phase(result);
     const refusal = this.refusalOf('mail', result);
@@ -310,7 +319,7 @@ export class PolicySession {
     const score = this.connectTags.score + this.heloTags.score + this.sessionTags.score + result.score;
     const headers = [...this.connectTags.headers, ...this.heloTags.headers, ...this.sessionTags.headers, ...result.headers];
     const tests = [...this.connectTags.tests, ...this.heloTags.tests, ...this.sessionTags.tests, ...result.tests];
-    return { kind: 'continue', tx: { mailFrom, trace, delayed: refusal, score, headers, tests, rcptTests: new Map(), rcptHeaders: new Set() } };
+    return { kind: 'continue', tx: { mailFrom, trace, delayed: refusal, score, headers, tests, rcptTests: new Map(), rcptHeaders: new Set(), auth } };
   }
 
   /** One recipient. `close`: smtpd's deny, the SMTP session says 421 and ends. */
@@ -394,11 +403,19 @@ export class PolicySession {
       return { kind: 'reply', reply: refusal };
     }
     const cut: [number, number][] = [];
-    if (result.removeHeaders.length > 0 || message.mayHaveField(SPAM_HEADER_PREFIX)) {
+    // Incoming fields that claim to be ours are forgeable: X-Spam-*, and an Authentication-Results
+    // with our authserv-id (RFC 8601 5: remove them, or downstream filters trust a forgery).
+    const ourId = this.opts.authservId?.toLowerCase();
+    const forgedResults = ourId !== undefined && message.mayHaveField(AUTH_RESULTS);
+    if (result.removeHeaders.length > 0 || message.mayHaveField(SPAM_HEADER_PREFIX) || forgedResults) {
       const remove = new Set(result.removeHeaders);
-      for (const f of message.headers) if (f.key.startsWith(SPAM_HEADER_PREFIX) || remove.has(f.key)) cut.push([f.start, f.end]);
+      for (const f of message.headers) {
+        const ours = forgedResults && f.key === AUTH_RESULTS && authservIdOf(f.value) === ourId;
+        if (ours || f.key.startsWith(SPAM_HEADER_PREFIX) || remove.has(f.key)) cut.push([f.start, f.end]);
+      }
     }
-    return { kind: 'continue', score, headers: [...tx.headers, ...tx.rcptHeaders, ...result.headers, ...spamHeaders(score, tests, s)], cut };
+    const authResults = this.opts.addAuthResults && ourId !== undefined ? [authResultsHeader(this.opts.authservId as string, tx.auth, this.info.authUser)] : [];
+    return { kind: 'continue', score, headers: [...authResults, ...tx.headers, ...tx.rcptHeaders, ...result.headers, ...spamHeaders(score, tests, s)], cut };
   }
 
   private refusalOf(phase: 'connect' | 'helo' | 'mail', result: PhaseResult): RefusalVerdict | undefined {

@@ -28,6 +28,7 @@ import type { Store } from '../store/store.ts';
 import { AuthBusyError, HashRefusedError, type Authenticator } from '../auth/index.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import { barePipelining, nonSmtpVerb } from './protocol-findings.ts';
+import type { AuthResults } from '../policy/auth/results.ts';
 
 /** What a session needs from the server around it. */
 export interface SessionDeps {
@@ -97,6 +98,8 @@ interface Transaction {
   rcpts: Address[];
   /** Its policy state: a refusal held for RCPT, the points and headers tagged, the trace. */
   policy: PolicyTx;
+  /** Its authentication results (the same object as policy.auth), as the checks see them in TransactionInfo. */
+  auth: AuthResults;
   /** DSN NOTIFY / ORCPT per recipient address (RFC 3461). */
   rcptDsn?: Record<string, RcptDsn>;
   /** Watches the header block for UTF-8 while DATA arrives (does the message need SMTPUTF8?). */
@@ -170,6 +173,8 @@ export class Session {
       closed: () => this.closed,
       relay: this.config.relay,
       scoring: this.config.scoring,
+      authservId: this.config.hostname,
+      addAuthResults: this.config.spf !== undefined || this.config.dmarc !== undefined,
       smtp: this.config.smtp,
       relayClients: this.config.relay.forward_from_ip,
       ...(deps.store ? { store: deps.store } : {}),
@@ -487,7 +492,7 @@ export class Session {
     if (address.utf8 && params.SMTPUTF8 !== true) return this.error('553 5.6.7 Address needs SMTPUTF8');
     const decision = await this.policy.mail(address, params);
     if (decision.kind === 'reply') return this.error(decision.reply);
-    this.tx = { mailFrom: address, params, rcpts: [], policy: decision.tx };
+    this.tx = { mailFrom: address, params, rcpts: [], policy: decision.tx, auth: decision.tx.auth };
     this.reply('250 2.1.0 Ok');
   }
 

@@ -81,8 +81,8 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
    * dynamic addresses have), or its /24.
    */
   const clientKey = (ctx: RcptContext, name: string | undefined, net: string): string => {
-    const spf = ctx.tx.spf;
-    if (g.spf_domain && spf?.result === 'pass' && spf.domain !== '') return `spf:${spf.domain.toLowerCase()}`;
+    const spf = ctx.tx.auth?.spf;
+    if (g.spf_domain && spf?.result === 'pass' && spf.identity === 'mailfrom' && spf.domain !== '') return `spf:${spf.domain.toLowerCase()}`;
     if (g.by_domain && name !== undefined && !spellsAddress(name, ctx.session.remoteIp)) {
       const dot = name.indexOf('.');
       const parent = name.slice(dot + 1);
