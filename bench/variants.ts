@@ -3,6 +3,7 @@
 // shipped defaults, so each can be read as a ratio to the defaults of the same round:
 // - 100 SpamAssassin rules (filters.rules), 100 Mfilter rules (filters.mfilter): target ≥ 0.8;
 // - greylisting with every client allowed and two rate rules (issue 11, Must show 6): target ≥ 0.8;
+// - SPF + DKIM + ARC + DMARC on a DKIM-signed message, DNS on loopback (issue 12, Must show 4): target ≥ 0.6;
 // - log.level warn: what the info lines cost;
 // - the spool on tmpfs (/dev/shm), where fsync costs nothing: what the fsyncs cost;
 // - BENCH_BASELINE=DIR: the same defaults on another checkout (the code before an issue).
@@ -15,6 +16,8 @@ import { freePort } from '../test/harness/peers.ts';
 import { startMxguard, type MxguardProcess } from '../test/harness/mxguard-process.ts';
 import { generateMfilter, generateRules } from './filter-rules.ts';
 import { median } from './stats.ts';
+import { signedMessage } from './signed-message.ts';
+import { startDnsmasq } from '../test/harness/dns.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/cli/main.ts');
 
@@ -33,7 +36,10 @@ export interface VariantSample {
 }
 
 /** Starts one mxguard per variant, the shipped defaults first, each in its own directory. */
-export async function startVariants(dir: string, base: Record<string, unknown>, baseline: string | undefined): Promise<{ variants: Variant[]; tmpfsDir: string }> {
+export async function startVariants(dir: string, base: Record<string, unknown>, baseline: string | undefined): Promise<{ variants: Variant[]; tmpfsDir: string; messageFile: string; stopVariantPeers: () => Promise<void> }> {
+  // The message every variant gets (DKIM-signed), and the DNS that judges it: SPF, DKIM, DMARC.
+  const signed = await signedMessage(dir);
+  const dm = await startDnsmasq({ records: signed.records });
   const rulesFile = path.join(dir, 'bench-100.cf');
   fs.writeFileSync(rulesFile, generateRules());
   const mfilterFile = path.join(dir, 'bench-100.rul');
@@ -61,6 +67,11 @@ export async function startVariants(dir: string, base: Record<string, unknown>, 
     { key: 'warn', what: 'log.level warn (no info lines)', config: { log: { ...(base.log as object), level: 'warn' } } },
     { key: 'tmpfs', what: 'spool on tmpfs (fsync costs nothing)', config: { data_dir: path.join(shm, 'var') } },
     {
+      key: 'auth',
+      what: '+ SPF, DKIM, ARC and DMARC (spf, dmarc; a DKIM-signed message, DNS on loopback)',
+      config: { relay: { forward_from_ip: ['192.0.2.0/24'] }, helo: { reject_invalid: false }, mail_from: { require_domain: false }, dns: { servers: [dm.server] }, spf: {}, dmarc: {} },
+    },
+    {
       key: 'greylist',
       what: '+ greylisting (when: always, the client network allowed) and two rate rules (limits.fromip_max, recipients per sender)',
       config: greyConfig,
@@ -80,7 +91,7 @@ export async function startVariants(dir: string, base: Record<string, unknown>, 
     s.prepare?.(path.join(vdir, 'mxguard.yaml'));
     out.push({ key: s.key, what: s.what, mx });
   }
-  return { variants: out, tmpfsDir: shm };
+  return { variants: out, tmpfsDir: shm, messageFile: signed.file, stopVariantPeers: () => dm.stop() };
 }
 
 /** The variants' table: medians over rounds of rate, ratio to smtp-sink and ratio to the defaults of the same round. */

@@ -11,7 +11,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
-import { dkimSign } from 'mailauth';
+import { dkimSign, sealMessage } from 'mailauth';
 import type { ConfigInput } from '../src/config/schema.ts';
 import { startTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
@@ -43,6 +43,7 @@ before(async () => {
         '_dmarc.signed.test': ['v=DMARC1; p=reject'],
         '_dmarc.testing.test': ['v=DMARC1; p=reject; t=y'],
         '_dmarc.spfok.test': ['v=DMARC1; p=reject'],
+        [`${SELECTOR}._domainkey.lists.test`]: [dkimKey],
         'spfok.test': ['v=spf1 ip4:127.11.0.0/16 -all'],
       },
       a: { 'signed.test': ['192.0.2.80'], 'testing.test': ['192.0.2.81'], 'bounce.test': ['192.0.2.82'] },
@@ -54,8 +55,8 @@ after(async () => {
   await dm?.stop();
 });
 
-function app(dmarc: NonNullable<ConfigInput['dmarc']> = {}): Promise<TestApp> {
-  return startTestApp({ dns: { servers: [dm.server], timeout: '3s' }, relay: { forward_from_ip: ['192.0.2.0/24'] }, dmarc });
+function app(dmarc: NonNullable<ConfigInput['dmarc']> = {}, trustedArc: string[] = []): Promise<TestApp> {
+  return startTestApp({ dns: { servers: [dm.server], timeout: '3s' }, relay: { forward_from_ip: ['192.0.2.0/24'] }, dmarc, auth: { trusted_arc: trustedArc } });
 }
 
 async function signed(domain: string, body = 'The body that was signed.\r\n'): Promise<string> {
@@ -111,6 +112,8 @@ test('a DKIM-signed message passes DKIM and DMARC; altered after signing it fail
     assert.match(r.dkim as string, /^dkim=pass .*header\.d=signed\.test.*header\.s=sel1/);
     assert.match(r.spf as string, /^spf=none .*smtp\.mailfrom=alice@bounce\.test$/);
     assert.match(r.dmarc as string, /^dmarc=pass .*header\.from=signed\.test/);
+    assert.equal(r.iprev, 'iprev=fail policy.iprev=127.11.0.1', 'the client has no reverse DNS');
+    assert.match(r.arc as string, /^arc=none/);
     assert.match(good.delivered as string, /X-Spam-Status: No, score=0\.0/);
 
     const altered = (await signed('signed.test')).replace('The body that was signed.', 'The body that was changed.');
@@ -148,5 +151,29 @@ test('enforce reject: p=reject is refused at the end of DATA; t=y and an SPF-ali
     assert.equal(rs.dkim, 'dkim=none (message not signed)');
   } finally {
     await a.stop();
+  }
+});
+
+test('a mailing list that changed a p=reject message and sealed it with ARC: refused, unless its sealer is in auth.trusted_arc', LIMIT, async () => {
+  // The list adds a footer (the author's DKIM signature breaks) and seals what it received.
+  const listed = (await signed('signed.test')).replace('The body that was signed.', 'The body that was signed.\r\n-- \r\nlists.test footer');
+  const sealed = (await sealMessage(listed, { signingDomain: 'lists.test', selector: SELECTOR, privateKey: PRIVATE, cv: 'none', authResults: 'lists.test; dkim=pass header.d=signed.test; dmarc=pass header.from=signed.test' } as never)).toString('latin1');
+  const message = sealed + listed;
+  const strict = await app({ enforce: 'reject' });
+  try {
+    assert.match((await send(strict, 'list-bounces@lists.test', message)).reply, /^550 5\.7\.1 Message rejected: signed\.test publishes a DMARC policy of reject/);
+  } finally {
+    await strict.stop();
+  }
+  const trusting = await app({ enforce: 'reject' }, ['lists.test']);
+  try {
+    const r = await send(trusting, 'list-bounces@lists.test', message);
+    assert.match(r.reply, /^250 /, 'the trusted sealer vouches for the original');
+    const ar = ourResults(r.delivered as string);
+    assert.match(ar.arc as string, /^arc=pass /);
+    assert.match(ar.dmarc as string, /^dmarc=fail /, 'DMARC itself still fails: only its enforcement is waived');
+    assert.doesNotMatch(r.delivered as string, /DMARC_QUARANTINE/);
+  } finally {
+    await trusting.stop();
   }
 });

@@ -1,8 +1,10 @@
 // The `exec` scanner through real SMTP (issue 12, Must show 2): a filter written as a chasquid
 // post-data hook and one written as a qmail-queue program (shell scripts), each refusing,
-// deferring and letting a message through; the hook's header fields and chasquid's environment
-// variables, the qmail-queue envelope on fd 1; a program that hangs is killed at its timeout and
-// its on_error applies; a program that does not exist is a failure too.
+// deferring and adding a header field; the hook's header fields and chasquid's environment
+// variables, the qmail-queue envelope on fd 1, a qmail-queue filter passing the message on to
+// "$QMAILQUEUE" with a field on top (added) or otherwise changed (not applied, logged at warn); a
+// program that hangs is killed at its timeout and its on_error applies; a program that does not
+// exist is a failure too.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
@@ -11,10 +13,12 @@ import path from 'node:path';
 import { startTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import type { ConfigInput } from '../src/config/schema.ts';
+import { QUEUE_CAPTURE } from '../src/policy/scanners/exec.ts';
 
 let dir = '';
 let hook = '';
 let qq = '';
+let qqPass = '';
 
 // The hook decides by the sender's local part; it keeps what it was given for the test to read.
 const HOOK = `#!/bin/sh
@@ -51,12 +55,44 @@ case "$from" in
 esac
 `;
 
+// A qmail-queue filter that passes the message on as filters do under qmail: it reads the
+// message (fd 0) and the envelope (fd 1), then runs "$QMAILQUEUE" with the message, its own
+// header field on top, on fd 0 and the envelope it read on fd 1, and exits with its status.
+const QQ_PASS = `#!/bin/sh
+out="${'${OUT_DIR}'}"
+who="\${MAIL_FROM%%@*}"
+t="$out/pass.$who"
+mkdir -p "$t" || exit 53
+cat > "$t/msg" || exit 54
+cat <&1 > "$t/env" || exit 54
+echo "$QMAILQUEUE" > "$t/qmailqueue"
+capture=$(dirname "$MXGUARD_QUEUE_MESSAGE")
+echo "$capture" > "$t/capture"
+stat -c %a "$capture" > "$t/mode"
+case "$who" in
+  add) { echo "X-Scanned-By: qq-filter"; cat "$t/msg"; } | "$QMAILQUEUE" 1< "$t/env" ;;
+  body) { cat "$t/msg"; echo "appended by the filter"; } | "$QMAILQUEUE" 1< "$t/env" ;;
+  rcpt)
+    printf 'F%s\\000Tmallory@example.test\\000\\000' "$MAIL_FROM" > "$t/env2"
+    { echo "X-Scanned-By: qq-filter"; cat "$t/msg"; } | "$QMAILQUEUE" 1< "$t/env2" ;;
+  lost) env -u MXGUARD_QUEUE_MESSAGE "$QMAILQUEUE" < "$t/msg" 1< "$t/env" ;;
+  refuse) exit 31 ;;
+  defer) exit 71 ;;
+  *) exit 0 ;;
+esac
+rc=$?
+echo "$rc" > "$t/rc"
+exit "$rc"
+`;
+
 before(() => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-exec-'));
   hook = path.join(dir, 'post-data');
   qq = path.join(dir, 'qmail-queue-filter');
+  qqPass = path.join(dir, 'qmail-queue-pass');
   fs.writeFileSync(hook, HOOK.replace('${OUT_DIR}', dir), { mode: 0o755 });
   fs.writeFileSync(qq, QQ.replace('${OUT_DIR}', dir), { mode: 0o755 });
+  fs.writeFileSync(qqPass, QQ_PASS.replace('${OUT_DIR}', dir), { mode: 0o755 });
 });
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
 
@@ -174,6 +210,66 @@ test('qmail-queue program: the envelope on fd 1, exit 0 delivers, 31 refuses, 71
     assert.equal(app.maildir('bob').length, 1);
     // The program's stderr is for the log, not for the client.
     assert.ok(app.logs().some((l) => l['check'] === 'qq' && /qmail-queue exit 31; stderr: virus found$/.test(String(l['msg']))), JSON.stringify(app.logs().filter((l) => l['check'] === 'qq')));
+  } finally {
+    await app.stop();
+  }
+});
+
+test('qmail-queue filter passing the message on to $QMAILQUEUE: a field on top is added; a changed body or envelope is not applied (warn); 31 refuses, 71 defers', async () => {
+  const app = await startTestApp(scanners([{ type: 'exec', name: 'qqpass', command: [qqPass], protocol: 'qmail-queue', on_error: 'tempfail' }]));
+  const pass = (who: string, file: string) => fs.readFileSync(path.join(dir, `pass.${who}`, file), 'utf8').trim();
+  const warnings = () => app.logs().filter((l) => l['scanner'] === 'qqpass' && l['level'] === 40).map((l) => String(l['msg']));
+  try {
+    // Added: the field is on top of the delivered message, once; the rest as sent.
+    assert.match((await send(app, 'add@sender.test', ['bob@example.test', 'carol@example.test'])).reply, /^250 /);
+    assert.equal(pass('add', 'rc'), '0');
+    assert.equal(pass('add', 'qmailqueue'), QUEUE_CAPTURE);
+    assert.equal(pass('add', 'mode'), '700');
+    assert.equal(fs.existsSync(pass('add', 'capture')), false, 'the capture directory is removed after the run');
+    const [file] = await app.waitMaildir('bob', 1);
+    assert.ok(file, 'delivered');
+    const text = fs.readFileSync(file, 'utf8');
+    const header = text.slice(0, text.indexOf('\r\n\r\n') + 2);
+    assert.match(header, /^X-Scanned-By: qq-filter\r$/m);
+    assert.equal(text.match(/X-Scanned-By/g)?.length, 1);
+    assert.match(header, /^Subject: exec scanner test\r$/m);
+    assert.match(text, /\r\n\r\nHello from the test\.\r\n$/);
+    assert.equal((await app.waitMaildir('carol', 1)).length, 1);
+    assert.ok(app.logs().some((l) => l['scanner'] === 'qqpass' && /exit 0, passed on with 1 header field added$/.test(String(l['msg']))));
+    assert.deepEqual(warnings(), []);
+
+    // The body changed: delivered as sent, the change not applied, a warning says so.
+    assert.match((await send(app, 'body@sender.test')).reply, /^250 /);
+    assert.equal(pass('body', 'rc'), '0');
+    const bodyFile = (await app.waitMaildir('bob', 2)).find((f) => fs.readFileSync(f, 'utf8').includes('From: <body@sender.test>'));
+    assert.ok(bodyFile, 'delivered');
+    const bodyText = fs.readFileSync(bodyFile, 'utf8');
+    assert.doesNotMatch(bodyText, /appended by the filter/);
+    assert.match(bodyText, /\r\n\r\nHello from the test\.\r\n$/);
+    assert.equal(warnings().length, 1);
+    assert.match(warnings()[0] ?? '', /qmail-queue-pass: the message it passed on is not header fields followed by the one it was given: change not applied, the message goes on as received/);
+
+    // The envelope changed (another recipient): not applied either, the field with it; bob gets it.
+    assert.match((await send(app, 'rcpt@sender.test')).reply, /^250 /);
+    const rcptFile = (await app.waitMaildir('bob', 3)).find((f) => fs.readFileSync(f, 'utf8').includes('From: <rcpt@sender.test>'));
+    assert.ok(rcptFile, 'delivered to the recipient given');
+    assert.doesNotMatch(fs.readFileSync(rcptFile, 'utf8'), /X-Scanned-By/);
+    assert.equal(warnings().length, 2);
+    assert.match(warnings()[1] ?? '', /the envelope it passed on differs from the one it was given: change not applied/);
+
+    // Accepting without running $QMAILQUEUE: delivered as before, nothing to warn about.
+    assert.match((await send(app, 'plain@sender.test')).reply, /^250 /);
+    assert.equal((await app.waitMaildir('bob', 4)).length, 4);
+    assert.equal(warnings().length, 2);
+
+    // The stand-in cannot write (its variables gone): it exits 71, which the filter passes on.
+    assert.equal((await send(app, 'lost@sender.test')).reply, '451 4.7.1 Message deferred, try again later (qmail-queue exit 71)');
+    assert.equal(pass('lost', 'rc'), '71');
+    assert.ok(app.logs().some((l) => l['check'] === 'qqpass' && /qmail-queue exit 71; stderr: mxguard-queue-capture: MXGUARD_QUEUE_MESSAGE and MXGUARD_QUEUE_ENVELOPE are not set/.test(String(l['msg']))), JSON.stringify(app.logs().filter((l) => l['check'] === 'qqpass')));
+
+    assert.equal((await send(app, 'refuse@sender.test')).reply, '554 5.7.1 Message refused (qmail-queue exit 31)');
+    assert.equal((await send(app, 'defer@sender.test')).reply, '451 4.7.1 Message deferred, try again later (qmail-queue exit 71)');
+    assert.equal(app.maildir('bob').length, 4);
   } finally {
     await app.stop();
   }

@@ -23,9 +23,10 @@ before(async () => {
         'fail.spf.test': ['v=spf1 ip4:192.0.2.0/24 -all'],
         'soft.spf.test': ['v=spf1 ip4:192.0.2.0/24 ~all'],
         'broken.spf.test': ['v=spf1 ip4:127.9.0.0/16 bogus:thing -all'],
-        'helo.spf.test': ['v=spf1 a -all'],
+        'helo.spf.test': ['v=spf1 ip4:127.9.0.0/16 -all'],
       },
-      a: { 'none.spf.test': ['192.0.2.7'], 'helo.spf.test': [CLIENT] },
+      // The client's name: its PTR (dnsmasq answers one for each A record) resolves back to it: iprev=pass.
+      a: { 'none.spf.test': ['192.0.2.7'], 'client.spf.test': [CLIENT] },
     },
   });
 });
@@ -81,29 +82,29 @@ test('pass, fail, softfail, none and permerror, each in the Authentication-Resul
     const pass = await send(a, 'alice@pass.spf.test', { extraHeaders: 'Authentication-Results: mx.example.test; spf=pass smtp.mailfrom=forged@pass.spf.test\r\nAuthentication-Results: other.example; dkim=pass\r\n' });
     const ar = authResults(pass.message as string);
     assert.equal(ar.length, 2, `ours, and the other host's (the forged one claiming our id is removed): ${ar.join(' | ')}`);
-    assert.match(ar[0] as string, /^Authentication-Results: mx\.example\.test; spf=pass \(.*127\.9\.0\.1.*\) smtp\.mailfrom=alice@pass\.spf\.test$/);
+    assert.match(ar[0] as string, /^Authentication-Results: mx\.example\.test; spf=pass \(.*127\.9\.0\.1.*\) smtp\.mailfrom=alice@pass\.spf\.test; iprev=pass \(client\.spf\.test\) policy\.iprev=127\.9\.0\.1$/);
     assert.equal(ar[1], 'Authentication-Results: other.example; dkim=pass', 'another host\'s field is kept');
     assert.doesNotMatch(pass.message as string, /forged@pass/);
     assert.match(pass.message as string, /X-Spam-Status: No, score=0\.0/);
 
     const fail = await send(a, 'bob@fail.spf.test');
-    assert.match(authResults(fail.message as string)[0] as string, /spf=fail \(.*\) smtp\.mailfrom=bob@fail\.spf\.test$/);
+    assert.match(authResults(fail.message as string)[0] as string, /spf=fail \(.*\) smtp\.mailfrom=bob@fail\.spf\.test; iprev=pass/);
     assert.match(fail.message as string, /X-Spam-Status: Yes, score=5\.0 required=5\.0 tests=SPF_FAIL\r\n/, 'spf.fail: score (the default) tags it');
 
     const soft = await send(a, 'carol@soft.spf.test');
-    assert.match(authResults(soft.message as string)[0] as string, /spf=softfail .*smtp\.mailfrom=carol@soft\.spf\.test$/);
+    assert.match(authResults(soft.message as string)[0] as string, /spf=softfail .*smtp\.mailfrom=carol@soft\.spf\.test; iprev=pass/);
     assert.match(soft.message as string, /tests=SPF_SOFTFAIL\r\n/);
 
     const none = await send(a, 'dave@none.spf.test');
-    assert.match(authResults(none.message as string)[0] as string, /spf=none .*smtp\.mailfrom=dave@none\.spf\.test$/);
+    assert.match(authResults(none.message as string)[0] as string, /spf=none .*smtp\.mailfrom=dave@none\.spf\.test; iprev=pass/);
 
     const broken = await send(a, 'eve@broken.spf.test');
-    assert.match(authResults(broken.message as string)[0] as string, /spf=permerror .*smtp\.mailfrom=eve@broken\.spf\.test$/);
+    assert.match(authResults(broken.message as string)[0] as string, /spf=permerror .*smtp\.mailfrom=eve@broken\.spf\.test; iprev=pass/);
     assert.match(broken.message as string, /tests=SPF_PERMERROR\r\n/);
 
     // The null sender: the HELO name is the identity checked.
     const bounce = await send(a, '', { helo: 'helo.spf.test' });
-    assert.match(authResults(bounce.message as string)[0] as string, /spf=pass .*smtp\.helo=helo\.spf\.test$/);
+    assert.match(authResults(bounce.message as string)[0] as string, /spf=pass .*smtp\.helo=helo\.spf\.test; iprev=pass/);
     const lines = a.logs().filter((l) => l.check === 'spf');
     assert.ok(lines.some((l) => String(l.msg).startsWith('spf: fail for MAIL FROM bob@fail.spf.test from [127.9.0.1]')), JSON.stringify(lines.map((l) => l.msg)));
   } finally {

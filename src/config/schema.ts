@@ -336,6 +336,8 @@ export const configSchema = z.strictObject({
       users_file: z.string().min(1).optional(),
       /** Check passwords with Dovecot's auth service instead: its auth client socket, a path or host:port. */
       dovecot_socket: z.string().min(1).optional(),
+      /** ARC sealers (the d= of the newest ARC-Seal) whose passing chain overrides a DMARC fail: mailing lists you trust (dmarc.enforce). */
+      trusted_arc: z.array(domain).default([]),
       /** Failed AUTH attempts from one IP within failure_window before AUTH is refused to it. */
       max_failures: z.number().int().positive().default(5),
       failure_window: duration.default(900_000),
@@ -499,7 +501,7 @@ export const configSchema = z.strictObject({
   /** DKIM, ARC and DMARC of each message at the end of DATA (issue 12); absent: off. */
   dmarc: z
     .strictObject({
-      /** What a DMARC fail gets: none (points only, the default), quarantine (quarantine_score points, spam), reject (550 5.7.1, only for p=reject, not under t=y, not after a trusted ARC chain). */
+      /** What a DMARC fail gets: none (points only, the default), quarantine (quarantine_score points, spam), reject (550 5.7.1, only for p=reject, not under t=y, not after a chain sealed by auth.trusted_arc). */
       enforce: z.enum(['none', 'quarantine', 'reject']).default('none'),
       /** Points for a DMARC fail (every enforce). */
       fail_score: z.number().default(3),
@@ -507,8 +509,6 @@ export const configSchema = z.strictObject({
       quarantine_score: z.number().default(6),
       /** Points for a DKIM signature that fails (a body altered on the way, a forgery). */
       dkim_fail_score: z.number().default(1),
-      /** ARC sealers (d= of ARC-Seal) whose passing chain overrides a DMARC fail (a mailing list you trust). */
-      trusted_arc: z.array(domain).default([]),
       /** Keys shorter than this fail (RFC 8301: 1024). */
       min_key_bits: z.number().int().min(512).default(1024),
     })

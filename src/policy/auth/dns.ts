@@ -6,7 +6,12 @@ import type { DnsResolver, DnsResult } from '../../dns/resolver.ts';
 
 /** An error as node:dns throws it: `code` ENOTFOUND (NXDOMAIN), ENODATA (NODATA), ETIMEOUT, ESERVFAIL… */
 function dnsError(name: string, code: string, message: string): Error {
+  // No stack: a "no such name" is an answer, asked for on every message (DMARC's tree walk), and
+  // capturing a stack trace each time is most of its cost.
+  const limit = Error.stackTraceLimit;
+  Error.stackTraceLimit = 0;
   const err = new Error(message) as Error & { code: string; hostname: string };
+  Error.stackTraceLimit = limit;
   err.code = code;
   err.hostname = name;
   return err;

@@ -7,7 +7,7 @@
 //   dmarc fail                 fail_score points, and by dmarc.enforce:
 //     quarantine               + quarantine_score for a p=quarantine or p=reject domain (spam)
 //     reject                   550 5.7.1 for p=reject; quarantine's points instead under t=y
-//                              (testing) or when a trusted sealer's ARC chain passed
+//                              (testing), none when an auth.trusted_arc sealer's chain passed
 import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import { defineCheck, needDns, type Check } from '../check.ts';
@@ -17,7 +17,7 @@ import { CONTINUE, type TestHit, type Verdict } from '../verdict.ts';
 import { mailauthResolver } from './dns.ts';
 import type { AuthResults, DmarcOutcome } from './results.ts';
 
-type Settings = NonNullable<Config['dmarc']>;
+type Settings = NonNullable<Config['dmarc']> & { readonly trusted_arc: readonly string[] };
 
 const load = createRequire(import.meta.url);
 type Mailauth = typeof import('mailauth');
@@ -58,7 +58,7 @@ export function messageAuthCheck(s: Settings, dns: DnsResolver): Check<'data'> {
       const dkim = await m.dkimVerify(Readable.from(ctx.message.read()), { resolver, minBitLength: s.min_key_bits, strict: true });
       results.dkim = (dkim.results ?? []).map((x) => ({ result: x.status.result, info: x.info, domain: (x.signingDomain ?? '').toLowerCase() }));
       const arc = await m.arc((dkim as unknown as { arc: unknown }).arc as never, { resolver, minBitLength: s.min_key_bits, strict: true, ip: ctx.session.remoteIp } as never);
-      const sealers = arcSealers(arc);
+      const sealers = arcSealers(arc as never);
       if (arc.info) results.arc = { result: arc.status.result, info: arc.info, sealers };
       if (dkim.headerFrom?.length) {
         const spf = results.spf;
@@ -81,11 +81,16 @@ export function messageAuthCheck(s: Settings, dns: DnsResolver): Check<'data'> {
   };
 }
 
-/** The d= of every ARC-Seal of a chain that passed (who vouched for the message on its way). */
-function arcSealers(arc: unknown): string[] {
-  const chain = (arc as { authenticationResults?: unknown; i?: number | false; status?: { result?: string } } & { signature?: { signingDomain?: string } }) ?? {};
-  const d = chain.signature?.signingDomain;
-  return d ? [d.toLowerCase()] : [];
+/**
+ * Who sealed the newest link of a chain that passed (the d= of its ARC-Seal, RFC 8617 4.1.3):
+ * that intermediary vouches for what the message was when it got it. Nothing for a chain that
+ * did not pass (mailauth fills its fields before it has checked them).
+ */
+export function arcSealers(arc: { status?: { result?: string }; chain?: readonly { 'arc-seal'?: { parsed?: { d?: { value?: unknown } } } }[] }): string[] {
+  if (arc.status?.result !== 'pass') return [];
+  const newest = arc.chain?.[arc.chain.length - 1];
+  const d = newest?.['arc-seal']?.parsed?.d?.value;
+  return typeof d === 'string' && d !== '' ? [d.toLowerCase()] : [];
 }
 
 export const dmarc = defineCheck<Settings, 'data'>({
@@ -93,6 +98,6 @@ export const dmarc = defineCheck<Settings, 'data'>({
   phase: 'data',
   needs: ['dns'],
   waives: { relayClients: true },
-  settings: (c) => c.dmarc,
+  settings: (c) => (c.dmarc === undefined ? undefined : { ...c.dmarc, trusted_arc: c.auth.trusted_arc }),
   create: (s, deps) => messageAuthCheck(s, needDns(deps, 'dmarc')),
 });

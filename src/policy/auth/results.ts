@@ -34,9 +34,18 @@ export interface DmarcOutcome extends MethodOutcome {
   readonly domain: string;
 }
 
+/** RFC 8601 2.7.3 iprev: does the client's reverse DNS name resolve back to it? */
+export interface IprevOutcome {
+  readonly result: 'pass' | 'fail' | 'temperror';
+  /** The forward-confirmed name (pass), for the comment. */
+  readonly name?: string;
+  readonly ip: string;
+}
+
 /** Filled by the checks of one transaction; every field is set at most once. */
 export interface AuthResults {
   spf?: SpfOutcome;
+  iprev?: IprevOutcome;
   /** Each DKIM signature's result (end of DATA). */
   dkim?: readonly (MethodOutcome & { readonly domain: string })[];
   arc?: MethodOutcome & { readonly sealers: readonly string[] };
@@ -68,6 +77,8 @@ export function authResultsHeader(authservId: string, results: AuthResults, auth
   for (const d of results.dkim ?? []) parts.push(oneLine(d.info));
   if (spf) parts.push(`spf=${spf.result}${spf.comment ? comment(spf.comment) : ''} smtp.${spf.identity}=${pvalue(spf.value)}`);
   if (results.dmarc) parts.push(oneLine(results.dmarc.info));
+  const iprev = results.iprev;
+  if (iprev) parts.push(`iprev=${iprev.result}${iprev.name ? comment(iprev.name) : ''} policy.iprev=${pvalue(iprev.ip)}`);
   if (results.arc) parts.push(oneLine(results.arc.info));
   if (authUser !== undefined) parts.push(`auth=pass smtp.auth=${pvalue(authUser)}`);
   if (parts.length === 0) return `Authentication-Results: ${authservId}; none\r\n`;

@@ -14,7 +14,8 @@ import type { Config } from '../../config/schema.ts';
 import type { DnsResolver } from '../../dns/resolver.ts';
 import { CONTINUE, type Verdict } from '../verdict.ts';
 import { mailauthResolver } from './dns.ts';
-import type { SpfOutcome, SpfResult } from './results.ts';
+import type { IprevOutcome, SpfOutcome, SpfResult } from './results.ts';
+import type { MailContext } from '../context.ts';
 
 type Settings = NonNullable<Config['spf']> & { readonly hostname: string; readonly timeoutMs: number };
 
@@ -44,7 +45,8 @@ export function spfVerdict(o: SpfOutcome, s: Pick<Settings, 'fail' | 'fail_score
       if (s.temperror === 'tempfail') return { kind: 'tempfail', check: 'spf', code: 451, enhanced: '4.7.24', text: `SPF look-up for ${o.domain} failed, try again later`, setting: 'spf.temperror', log };
       return { kind: 'continue', check: 'spf', log };
     default:
-      return { kind: 'continue', check: 'spf', log };
+      // pass, neutral, none: nothing to decide; the result is in the Authentication-Results field.
+      return CONTINUE;
   }
 }
 
@@ -55,23 +57,47 @@ export function spfCheck(s: Settings, dns: DnsResolver): Check<'mail'> {
     phase: 'mail',
     concurrent: true,
     async run(ctx) {
-      if (ctx.session.authUser !== undefined) return CONTINUE;
-      const sender = ctx.mailFrom.address;
-      const helo = ctx.session.helo;
-      if (sender === '' && (helo === undefined || helo.startsWith('['))) return CONTINUE; // nothing to check: no name
-      const r = await spfOf()({ sender: sender === '' ? undefined : sender, ip: ctx.session.remoteIp, helo, mta: s.hostname, resolver: resolver as never, maxElapsedTime: s.timeoutMs * 4, strict: true });
-      const result = (RESULTS.has(r.status.result as SpfResult) ? r.status.result : 'temperror') as SpfResult;
-      const outcome: SpfOutcome = {
-        result,
-        domain: sender === '' ? (helo as string).toLowerCase() : ctx.mailFrom.domain.toLowerCase(),
-        identity: sender === '' ? 'helo' : 'mailfrom',
-        value: sender === '' ? (helo as string) : sender,
-        ...(r.status.comment ? { comment: String(r.status.comment) } : {}),
-      };
-      if (ctx.auth) ctx.auth.spf = outcome;
-      return spfVerdict(outcome, s, ctx.session.remoteIp);
+      // iprev (RFC 8601 2.7.3) for the Authentication-Results field, asked beside SPF (the
+      // resolver caches it for the session's later transactions and for the rdns check).
+      const iprev = iprevOf(dns, ctx.session.remoteIp).then((r) => {
+        if (ctx.auth) ctx.auth.iprev = r;
+      });
+      try {
+        return await spfRun(ctx);
+      } finally {
+        await iprev;
+      }
     },
   };
+
+  async function spfRun(ctx: MailContext): Promise<Verdict> {
+    if (ctx.session.authUser !== undefined) return CONTINUE;
+    const sender = ctx.mailFrom.address;
+    const helo = ctx.session.helo;
+    if (sender === '' && (helo === undefined || helo.startsWith('['))) return CONTINUE; // nothing to check: no name
+    const r = await spfOf()({ sender: sender === '' ? undefined : sender, ip: ctx.session.remoteIp, helo, mta: s.hostname, resolver: resolver as never, maxElapsedTime: s.timeoutMs * 4, strict: true });
+    const result = (RESULTS.has(r.status.result as SpfResult) ? r.status.result : 'temperror') as SpfResult;
+    const outcome: SpfOutcome = {
+      result,
+      domain: sender === '' ? (helo as string).toLowerCase() : ctx.mailFrom.domain.toLowerCase(),
+      identity: sender === '' ? 'helo' : 'mailfrom',
+      value: sender === '' ? (helo as string) : sender,
+      ...(r.status.comment ? { comment: String(r.status.comment) } : {}),
+    };
+    if (ctx.auth) ctx.auth.spf = outcome;
+    return spfVerdict(outcome, s, ctx.session.remoteIp);
+  }
+}
+
+/** The client's iprev result; never throws (a DNS failure is temperror). */
+async function iprevOf(dns: DnsResolver, ip: string): Promise<IprevOutcome> {
+  try {
+    const r = await dns.forwardConfirmed(ip);
+    if (r.kind === 'confirmed') return { result: 'pass', name: r.name, ip };
+    return r.kind === 'error' ? { result: 'temperror', ip } : { result: 'fail', ip };
+  } catch {
+    return { result: 'temperror', ip };
+  }
 }
 
 /** dmarc: without spf: SPF is still evaluated (DMARC needs it) but gives no points and refuses nothing. */

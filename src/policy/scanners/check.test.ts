@@ -72,6 +72,13 @@ test('accepts with nothing to add are no verdict at all', () => {
   assert.equal(v.kind, 'continue');
 });
 
+test('an accept with a warning (a change the scanner asked for, not made) logs it at warn, beside its info line', () => {
+  const { log, lines } = recorder();
+  const v = combine([{ name: 'qq', onError: 'tempfail', result: { kind: 'accept', log: 'qq: exit 0', warn: 'qq: body changed: change not applied' } }], log);
+  assert.equal(v.kind, 'continue');
+  assert.deepEqual(lines.map((l) => [l.level, l.msg, l.obj['scanner']]), [['info', 'qq: exit 0', 'qq'], ['warn', 'qq: body changed: change not applied', 'qq']]);
+});
+
 test('a failed scanner with on_error accept is logged at warn and left out', () => {
   const { log, lines } = recorder();
   const v = combine([{ name: 'clamd', onError: 'accept', error: 'connect ECONNREFUSED' }, tag('spamd', 1)], log);

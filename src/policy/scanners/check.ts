@@ -100,6 +100,7 @@ export function combine(outcomes: readonly Outcome[], log?: Logger): Verdict {
     headers.push(...(r.headers ?? []));
     removeHeaders.push(...(r.removeHeaders ?? []));
     if (r.log) log?.info({ check: 'scanners', scanner: o.name }, r.log);
+    if (r.warn) log?.warn({ check: 'scanners', scanner: o.name }, r.warn);
   }
   if (tempfail) return tempfail;
   if (tests.length === 0 && headers.length === 0 && removeHeaders.length === 0) return CONTINUE;

@@ -7,13 +7,24 @@
 //   being the reply text in both.
 // protocol: qmail-queue — a QMAILQUEUE program (qmail-scanner, simscan and the like): the message
 //   on fd 0, the envelope on fd 1 as qmail-queue(8) reads it, qmail-queue's exit codes (below).
+//   Such a filter adds header fields the way it does under qmail: by writing the message, fields
+//   on top, to the next qmail-queue. Its QMAILQUEUE is bin/mxguard-queue-capture, which writes
+//   what it is given into a private directory made for this run; after exit 0, header fields
+//   put on top of exactly the message we gave are added. Any other change (body, existing
+//   fields, envelope) is not made: mxguard adds and removes fields, it does not rewrite
+//   messages. The message goes on as received and the log says so at warn.
 //
 // No shell and no PATH look-up (the schema wants an absolute path); a small environment of our
 // own, not mxguard's (which may hold secrets); its own process group, so that a script and what
 // it started are all killed at the timeout. A program killed by a signal, one that cannot be
 // started, and one stopped at the timeout are failures: the entry's on_error decides.
 import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 import type { Socket } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import type { ScannerSpec } from './check.ts';
@@ -30,6 +41,15 @@ const TAIL_CAP = 4 * 1024;
 const CLOSE_GRACE_MS = 200;
 /** The longest reply text taken from the program (the reply line must stay under 512 octets). */
 const TEXT_MAX = 300;
+/** The most octets of header fields a qmail-queue filter may put on top of the message. */
+const ADDED_MAX = OUTPUT_CAP;
+
+/**
+ * The "next qmail-queue" a qmail-queue filter is given as QMAILQUEUE: a /bin/sh script shipped
+ * with mxguard (mode 755), found from this file, not on PATH. It writes the message (fd 0) and
+ * the envelope (fd 1) to the files MXGUARD_QUEUE_MESSAGE and MXGUARD_QUEUE_ENVELOPE name.
+ */
+export const QUEUE_CAPTURE = fileURLToPath(new URL('../../../bin/mxguard-queue-capture', import.meta.url));
 
 /**
  * qmail-queue(8), EXIT CODES, and the texts qmail's own qmail.c gives them. 11 to 40 are
@@ -187,13 +207,13 @@ function killGroup(child: ChildProcess): void {
 }
 
 /** Runs the program with the message on fd 0 (and, for qmail-queue, the envelope on fd 1). */
-function run(spec: ExecSpec, input: ScanInput): Promise<Finished> {
+function run(spec: ExecSpec, input: ScanInput, env: Record<string, string>): Promise<Finished> {
   const { signal } = input;
   if (signal.aborted) return Promise.reject(new Error(`${spec.command[0]}: not started (aborted)`));
   return new Promise<Finished>((resolve, reject) => {
     const child = spawn(spec.command[0] as string, spec.command.slice(1), {
       shell: false,
-      env: hookEnvironment(input),
+      env,
       cwd: '/',
       stdio: ['pipe', 'pipe', 'pipe'],
       // Its own process group: the timeout kills the script and what it started.
@@ -250,19 +270,169 @@ function run(spec: ExecSpec, input: ScanInput): Promise<Finished> {
   });
 }
 
+/** Octets to compare: a size and a fresh stream of them from an offset. */
+export interface Octets {
+  readonly size: number;
+  read(start?: number): AsyncIterable<Buffer>;
+}
+
+/** The next non-empty chunk, or undefined at the end. */
+async function nextChunk(it: AsyncIterator<Buffer>): Promise<Buffer | undefined> {
+  for (;;) {
+    const r = await it.next();
+    if (r.done) return undefined;
+    if (r.value.length > 0) return r.value;
+  }
+}
+
+/** Whether two streams carry the same octets, however chunked; neither is held whole. */
+export async function sameOctets(a: AsyncIterable<Buffer>, b: AsyncIterable<Buffer>, signal?: AbortSignal): Promise<boolean> {
+  const ia = a[Symbol.asyncIterator]();
+  const ib = b[Symbol.asyncIterator]();
+  try {
+    let x = await nextChunk(ia);
+    let y = await nextChunk(ib);
+    while (x && y) {
+      signal?.throwIfAborted();
+      const n = Math.min(x.length, y.length);
+      if (!x.subarray(0, n).equals(y.subarray(0, n))) return false;
+      x = n === x.length ? await nextChunk(ia) : x.subarray(n);
+      y = n === y.length ? await nextChunk(ib) : y.subarray(n);
+    }
+    return x === undefined && y === undefined;
+  } finally {
+    // Closes a file stream left half-read.
+    await Promise.allSettled([ia.return?.(), ib.return?.()]);
+  }
+}
+
+/** The first `n` octets of a stream (fewer if it is shorter). */
+async function firstOctets(stream: AsyncIterable<Buffer>, n: number): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  let len = 0;
+  if (n === 0) return Buffer.alloc(0);
+  for await (const chunk of stream) {
+    const take = chunk.subarray(0, n - len);
+    parts.push(take);
+    len += take.length;
+    if (len >= n) break;
+  }
+  return Buffer.concat(parts);
+}
+
+/**
+ * Octets a qmail-queue filter put on top of the message, as header fields to add: whole lines
+ * (LF or CRLF), each a field or the continuation of one, no empty line (that would turn our
+ * fields into body). Validated and made CRLF as the chasquid hook's stdout (parseHookHeaders).
+ */
+export function parseAddedFields(added: Buffer): { headers: string[] } | { changed: string } {
+  if (added.length === 0) return { headers: [] };
+  const text = added.toString('utf8');
+  if (!text.endsWith('\n')) return { changed: 'what it put on top of the message does not end with a line end (it would run into the first field)' };
+  if (text.slice(0, -1).split('\n').some((l) => l.replace(/\r$/, '').trim() === '')) return { changed: 'it put an empty line on top of the message' };
+  const { headers, dropped } = parseHookHeaders(text);
+  if (dropped > 0 || headers.length === 0) return { changed: `${dropped} line${dropped === 1 ? '' : 's'} it put on top of the message ${dropped === 1 ? 'is' : 'are'} not header fields` };
+  return { headers };
+}
+
+/**
+ * What a qmail-queue filter passed on, measured against the message it was given: header fields
+ * followed by exactly that message are fields to add; anything else is a change (a reason). The
+ * sizes first, then the two streams compared chunk by chunk (the message is never held in
+ * memory), then what is on top (at most ADDED_MAX octets) read and checked.
+ */
+export async function addedFields(given: Octets, passed: Octets, signal?: AbortSignal): Promise<{ headers: string[] } | { changed: string }> {
+  const extra = passed.size - given.size;
+  if (extra < 0) return { changed: `the message it passed on is ${-extra} octets shorter than the one it was given` };
+  if (extra > ADDED_MAX) return { changed: `the message it passed on is ${extra} octets longer than the one it was given (at most ${ADDED_MAX} octets of header fields are taken)` };
+  // The message first: then what is on top is known to be all the filter added (the reason says so).
+  if (!(await sameOctets(given.read(0), passed.read(extra), signal))) {
+    return { changed: extra === 0 ? 'the message it passed on differs from the one it was given' : 'the message it passed on is not header fields followed by the one it was given' };
+  }
+  const added = await firstOctets(passed.read(0), extra);
+  if (added.length < extra) return { changed: 'the message it passed on was cut short' };
+  return parseAddedFields(added);
+}
+
+/** A file as Octets. */
+function fileOctets(file: string, size: number): Octets {
+  return { size, read: (start = 0) => fs.createReadStream(file, { start }) };
+}
+
+async function sizeOf(file: string): Promise<number | undefined> {
+  try {
+    return (await fsp.stat(file)).size;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * After a qmail-queue filter's exit 0: what it passed on to QMAILQUEUE (bin/mxguard-queue-capture
+ * wrote it to `message` and `envelope`), if anything. `none`: it did not run it (or not to the end).
+ */
+async function passedOn(capture: { message: string; envelope: string }, input: ScanInput): Promise<{ headers: string[] } | { changed: string } | { none: true }> {
+  const size = await sizeOf(capture.message);
+  if (size === undefined) {
+    const started = (await sizeOf(`${capture.message}.part`)) !== undefined || (await sizeOf(`${capture.envelope}.part`)) !== undefined;
+    return started ? { changed: 'it ran QMAILQUEUE, which did not finish' } : { none: true };
+  }
+  const envelope = qmailEnvelope(input.tx);
+  const envelopeSize = await sizeOf(capture.envelope);
+  if (envelopeSize !== envelope.length || !(await fsp.readFile(capture.envelope)).equals(envelope)) {
+    return { changed: 'the envelope it passed on differs from the one it was given' };
+  }
+  return addedFields(input.message, fileOctets(capture.message, size), input.signal);
+}
+
+/** The qmail-queue protocol: QMAILQUEUE set to our capture, a private directory for what it writes. */
+async function scanQmailQueue(spec: ExecSpec, input: ScanInput): Promise<ScanResult> {
+  const program = spec.command[0] as string;
+  // mkdtemp makes it 0700; said again, in case of an odd umask or platform.
+  const dir = await fsp.mkdtemp(path.join(os.tmpdir(), 'mxguard-qq-'));
+  try {
+    await fsp.chmod(dir, 0o700);
+    const capture = { message: path.join(dir, 'message'), envelope: path.join(dir, 'envelope') };
+    const env = { ...hookEnvironment(input), QMAILQUEUE: QUEUE_CAPTURE, MXGUARD_QUEUE_MESSAGE: capture.message, MXGUARD_QUEUE_ENVELOPE: capture.envelope };
+    const r = await run(spec, input, env);
+    const errLine = replyText(r.stderr.lastLine(), '');
+    const why = errLine === '' ? '' : `; stderr: ${errLine}`;
+    if (r.code === null) throw new Error(`${program} killed by ${r.signal ?? 'a signal'}${why}`);
+    if (r.code !== 0) return { ...qmailQueueResult(r.code), log: `${program}: qmail-queue exit ${r.code}${why}` };
+    const passed = await passedOn(capture, input);
+    if ('none' in passed) return { kind: 'accept', log: `${program}: exit 0${why}` };
+    if ('changed' in passed) {
+      return {
+        kind: 'accept',
+        log: `${program}: exit 0, passed the message on changed, change not applied${why}`,
+        warn: `${program}: ${passed.changed}: change not applied, the message goes on as received (mxguard adds header fields, it does not rewrite messages or envelopes)`,
+      };
+    }
+    const n = passed.headers.length;
+    return { kind: 'accept', headers: passed.headers, log: `${program}: exit 0, passed on with ${n} header field${n === 1 ? '' : 's'} added${why}` };
+  } finally {
+    await fsp.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+  }
+}
+
 export function create(spec: ScannerSpec): Scanner {
   if (spec.type !== 'exec') throw new Error(`exec scanner given a ${spec.type} entry`);
   const program = spec.command[0] as string;
+  if (spec.protocol === 'qmail-queue') {
+    try {
+      fs.accessSync(QUEUE_CAPTURE, fs.constants.X_OK);
+    } catch {
+      throw new Error(`${QUEUE_CAPTURE} (QMAILQUEUE for qmail-queue filters) is missing or not executable: it ships with mode 755`);
+    }
+    return { scan: (input) => scanQmailQueue(spec, input) };
+  }
   return {
     async scan(input: ScanInput): Promise<ScanResult> {
-      const r = await run(spec, input);
+      const r = await run(spec, input, hookEnvironment(input));
       const errLine = replyText(r.stderr.lastLine(), '');
       const why = errLine === '' ? '' : `; stderr: ${errLine}`;
       if (r.code === null) throw new Error(`${program} killed by ${r.signal ?? 'a signal'}${why}`);
-      if (spec.protocol === 'qmail-queue') {
-        if (r.code === 0) return { kind: 'accept', log: `${program}: exit 0${why}` };
-        return { ...qmailQueueResult(r.code), log: `${program}: qmail-queue exit ${r.code}${why}` };
-      }
       if (r.code === 0) {
         const { headers, dropped } = parseHookHeaders(r.stdout.text());
         const note = dropped > 0 ? `; ${dropped} stdout line${dropped === 1 ? '' : 's'} not a header field, dropped` : '';

@@ -16,8 +16,11 @@ export interface ScanInput {
 }
 
 export type ScanResult =
-  /** Let it through, with points (by rule: X-Spam-Status tests=) and header fields to add (each ending CRLF). */
-  | { readonly kind: 'accept'; readonly tests?: readonly TestHit[]; readonly headers?: readonly string[]; readonly removeHeaders?: readonly string[]; readonly log?: string }
+  /**
+   * Let it through, with points (by rule: X-Spam-Status tests=) and header fields to add (each
+   * ending CRLF); `warn`, when set, is logged at warn (something the scanner asked for was not done).
+   */
+  | { readonly kind: 'accept'; readonly tests?: readonly TestHit[]; readonly headers?: readonly string[]; readonly removeHeaders?: readonly string[]; readonly log?: string; readonly warn?: string }
   /** Refuse: 5xx (a virus, an explicit reject) or 4xx (the scanner asks the client to come back). */
   | { readonly kind: 'reject' | 'tempfail'; readonly code: number; readonly enhanced: string; readonly text: string; readonly log?: string };
 
