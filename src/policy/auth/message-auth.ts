@@ -8,20 +8,15 @@
 //     quarantine               + quarantine_score for a p=quarantine or p=reject domain (spam)
 //     reject                   550 5.7.1 for p=reject; quarantine's points instead under t=y
 //                              (testing), none when an auth.trusted_arc sealer's chain passed
-import { createRequire } from 'node:module';
-import { Readable } from 'node:stream';
 import { defineCheck, needDns, type Check } from '../check.ts';
 import type { Config } from '../../config/schema.ts';
 import type { DnsResolver } from '../../dns/resolver.ts';
 import { CONTINUE, type TestHit, type Verdict } from '../verdict.ts';
-import { mailauthResolver } from './dns.ts';
-import type { AuthResults, DmarcOutcome } from './results.ts';
+import { verifyMessage, type Verified } from './verify.ts';
+import { authWorker } from './pool.ts';
+import type { AuthResults } from './results.ts';
 
 type Settings = NonNullable<Config['dmarc']> & { readonly trusted_arc: readonly string[] };
-
-const load = createRequire(import.meta.url);
-type Mailauth = typeof import('mailauth');
-const mailauth = (): Mailauth => load('mailauth') as Mailauth;
 
 /** What the results mean for the message (pure: unit-tested). */
 export function messageAuthVerdict(r: AuthResults, s: Settings): Verdict {
@@ -44,53 +39,32 @@ export function messageAuthVerdict(r: AuthResults, s: Settings): Verdict {
   return { kind: 'tag', check: 'dmarc', score: tests.reduce((a, t) => a + t.score, 0), tests };
 }
 
-export function messageAuthCheck(s: Settings, dns: DnsResolver): Check<'data'> {
-  const resolver = mailauthResolver(dns) as never;
+export function messageAuthCheck(s: Settings, dns: DnsResolver, opts: { inProcess?: boolean } = {}): Check<'data'> {
+  const pool = opts.inProcess ? undefined : authWorker();
   return {
     name: 'dmarc',
     phase: 'data',
-    // A DNS failure is temperror inside mailauth; what is left to fail is a bug or a stream error.
+    // A DNS failure is temperror inside mailauth; what is left to fail is a bug, a stream error or a dead worker.
     onError: 'accept',
     async run(ctx) {
       const results = ctx.tx.auth;
       if (!results) return CONTINUE;
-      const m = mailauth();
-      const dkim = await m.dkimVerify(Readable.from(ctx.message.read()), { resolver, minBitLength: s.min_key_bits, strict: true });
-      results.dkim = (dkim.results ?? []).map((x) => ({ result: x.status.result, info: x.info, domain: (x.signingDomain ?? '').toLowerCase() }));
-      const arc = await m.arc((dkim as unknown as { arc: unknown }).arc as never, { resolver, minBitLength: s.min_key_bits, strict: true, ip: ctx.session.remoteIp } as never);
-      const sealers = arcSealers(arc as never);
-      if (arc.info) results.arc = { result: arc.status.result, info: arc.info, sealers };
-      if (dkim.headerFrom?.length) {
-        const spf = results.spf;
-        const dmarc = await m.dmarc({
-          headerFrom: dkim.headerFrom,
-          fromFields: dkim.fromFields,
-          spfDomains: spf?.result === 'pass' && spf.identity === 'mailfrom' ? [spf.domain] : [],
-          dkimDomains: (dkim.results ?? []).filter((x) => x.status.result === 'pass').map((x) => ({ ...(x.id ? { id: x.id } : {}), domain: x.signingDomain ?? '', aligned: x.status.aligned as string | false | undefined, underSized: x.status.underSized as number | undefined })),
-          arcResult: arc,
-          resolver,
-          strict: true,
-        } as never);
-        if (dmarc) {
-          const out: DmarcOutcome = { result: dmarc.status.result, info: dmarc.info, policy: dmarc.policy ?? dmarc.p ?? 'none', testMode: dmarc.testMode === true, domain: dmarc.domain };
-          results.dmarc = out;
-        }
+      const input = { ip: ctx.session.remoteIp, minKeyBits: s.min_key_bits, ...(results.spf ? { spf: results.spf } : {}) };
+      let verified: Verified;
+      if (pool) {
+        // The worker gets a copy of the message, read afresh from the spool.
+        const chunks: Buffer[] = [];
+        for await (const c of ctx.message.read()) chunks.push(c);
+        verified = await pool.run(chunks, input, dns, ctx.signal);
+      } else {
+        verified = await verifyMessage(ctx.message.read(), input, dns);
       }
+      if (verified.dkim) results.dkim = verified.dkim;
+      if (verified.arc) results.arc = verified.arc;
+      if (verified.dmarc) results.dmarc = verified.dmarc;
       return messageAuthVerdict(results, s);
     },
   };
-}
-
-/**
- * Who sealed the newest link of a chain that passed (the d= of its ARC-Seal, RFC 8617 4.1.3):
- * that intermediary vouches for what the message was when it got it. Nothing for a chain that
- * did not pass (mailauth fills its fields before it has checked them).
- */
-export function arcSealers(arc: { status?: { result?: string }; chain?: readonly { 'arc-seal'?: { parsed?: { d?: { value?: unknown } } } }[] }): string[] {
-  if (arc.status?.result !== 'pass') return [];
-  const newest = arc.chain?.[arc.chain.length - 1];
-  const d = newest?.['arc-seal']?.parsed?.d?.value;
-  return typeof d === 'string' && d !== '' ? [d.toLowerCase()] : [];
 }
 
 export const dmarc = defineCheck<Settings, 'data'>({
