@@ -5,7 +5,7 @@
 // lists the same order ("Checks, in order"), and src/policy/registry.test.ts holds them together.
 import type { Config } from '../config/schema.ts';
 import type { AnyCheck, AnyCheckModule, Check, CheckDeps, PolicyEvent, Waivers } from './check.ts';
-import type { PhaseContexts } from './context.ts';
+import type { PhaseContexts, SessionInfo } from './context.ts';
 import type { Store } from '../store/store.ts';
 import type { Logger } from '../util/log.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
@@ -79,29 +79,36 @@ export const REGISTRY: readonly AnyCheckModule[] = [
 export function buildChecks(config: Config, store?: Store, dns?: DnsResolver, log?: Logger): AnyCheck[] {
   const deps: CheckDeps = { ...(store ? { store } : {}), ...(dns ? { dns } : {}), ...(log ? { log } : {}) };
   const relayClients = new AddressList(config.relay.forward_from_ip);
+  // A session's client is a relay client or not for its whole life: asked once, not per check.
+  const known = new WeakMap<SessionInfo, boolean>();
+  const isRelayClient = (session: SessionInfo): boolean => {
+    let yes = known.get(session);
+    if (yes === undefined) known.set(session, (yes = relayClients.has(session.remoteIp)));
+    return yes;
+  };
   const checks: AnyCheck[] = [];
   for (const m of REGISTRY) {
-    const check = build(m, config, deps, relayClients);
+    const check = build(m, config, deps, isRelayClient);
     if (check) checks.push(check);
   }
   return checks;
 }
 
-function build(m: AnyCheckModule, config: Config, deps: CheckDeps, relayClients: AddressList): AnyCheck | undefined {
+function build(m: AnyCheckModule, config: Config, deps: CheckDeps, isRelayClient: (session: SessionInfo) => boolean): AnyCheck | undefined {
   if (m.needs?.includes('dns') && deps.dns === undefined) return undefined;
   if (m.needs?.includes('store') && deps.store === undefined) return undefined;
   const settings = m.settings(config);
   if (settings === undefined) return undefined;
   const check = m.create(settings, deps);
   if (check.name !== m.name || check.phase !== m.phase) throw new Error(`check module ${m.name} (${m.phase}) built ${check.name} (${check.phase})`);
-  return m.waives === undefined ? check : withWaivers(check, m.waives, relayClients);
+  return m.waives === undefined ? check : withWaivers(check, m.waives, isRelayClient);
 }
 
 /** The check with its module's waivers: relay clients skip it; `afterAuth` is for the session. */
-function withWaivers(check: AnyCheck, waives: Waivers, relayClients: AddressList): AnyCheck {
+function withWaivers(check: AnyCheck, waives: Waivers, isRelayClient: (session: SessionInfo) => boolean): AnyCheck {
   const inner = check as Check;
-  const run = (ctx: PhaseContexts[Phase]): Verdict | Promise<Verdict> => (waives.relayClients && relayClients.has(ctx.session.remoteIp) ? CONTINUE : inner.run(ctx));
+  const run = (ctx: PhaseContexts[Phase]): Verdict | Promise<Verdict> => (waives.relayClients && isRelayClient(ctx.session) ? CONTINUE : inner.run(ctx));
   // A waived client is not counted either (Check.observe).
-  const observe = inner.observe && ((e: PolicyEvent) => (waives.relayClients && relayClients.has(e.session.remoteIp) ? undefined : inner.observe?.(e)));
+  const observe = inner.observe && ((e: PolicyEvent) => (waives.relayClients && isRelayClient(e.session) ? undefined : inner.observe?.(e)));
   return { name: check.name, phase: check.phase, ...(check.concurrent ? { concurrent: true } : {}), ...(inner.onError ? { onError: inner.onError } : {}), ...(observe ? { observe } : {}), waives, run } as AnyCheck;
 }
