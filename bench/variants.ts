@@ -4,6 +4,7 @@
 // - 100 SpamAssassin rules (filters.rules), 100 Mfilter rules (filters.mfilter): target ≥ 0.8;
 // - greylisting with every client allowed and two rate rules (issue 11, Must show 6): target ≥ 0.8;
 // - SPF + DKIM + ARC + DMARC on a DKIM-signed message, DNS on loopback (issue 12, Must show 4): target ≥ 0.6;
+//   (BENCH_SPLIT=1 adds greylisting alone and the two rate rules alone, to see which costs what);
 // - log.level warn: what the info lines cost;
 // - the spool on tmpfs (/dev/shm), where fsync costs nothing: what the fsyncs cost;
 // - BENCH_BASELINE=DIR: the same defaults on another checkout (the code before an issue).
@@ -71,6 +72,12 @@ export async function startVariants(dir: string, base: Record<string, unknown>, 
       what: '+ SPF, DKIM, ARC and DMARC (spf, dmarc; a DKIM-signed message, DNS on loopback)',
       config: { relay: { forward_from_ip: ['192.0.2.0/24'] }, helo: { reject_invalid: false }, mail_from: { require_domain: false }, dns: { servers: [dm.server] }, spf: {}, dmarc: {} },
     },
+    ...(process.env.BENCH_SPLIT === '1'
+      ? [
+          { key: 'greyonly', what: 'greylisting only', config: { ...greyConfig, limits: base.limits }, prepare: (configFile: string) => execFileSync(process.execPath, [MAIN, 'greylist', '-c', configFile, 'allow', '127.0.0.1'], { encoding: 'utf8' }) },
+          { key: 'ratesonly', what: 'two rate rules only', config: { relay: greyConfig.relay, helo: greyConfig.helo, mail_from: greyConfig.mail_from, limits: greyConfig.limits } },
+        ]
+      : []),
     {
       key: 'greylist',
       what: '+ greylisting (when: always, the client network allowed) and two rate rules (limits.fromip_max, recipients per sender)',
