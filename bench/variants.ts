@@ -54,6 +54,8 @@ export async function startVariants(dir: string, base: Record<string, unknown>, 
   // The bench clients (127.0.0.1) are relay clients by default, which greylisting waives: here
   // they are not, so the HELO and sender-domain checks they then meet are turned off (smtp-source
   // says HELO with the machine's short name; there is no DNS here).
+  // The bench clients' network, allowed through the CLI before the run (a Store entry, as an administrator would).
+  const allowLoopback = (configFile: string): string => execFileSync(process.execPath, [MAIN, 'greylist', '-c', configFile, 'allow', '127.0.0.1'], { encoding: 'utf8' });
   const greyConfig = {
     relay: { forward_from_ip: ['192.0.2.0/24'] },
     helo: { reject_invalid: false },
@@ -74,7 +76,7 @@ export async function startVariants(dir: string, base: Record<string, unknown>, 
     },
     ...(process.env.BENCH_SPLIT === '1'
       ? [
-          { key: 'greyonly', what: 'greylisting only', config: { ...greyConfig, limits: base.limits }, prepare: (configFile: string) => execFileSync(process.execPath, [MAIN, 'greylist', '-c', configFile, 'allow', '127.0.0.1'], { encoding: 'utf8' }) },
+          { key: 'greyonly', what: 'greylisting only', config: { ...greyConfig, limits: base.limits }, prepare: allowLoopback },
           { key: 'ratesonly', what: 'two rate rules only', config: { relay: greyConfig.relay, helo: greyConfig.helo, mail_from: greyConfig.mail_from, limits: greyConfig.limits } },
         ]
       : []),
@@ -82,7 +84,7 @@ export async function startVariants(dir: string, base: Record<string, unknown>, 
       key: 'greylist',
       what: '+ greylisting (when: always, the client network allowed) and two rate rules (limits.fromip_max, recipients per sender)',
       config: greyConfig,
-      prepare: (configFile) => execFileSync(process.execPath, [MAIN, 'greylist', '-c', configFile, 'allow', '127.0.0.1'], { encoding: 'utf8' }),
+      prepare: allowLoopback,
     },
   ];
   if (baseline !== undefined) specs.push({ key: 'baseline', what: `shipped defaults, the code of ${commitOf(baseline)} (BENCH_BASELINE)`, config: {}, main: path.join(baseline, 'src/cli/main.ts') });

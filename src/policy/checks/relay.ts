@@ -16,11 +16,20 @@ import type { Config } from '../../config/schema.ts';
 import type { Store } from '../../store/store.ts';
 import { clock } from '../../util/clock.ts';
 
+/**
+ * Did `ip` log in to POP/IMAP within `windowMs` (relay.forward_user)? A login dated in the future
+ * is no login. Rejects when the store is unreachable.
+ */
+export async function recentPopLogin(store: Store, ip: string, windowMs: number): Promise<boolean> {
+  const at = await store.relayerGet(ip);
+  const now = clock.now() / 1000;
+  return at !== undefined && at <= now + 1 && now - at <= windowMs / 1000;
+}
+
 export function relayCheck(relay: Config['relay'], store: Store | undefined, failOpen = false): Check<'rcpt'> {
   const allowedIps = new AddressList(relay.forward_from_ip);
   const relayTo = new DomainSet(relay.relay_to);
   const forwardFrom = new DomainSet(relay.forward_from);
-  const windowS = relay.forward_window / 1000;
   return {
     name: 'relay',
     phase: 'rcpt',
@@ -31,14 +40,13 @@ export function relayCheck(relay: Config['relay'], store: Store | undefined, fai
       if (allowedIps.has(ctx.session.remoteIp)) return ok('Command RCPT OK (relaying allowed)');
       if (ctx.tx.mailFrom.domain !== '' && forwardFrom.has(ctx.tx.mailFrom.domain)) return ok('Command RCPT OK (forward_from allowed)');
       if (relay.forward_user && store) {
-        let at: number | undefined;
+        let recent = false;
         try {
-          at = await store.relayerGet(ctx.session.remoteIp);
+          recent = await recentPopLogin(store, ctx.session.remoteIp, relay.forward_window);
         } catch (err) {
           if (!failOpen) throw err;
         }
-        const now = clock.now() / 1000;
-        if (at !== undefined && at <= now + 1 && now - at <= windowS) return ok(`(${ctx.session.remoteIp}) is recent`);
+        if (recent) return ok(`(${ctx.session.remoteIp}) is recent`);
       }
       return reject('relay', 554, '5.7.1', `<${ctx.rcpt.address}>: Relay access denied`, 'relay.forward_from_ip');
     },

@@ -22,7 +22,7 @@ import { AddressList, cidrError, clientNetwork } from '../../util/cidr.ts';
 import { globMatches } from '../../util/pattern.ts';
 import { asciiDomain, DomainSet } from '../../util/idna.ts';
 import { isLocalDomain } from '../checks/local_domains.ts';
-import { clock } from '../../util/clock.ts';
+import { recentPopLogin } from '../checks/relay.ts';
 import { decide, type GreySettings } from './decide.ts';
 import { normaliseSender, spellsAddress } from './key.ts';
 import { GreyStore, nowSec } from './store.ts';
@@ -66,12 +66,7 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
     if (ctx.score < 0) return 'allowlisted by DNS';
     if (recipientAllowed(ctx.rcpt.address.toLowerCase())) return 'greylist.allow_recipients';
     if (allowIps.has(session.remoteIp)) return 'greylist.allow_clients';
-    if (s.relay.forward_user) {
-      const at = await store.relayerGet(session.remoteIp);
-      const now = clock.now() / 1000;
-      // A login dated in the future is no login (as the relay check judges it).
-      if (at !== undefined && at <= now + 1 && now - at <= s.relay.forward_window / 1000) return 'POP-before-SMTP';
-    }
+    if (s.relay.forward_user && (await recentPopLogin(store, session.remoteIp, s.relay.forward_window))) return 'POP-before-SMTP';
     return undefined;
   };
 

@@ -59,14 +59,7 @@ export class GreyStore {
   }
 
   async allowed(net: string): Promise<Allowed | undefined> {
-    const v = await this.store.cacheGet(ALLOW + net);
-    if (v === undefined) return undefined;
-    try {
-      const a = JSON.parse(v) as Allowed;
-      return typeof a.at === 'number' ? a : undefined;
-    } catch {
-      return undefined;
-    }
+    return parseAllowed(await this.store.cacheGet(ALLOW + net));
   }
 
   async allow(net: string, by: Allowed['by'], ttlMs: number): Promise<void> {
@@ -87,7 +80,7 @@ export class GreyStore {
     const allowed: Array<{ net: string } & Allowed> = [];
     for (const e of await this.store.cacheList(ALLOW)) {
       const net = e.key.slice(ALLOW.length);
-      const a = await this.allowedOf(e.value);
+      const a = parseAllowed(e.value);
       if (a) allowed.push({ net, ...a });
     }
     return { triplets, allowed };
@@ -117,14 +110,15 @@ export class GreyStore {
     }
     return n;
   }
+}
 
-  private async allowedOf(value: string): Promise<Allowed | undefined> {
-    try {
-      const a = JSON.parse(value) as Allowed;
-      return typeof a.at === 'number' && (a.by === 'auto' || a.by === 'admin') ? a : undefined;
-    } catch {
-      return undefined;
-    }
+function parseAllowed(v: string | undefined): Allowed | undefined {
+  if (v === undefined) return undefined;
+  try {
+    const a = JSON.parse(v) as Allowed;
+    return typeof a.at === 'number' && (a.by === 'auto' || a.by === 'admin') ? a : undefined;
+  } catch {
+    return undefined; // a damaged entry allows nothing
   }
 }
 
