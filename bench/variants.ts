@@ -4,7 +4,7 @@
 // - 100 SpamAssassin rules (filters.rules), 100 Mfilter rules (filters.mfilter): target ≥ 0.8;
 // - greylisting with every client allowed and two rate rules (issue 11, Must show 6): target ≥ 0.8;
 // - SPF + DKIM + ARC + DMARC on a DKIM-signed message, DNS on loopback (issue 12, Must show 4): target ≥ 0.6;
-//   (BENCH_SPLIT=1 adds greylisting alone and the two rate rules alone, to see which costs what);
+//   (BENCH_SPLIT=1 adds the non-relay client alone, greylisting alone and the two rate rules alone, to see which costs what);
 // - log.level warn: what the info lines cost;
 // - the spool on tmpfs (/dev/shm), where fsync costs nothing: what the fsyncs cost;
 // - BENCH_BASELINE=DIR: the same defaults on another checkout (the code before an issue).
@@ -76,6 +76,7 @@ export async function startVariants(dir: string, base: Record<string, unknown>, 
     },
     ...(process.env.BENCH_SPLIT === '1'
       ? [
+          { key: 'nonrelay', what: 'the bench clients not relay clients, nothing else (what greylisting and rates run on)', config: { relay: greyConfig.relay, helo: greyConfig.helo, mail_from: greyConfig.mail_from } },
           { key: 'greyonly', what: 'greylisting only', config: { ...greyConfig, limits: base.limits }, prepare: allowLoopback },
           { key: 'ratesonly', what: 'two rate rules only', config: { relay: greyConfig.relay, helo: greyConfig.helo, mail_from: greyConfig.mail_from, limits: greyConfig.limits } },
         ]

@@ -17,6 +17,7 @@ import { startTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import type { ConfigInput } from '../src/config/schema.ts';
 import { advanceClock, resetClock } from '../src/util/clock.ts';
+import { ALLOWED_MEMO_MS } from '../src/policy/greylist/check.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/cli/main.ts');
 const TOKEN = 'greylist-admin-token-0123456789';
@@ -249,6 +250,9 @@ test('`mxguard greylist` and the admin API list, allow, release and delete the r
 
     assert.equal((await cli(config, 'delete', '127.3.12.0/24', key)).out.trim(), 'deleted 2 of 2');
     assert.deepEqual((await api('DELETE', `/api/greylist?key=${encodeURIComponent('127.3.13.0/24')}`)).body, { deleted: 1 });
+    // The running mxguard found 127.3.12.0/24 allowed a moment ago and believes it ALLOWED_MEMO_MS more.
+    assert.equal((await attempt(app, '127.3.12.98', 'x@y.example', 'bob@example.test')).rcpt, '250 2.1.5 Ok', 'still believed allowed');
+    advanceClock(ALLOWED_MEMO_MS);
     assert.match((await attempt(app, '127.3.12.99', 'x@y.example', 'bob@example.test')).rcpt, /^451/, 'no longer allowed');
     assert.deepEqual((await api('GET', '/api/greylist/stats')).body, { grey: 1, passed: 1, allowedAuto: 0, allowedAdmin: 0 });
     assert.equal((await api('POST', '/api/greylist/allow?net=nonsense')).status, 400);

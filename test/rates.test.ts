@@ -73,6 +73,52 @@ const queued = (s: Sent) => s.data?.startsWith('250') === true;
 /** Loopback is a relay client by default, and relay clients are never limited: only 127.0.0.1 is here. */
 const relay = { forward_from_ip: ['127.0.0.1'] };
 
+test('fromip_max counts a message at MAIL: sessions in parallel cannot pass the limit together, and a transaction that queues nothing is taken back', async () => {
+  await withTestApp({ relay, limits: { fromip_max: 2, fromip_nolimit: [] } }, async (app) => {
+    // Transactions that end without a message: RSET, every recipient refused, QUIT. None stays counted.
+    const c = await open(app.port, '127.0.0.2');
+    for (let i = 0; i < 3; i++) {
+      c.send('MAIL FROM:<bob@sender.test>\r\n');
+      assert.match(await c.reply(), /^250 /);
+      c.send('RCPT TO:<alice@example.test>\r\n');
+      assert.match(await c.reply(), /^250 /, `abandoned transaction ${i + 1} is not counted`);
+      c.send('RSET\r\n');
+      assert.match(await c.reply(), /^250 /);
+    }
+    const relayed = await send(c, 'bob@sender.test', ['someone@elsewhere.test']);
+    assert.match(relayed.rcpts[0] ?? '', /^5/, 'relaying refused');
+    const q = await open(app.port, '127.0.0.2');
+    q.send('MAIL FROM:<bob@sender.test>\r\n');
+    assert.match(await q.reply(), /^250 /);
+    q.send('QUIT\r\n');
+    assert.match(await q.reply(), /^221 /);
+    q.close();
+    // Three sessions of one client begin a message each before any is queued: the limit is two.
+    const s = await Promise.all([0, 1, 2].map(() => open(app.port, '127.0.0.2')));
+    const rcpts: string[] = [];
+    for (const x of s) {
+      x.send('MAIL FROM:<bob@sender.test>\r\n');
+      assert.match(await x.reply(), /^250 /);
+    }
+    for (const x of s) {
+      x.send('RCPT TO:<alice@example.test>\r\n');
+      rcpts.push(await x.reply());
+    }
+    assert.deepEqual(rcpts.map((r) => r.slice(0, 3)), ['250', '250', '451'], rcpts.join(' | '));
+    for (const x of s.slice(0, 2)) {
+      x.send('DATA\r\n');
+      assert.match(await x.reply(), /^354 /);
+      x.send('Subject: parallel\r\n\r\nhello\r\n.\r\n');
+      assert.match(await x.reply(10_000), /^250 /);
+    }
+    assert.equal((await app.waitMaildir('alice', 2)).length, 2);
+    // Both queued, the refused one taken back: the client is at its limit, not past it.
+    const next = await send(c, 'bob@sender.test', ['alice@example.test']);
+    assert.match(next.rcpts[0] ?? '', /^451 4\.7\.1 Rate limit fromip_max/);
+    for (const x of [c, ...s]) x.close();
+  });
+});
+
 test('fromip_max: the messages per hour of one client IP; fromip_nolimit clients are not counted; an hour later it may send again', async () => {
   await withTestApp({ relay, limits: { fromip_max: 3, fromip_nolimit: ['127.0.0.3'] } }, async (app) => {
     const c = await open(app.port, '127.0.0.2');

@@ -54,7 +54,9 @@ export type PolicyEvent =
   /** A message was committed to the queue: `size` octets as stored. */
   | { readonly kind: 'accepted'; readonly session: SessionInfo; readonly mailFrom: Address; readonly size: number }
   /** A RCPT was refused (by any check, or a refusal held from an earlier phase). */
-  | { readonly kind: 'rcpt_refused'; readonly session: SessionInfo; readonly mailFrom: Address; readonly rcpt: Address; readonly verdict: RefusalVerdict };
+  | { readonly kind: 'rcpt_refused'; readonly session: SessionInfo; readonly mailFrom: Address; readonly rcpt: Address; readonly verdict: RefusalVerdict }
+  /** A transaction ended without a message queued: refused at MAIL, RCPT or DATA, discarded, or abandoned (RSET, QUIT, disconnect). */
+  | { readonly kind: 'not_queued'; readonly session: SessionInfo };
 
 export type AnyCheck = { [P in Phase]: Check<P> }[Phase];
 

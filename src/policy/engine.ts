@@ -50,6 +50,11 @@ export class PolicyEngine {
     }
   }
 
+  /** Whether any check counts what happened (Check.observe). */
+  get observes(): boolean {
+    return this.observers.length > 0;
+  }
+
   /** Tells the checks that count (Check.observe) what happened; never throws, and costs nothing when none do. */
   async notify(event: PolicyEvent): Promise<void> {
     // Together, not one after another: with Redis unreachable each waits out its own timeout.

@@ -116,7 +116,11 @@ export class PolicySession {
     this.opts = opts;
     this.info = opts.info;
     this.log = opts.log;
-    this.trace = new SessionTrace(opts.info.sid, opts.info.remoteIp, opts.onTrace);
+    this.trace = new SessionTrace(opts.info.sid, opts.info.remoteIp, (t) => {
+      opts.onTrace(t);
+      // A count made at MAIL for a message that never came (limits.rates messages) is taken back.
+      if (t.outcome !== 'accepted' && engine.observes) void engine.notify({ kind: 'not_queued', session: this.info });
+    });
   }
 
   /** Before the greeting. A refusal closes the session, unless smtp.delay_reject holds it for RCPT. */

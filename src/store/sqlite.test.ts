@@ -6,7 +6,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { storeContract } from './contract.ts';
 import { SqliteStore } from './sqlite.ts';
-import { advanceClock, resetClock } from '../util/clock.ts';
+import { advanceClock, clock, resetClock } from '../util/clock.ts';
+import { rateBucket, rateEstimate } from './rate.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-sqlite-'));
 after(() => fs.rmSync(dir, { recursive: true, force: true }));
@@ -34,6 +35,51 @@ test('batched commits: another connection sees a write once its batch commits, a
     assert.equal(await cli.cacheGet('from-cli'), 'y');
   } finally {
     await cli.close();
+  }
+});
+
+test('batched commits: rate counts made in memory reach the file with the batch or within twice commitEveryMs, each in its own window', async () => {
+  const file = path.join(dir, `rates-${++n}.db`);
+  const daemon = new SqliteStore(file, { commitEveryMs: 50 });
+  const cli = new SqliteStore(file);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  try {
+    for (let i = 1; i <= 100; i++) assert.equal(await daemon.rateAdd('r', 1, 3_600_000), i);
+    assert.equal(await daemon.rateAdd('r', -1, 3_600_000), 99, 'taken back');
+    assert.equal(await daemon.rateGet('r', 3_600_000), 99, 'its own count, at once');
+    await sleep(250);
+    assert.equal(await cli.rateGet('r', 3_600_000), 99, 'in the file within twice commitEveryMs');
+    // Another process adds; the daemon sees it once its row is older than commitEveryMs.
+    assert.equal(await cli.rateAdd('r', 10, 3_600_000), 109);
+    await sleep(120);
+    assert.equal(await daemon.rateAdd('r', 1, 3_600_000), 110, 'the other process\'s ten, and its own one');
+    // The window moves on (the injected clock): what is pending goes to its own window first.
+    assert.equal(await daemon.rateAdd('w', 5, 60_000), 5);
+    assert.equal(await daemon.rateAdd('w', 2, 60_000), 7, 'counted in memory');
+    advanceClock(60_000);
+    const now = clock.now();
+    const expected = rateEstimate(now, 60_000, rateBucket(now, 60_000), 7, 1);
+    assert.equal(await daemon.rateAdd('w', 1, 60_000), expected, 'the previous window\'s 7 weighted, and 1 in this one');
+    await daemon.close();
+    assert.equal(await cli.rateGet('r', 3_600_000), 110, 'close() wrote every count');
+  } finally {
+    await cli.close();
+  }
+});
+
+test('batched commits: a rate row read, counted in memory and grown older than commitEveryMs before its count was written is written before it is read again', async () => {
+  // The bad_rcpts rule once lost counts here: the stale row was read anew and its count dropped.
+  const daemon = new SqliteStore(path.join(dir, `rates-${++n}.db`), { commitEveryMs: 200 });
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  try {
+    const t0 = Date.now();
+    assert.equal(await daemon.rateGet('g', 3_600_000), 0, 'read: no batch opened');
+    await sleep(50);
+    assert.equal(await daemon.rateAdd('g', 1, 3_600_000), 1, 'counted in memory; written at t0 + 250 ms at the latest');
+    await sleep(175 - (Date.now() - t0 - 50));
+    assert.equal(await daemon.rateGet('g', 3_600_000), 1, `read again ${Date.now() - t0} ms on: the count made in memory is still there`);
+  } finally {
+    await daemon.close();
   }
 });
 

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type { CacheEntry, Relayer, Store } from './store.ts';
 import { rateBucket, rateEstimate } from './rate.ts';
+import { RateMemo, type PendingRate, type RateRow } from './rate-memo.ts';
 import { clock } from '../util/clock.ts';
 
 const SWEEP_EVERY_MS = 60_000;
@@ -66,6 +67,9 @@ export class SqliteStore implements Store {
   /** No new batch before this (Date.now(), real time: the lock is shared with real processes). */
   private nextBatchAt = 0;
   private readonly onCommitError: ((err: Error) => void) | undefined;
+  /** With commitEveryMs: rate rows counted in memory between commits (store/rate-memo.ts). */
+  private readonly rateMemo: RateMemo | undefined;
+  private rateFlushTimer: NodeJS.Timeout | undefined;
 
   /**
    * `commitEveryMs`: batch the writes of that many milliseconds into one commit (the daemon;
@@ -75,6 +79,7 @@ export class SqliteStore implements Store {
   constructor(file: string, opts: { commitEveryMs?: number; onCommitError?: (err: Error) => void } = {}) {
     this.commitEveryMs = opts.commitEveryMs ?? 0;
     this.onCommitError = opts.onCommitError;
+    this.rateMemo = this.commitEveryMs > 0 ? new RateMemo(this.commitEveryMs) : undefined;
     fs.mkdirSync(path.dirname(file), { recursive: true });
     this.db = openDatabase(file);
     this.stmt = {
@@ -135,14 +140,15 @@ export class SqliteStore implements Store {
     // processes on the file (mxguard stdio, the CLI) find the write lock free half the time.
     if (this.commitEveryMs > 0 && !this.db.isTransaction && Date.now() >= this.nextBatchAt) {
       this.db.exec('BEGIN IMMEDIATE');
-      this.commitTimer = setTimeout(() => this.commit(), this.commitEveryMs);
+      this.commitTimer = setTimeout(() => this.endBatch(), this.commitEveryMs);
       this.commitTimer.unref();
     }
     return this.stmt[name] as StatementSync;
   }
 
-  /** Ends the open batch. A failed COMMIT is rolled back and the next write starts a new batch. */
-  private commit(): void {
+  /** Ends the open batch, with the rate counts made in memory. A failed COMMIT is rolled back and the next write starts a new batch. */
+  private endBatch(): void {
+    if (this.db.isTransaction) this.flushRates();
     clearTimeout(this.commitTimer);
     this.commitTimer = undefined;
     this.nextBatchAt = Date.now() + this.commitEveryMs;
@@ -153,6 +159,36 @@ export class SqliteStore implements Store {
       if (this.db.isTransaction) this.db.exec('ROLLBACK');
       this.onCommitError?.(err as Error);
     }
+  }
+
+  /**
+   * Writes the rate amounts counted in memory; a write that fails is reported as a failed
+   * commit is (the amounts are lost: soft state). The rows written are fresh again.
+   */
+  private flushRates(): void {
+    clearTimeout(this.rateFlushTimer);
+    this.rateFlushTimer = undefined;
+    const memo = this.rateMemo;
+    if (!memo?.hasPending) return;
+    try {
+      for (const p of memo.drain()) memo.set(p.key, this.writeRate(p), Date.now());
+    } catch (err) {
+      this.onCommitError?.(err as Error);
+    }
+    memo.forgetSettled();
+  }
+
+  /** Amounts counted in memory reach the file with the open write batch, or within commitEveryMs when none is open. */
+  private scheduleRateFlush(): void {
+    if (this.db.isTransaction || this.rateFlushTimer !== undefined) return;
+    this.rateFlushTimer = setTimeout(() => this.flushRates(), this.commitEveryMs);
+    this.rateFlushTimer.unref();
+  }
+
+  /** One rate statement: adds `amount` counted in window `bucket` and returns the row as the file now has it. */
+  private writeRate(p: PendingRate): RateRow {
+    const row = this.w('rateAdd').get(p.key, p.win, p.bucket, p.amount) as { bucket: number; prev: number; cur: number };
+    return { win: p.win, bucket: row.bucket, prev: row.prev, cur: row.cur };
   }
 
   private sweep(now: number): void {
@@ -240,19 +276,45 @@ export class SqliteStore implements Store {
     const now = clock.now();
     this.sweep(now);
     const win = Math.max(1, Math.round(windowMs));
-    const row = this.w('rateAdd').get(key, win, rateBucket(now, win), amount) as { bucket: number; prev: number; cur: number };
+    const bucket = rateBucket(now, win);
+    const memo = this.rateMemo;
+    if (memo) {
+      const kept = memo.add(key, win, bucket, amount, Date.now());
+      if (kept) {
+        this.scheduleRateFlush();
+        return rateEstimate(now, win, kept.bucket, kept.prev, kept.cur);
+      }
+      // Not fresh, or the window moved on: what this key has pending goes first, in its own window.
+      const pending = memo.take(key);
+      if (pending) this.writeRate(pending);
+    }
+    const row = this.writeRate({ key, win, bucket, amount });
+    memo?.set(key, row, Date.now());
     return rateEstimate(now, win, row.bucket, row.prev, row.cur);
   }
 
   async rateGet(key: string, windowMs: number): Promise<number> {
     const now = clock.now();
     const win = Math.max(1, Math.round(windowMs));
+    const memo = this.rateMemo;
+    if (memo) {
+      const kept = memo.get(key, win, Date.now());
+      if (kept) return rateEstimate(now, win, kept.bucket, kept.prev, kept.cur);
+      // Not fresh: what this key has pending is written before the file is read.
+      const pending = memo.take(key);
+      if (pending) this.writeRate(pending);
+    }
     const row = this.s('rateGet').get(key, now) as { win: number; bucket: number; prev: number; cur: number } | undefined;
-    return row === undefined || row.win !== win ? 0 : rateEstimate(now, win, row.bucket, row.prev, row.cur);
+    if (row !== undefined && row.win !== win) return 0; // counted in another window length: what rateAdd starts again
+    // No row: counted as an empty one, so the next reads and additions stay in memory too.
+    const r = row ?? { win, bucket: rateBucket(now, win), prev: 0, cur: 0 };
+    memo?.set(key, r, Date.now());
+    return rateEstimate(now, win, r.bucket, r.prev, r.cur);
   }
 
   async close(): Promise<void> {
-    this.commit();
+    this.flushRates();
+    this.endBatch();
     this.db.close();
   }
 }

@@ -5,7 +5,8 @@
 //
 // Who is never greylisted: relay clients (the registry's waiver), authenticated and
 // POP-before-SMTP clients, a client a DNS allowlist vouched for (its score so far is below zero),
-// greylist.allow_clients and allow_recipients, networks allowed by hand or by auto_allow. With
+// greylist.allow_clients and allow_recipients, networks allowed by hand or by auto_allow (an
+// allowance found is believed for ALLOWED_MEMO_MS without a store read). With
 // `when: suspicious` (the default) only a transaction whose score so far reaches min_score is
 // greylisted, and with retry_per_points a more suspicious one must retry more often (Greylite).
 //
@@ -26,6 +27,7 @@ import { recentPopLogin } from '../checks/relay.ts';
 import { decide, type GreySettings } from './decide.ts';
 import { normaliseSender, spellsAddress } from './key.ts';
 import { GreyStore, nowSec } from './store.ts';
+import { clock } from '../../util/clock.ts';
 
 interface Settings {
   readonly greylist: NonNullable<Config['greylist']>;
@@ -33,6 +35,11 @@ interface Settings {
   readonly localDomains: readonly string[];
   readonly failOpen: boolean;
 }
+
+/** How long an allowed client network is taken as allowed without a store read (on util/clock.ts). */
+export const ALLOWED_MEMO_MS = 10_000;
+/** Networks remembered at most (then the memo starts again). */
+const ALLOWED_MEMO_MAX = 10_000;
 
 /** The header a message that was held up carries (postgrey's, with our name). */
 export function greylistHeader(delayedSec: number): string {
@@ -86,6 +93,23 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
     return net;
   };
 
+  // An allowed network is believed for ALLOWED_MEMO_MS without asking the store again: at a
+  // thousand messages a second from one network that is one store read in ten thousand. An
+  // allowance withdrawn (`mxguard greylist delete`, the admin API, another host) bites that late.
+  const memo = new Map<string, number>();
+  const allowedNet = async (net: string): Promise<boolean> => {
+    const now = clock.now();
+    const seen = memo.get(net);
+    if (seen !== undefined && now >= seen && now - seen < ALLOWED_MEMO_MS) return true;
+    const allowed = (await grey.allowed(net)) !== undefined;
+    if (!allowed) memo.delete(net);
+    else {
+      if (memo.size >= ALLOWED_MEMO_MAX) memo.clear();
+      memo.set(net, now);
+    }
+    return allowed;
+  };
+
   const retriesFor = (score: number): number => (g.retry_per_points > 0 ? 1 + Math.floor(Math.max(0, score - g.min_score) / g.retry_per_points) : 1);
 
   async function run(ctx: RcptContext): Promise<Verdict> {
@@ -99,7 +123,7 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
     if (net === undefined) return CONTINUE; // not an IP address (mxguard stdio without one): nothing to key on
     const client = clientKey(ctx, name, net);
     // Allowed networks are networks, whatever keys the triplets (an administrator's allow, auto_allow).
-    if ((await grey.allowed(net)) !== undefined) return CONTINUE;
+    if (await allowedNet(net)) return CONTINUE;
     const key = g.mode === 'ip' ? client : `${client}|${normaliseSender(ctx.tx.mailFrom.address)}|${ctx.rcpt.address.toLowerCase()}`;
     const now = nowSec();
     const decision = decide(await grey.get(key), now, secs, retriesFor(ctx.score));

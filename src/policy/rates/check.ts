@@ -4,8 +4,10 @@
 // through, never what was refused:
 //   connections    counted and checked at connect (counted first; taken back when over)
 //   auth_failures  checked at AUTH, counted when a password fails (the auth stage `failed`)
-//   messages/bytes checked at MAIL (the count so far, plus SIZE= for bytes), counted when the
-//                  message is queued (Check.observe, event `accepted`)
+//   messages       counted and checked at MAIL; taken back when the transaction ends with no
+//                  message queued (Check.observe, event `not_queued`)
+//   bytes          checked at MAIL (the count so far plus SIZE=), counted when the message is
+//                  queued (Check.observe, event `accepted`)
 //   recipients     counted and checked at RCPT; taken back when a later check refuses the recipient
 //   bad_rcpts      checked at RCPT, counted when a check refuses a recipient as unknown (5.1.x)
 // Over the limit a rule acts: tempfail (451 4.7.1, naming the rule and when to come back),
@@ -139,21 +141,45 @@ export function ratesAuthCheck(s: Settings, store: Store): Check<'auth'> {
 }
 
 export function ratesMailCheck(s: Settings, store: Store): Check<'mail'> {
-  const rules = of(prepare(s.rules), 'messages', 'bytes');
+  const all = prepare(s.rules);
+  const messages = of(all, 'messages');
+  const bytes = of(all, 'bytes');
+  // The messages this session's open transaction counted at MAIL, until it ends: queued, they
+  // stay counted; not queued, they are taken back.
+  const reserved = new WeakMap<SessionInfo, Array<[Rule, string]>>();
+  const takeBack = (pairs: ReadonlyArray<[Rule, string]>) => Promise.all(pairs.map(([r, key]) => store.rateAdd(key, -1, r.per)));
   return {
     name: 'rates_mail',
     phase: 'mail',
     run(ctx) {
       const declared = Number(ctx.params.SIZE);
       const size = Number.isSafeInteger(declared) && declared > 0 ? declared : 0;
-      // Over already, or about to be: the count so far plus this message (its declared SIZE, for bytes).
-      const next = (r: Rule) => (r.count === 'messages' ? 1 : Math.max(size, 1));
-      return guarded(s.failOpen, async () => verdictOf('rates_mail', 'mail', await atLimit(store, applicable(rules, facts(ctx.session, ctx.mailFrom)), next)));
+      const f = facts(ctx.session, ctx.mailFrom);
+      return guarded(s.failOpen, async () => {
+        // Messages are counted here, when the transaction begins, and taken back if it ends with
+        // no message queued: one store call per message, and sessions in parallel cannot all pass
+        // a limit they exceed together. Bytes are known only at the end: the count so far plus
+        // this message's declared SIZE is checked here, and what was queued counted then.
+        const pairs = applicable(messages, f);
+        const [over, bytesOver] = await Promise.all([addAndCheck(store, pairs), atLimit(store, applicable(bytes, f), () => Math.max(size, 1))]);
+        const verdict = verdictOf('rates_mail', 'mail', [...over, ...bytesOver]);
+        const refused = verdict.kind === 'tempfail' || verdict.kind === 'reject';
+        if (refused && !over.some(refuses)) await takeBack(pairs); // refused for bytes, counted all the same
+        else if (!refused && pairs.length > 0) reserved.set(ctx.session, pairs);
+        return verdict;
+      });
     },
     async observe(e: PolicyEvent) {
+      if (e.kind === 'not_queued') {
+        const pairs = reserved.get(e.session);
+        reserved.delete(e.session);
+        if (pairs) await takeBack(pairs);
+        return;
+      }
       if (e.kind !== 'accepted') return;
-      const pairs = applicable(rules, facts(e.session, e.mailFrom));
-      await Promise.all(pairs.map(([r, key]) => store.rateAdd(key, r.count === 'messages' ? 1 : e.size, r.per)));
+      reserved.delete(e.session);
+      const pairs = applicable(bytes, facts(e.session, e.mailFrom));
+      await Promise.all(pairs.map(([r, key]) => store.rateAdd(key, e.size, r.per)));
     },
   };
 }
