@@ -52,10 +52,19 @@ export function messageAuthCheck(s: Settings, dns: DnsResolver, opts: { inProces
       const input = { ip: ctx.session.remoteIp, minKeyBits: s.min_key_bits, ...(results.spf ? { spf: results.spf } : {}) };
       let verified: Verified;
       if (pool) {
-        // The worker gets a copy of the message, read afresh from the spool.
+        // The worker gets the message, read afresh from the spool into one buffer of its own,
+        // which is handed over rather than copied (a chunk may be a view of a larger buffer,
+        // and posting a view copies the whole of it).
         const chunks: Buffer[] = [];
-        for await (const c of ctx.message.read()) chunks.push(c);
-        verified = await pool.run(chunks, input, dns, ctx.signal);
+        let size = 0;
+        for await (const c of ctx.message.read()) {
+          chunks.push(c);
+          size += c.length;
+        }
+        const message = Buffer.allocUnsafeSlow(size);
+        let at = 0;
+        for (const c of chunks) at += c.copy(message, at);
+        verified = await pool.run(message, input, dns, ctx.signal);
       } else {
         verified = await verifyMessage(ctx.message.read(), input, dns);
       }

@@ -14,7 +14,8 @@ class AuthWorker {
   private readonly pending = new Map<number, { resolve: (v: Verified) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private idle: NodeJS.Timeout | undefined;
-  run(chunks: Buffer[], input: VerifyInput, dns: DnsResolver, signal: AbortSignal): Promise<Verified> {
+  /** Verifies `message`, a buffer of its own (allocUnsafeSlow): it is transferred to the worker, and unusable here afterwards. */
+  run(message: Buffer, input: VerifyInput, dns: DnsResolver, signal: AbortSignal): Promise<Verified> {
     const w = this.start();
     clearTimeout(this.idle);
     const id = this.nextId++;
@@ -36,7 +37,7 @@ class AuthWorker {
         },
       });
       w.ref(); // a message being verified keeps the process alive; an idle worker does not
-      w.postMessage({ id, chunks, input, servers: dns.servers(), timeoutMs: dns.timeoutMs });
+      w.postMessage({ id, message, input, servers: dns.servers(), timeoutMs: dns.timeoutMs }, [message.buffer as ArrayBuffer]);
     });
   }
 

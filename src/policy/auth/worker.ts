@@ -19,9 +19,9 @@ function resolverFor(servers: string[], timeoutMs: number): DnsResolver {
   return r;
 }
 
-parentPort?.on('message', (req: { id: number; chunks: Uint8Array[]; input: VerifyInput; servers: string[]; timeoutMs: number }) => {
-  const chunks = req.chunks.map((c) => Buffer.from(c.buffer, c.byteOffset, c.byteLength));
-  verifyMessage(chunks, req.input, resolverFor(req.servers, req.timeoutMs)).then(
+parentPort?.on('message', (req: { id: number; message: Uint8Array; input: VerifyInput; servers: string[]; timeoutMs: number }) => {
+  const m = req.message;
+  verifyMessage([Buffer.from(m.buffer, m.byteOffset, m.byteLength)], req.input, resolverFor(req.servers, req.timeoutMs)).then(
     (result) => parentPort?.postMessage({ id: req.id, result }),
     (err: unknown) => parentPort?.postMessage({ id: req.id, error: err instanceof Error ? err.message : String(err) }),
   );
