@@ -5,7 +5,7 @@ import { createRequire } from 'node:module';
 import { Readable } from 'node:stream';
 import type { DnsResolver } from '../../dns/resolver.ts';
 import { mailauthResolver } from './dns.ts';
-import { dkimVerifyCached } from './key-cache.ts';
+import { dkimVerifyCached } from './mailauth-dkim.ts';
 import type { AuthResults, SpfOutcome } from './results.ts';
 
 const load = createRequire(import.meta.url);
