@@ -11,7 +11,7 @@ import type { AnyCheck } from './policy/check.ts';
 import { TraceBuffer } from './policy/trace.ts';
 import { Spool } from './queue/spool.ts';
 import { Forwarder } from './queue/forwarder.ts';
-import { createTransport } from './delivery/index.ts';
+import { createTransport, type Delivery } from './delivery/index.ts';
 import { openStore, type Store } from './store/index.ts';
 import { createAuthenticator, type Authenticator } from './auth/index.ts';
 import { startAdmin } from './admin/server.ts';
@@ -33,6 +33,8 @@ export class App {
   private admin: { port: number; close(): Promise<void> } | undefined;
   private popWatcher: LogWatcher | undefined;
   private dns: DnsResolver | undefined;
+  /** The transport behind the forwarder: routes by recipient domain (src/delivery/). */
+  private delivery: Delivery | undefined;
   private current: Config;
   private scanTimer: NodeJS.Timeout | undefined;
 
@@ -61,7 +63,8 @@ export class App {
     this.spool = await Spool.open(path.join(config.data_dir, 'spool'), { log: this.log.child({ component: 'spool' }) });
     this.store = await openStore(config, this.log, { batchWrites: true });
     this.popWatcher = this.watchPopLogs(config);
-    const transport = createTransport(config, this.log);
+    const transport = createTransport(config, this.log, this.resolverFor(config));
+    this.delivery = transport;
     this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });
     for (const m of this.spool.takeRecovered()) this.forwarder.enqueue(m);
     await this.forwarder.rescan();
@@ -125,15 +128,16 @@ export class App {
   }
 
   /**
-   * Applies a new config to new sessions and the forwarder. Listen addresses, data_dir and
-   * deliver need a restart; a reload that changes them says so and keeps the old ones.
+   * Applies a new config to new sessions, the routes and the forwarder. Listen addresses,
+   * data_dir and the store need a restart; a reload that changes them says so and keeps the old ones.
    */
   reload(next: Config): void {
     const deps = this.sessionDeps(next); // throws (e.g. unreadable TLS key) before anything changes
-    for (const key of ['listen', 'data_dir', 'deliver', 'store'] as const) {
+    for (const key of ['listen', 'data_dir', 'store'] as const) {
       if (JSON.stringify(next[key]) !== JSON.stringify(this.current[key])) this.log.warn({ key }, 'setting changes on restart only');
     }
     this.server?.reload(deps);
+    this.delivery?.reload(next);
     this.forwarder?.reload(next);
     const watched = (c: Config) => JSON.stringify([c.relay.pop_logs, c.relay.pop_log_pattern, c.relay.relayers_keep]);
     if (watched(next) !== watched(this.current)) {

@@ -59,7 +59,7 @@ test('ban.action: tempfail answers 450, score tags the message with X-Spam-Warni
     const [file] = await app.waitMaildir('tagged', 1);
     const { readFileSync } = await import('node:fs');
     // Our headers go right after our Received field (which stays on top), with the score's.
-    assert.match(readFileSync(file as string, 'utf8'), /^Received: [^]*?\r\n(?! )X-Spam-Warning: ban_mailfrom: <x@aol\.test>: Sender address rejected: matches \*@aol\.test\r\nX-Spam-Score: /);
+    assert.match(readFileSync(file as string, 'utf8'), /^Return-Path: <x@aol\.test>\r\nDelivered-To: tagged@example\.test\r\nReceived: [^]*?\r\n(?! )X-Spam-Warning: ban_mailfrom: <x@aol\.test>: Sender address rejected: matches \*@aol\.test\r\nX-Spam-Score: /);
   });
 });
 

@@ -30,7 +30,9 @@ after(async () => {
 });
 
 async function app(t: { after(fn: () => unknown): void }, overrides: Partial<ConfigInput>): Promise<TestApp> {
-  const a = await startTestApp({ queue: { retry: ['1h'] }, ...overrides });
+  // The senders (client.test) have their mailboxes behind the same downstream: our bounces go there.
+  const routes: Record<string, string> = overrides.deliver !== undefined ? { 'client.test': overrides.deliver } : {};
+  const a = await startTestApp({ queue: { retry: ['1h'] }, routes, ...overrides });
   t.after(() => a.stop());
   return a;
 }

@@ -509,7 +509,8 @@ test('Maildir on defaults: `mxguard start` without -c in an empty dir, swaks --t
   const [delivered] = mailWith(box, `END ${msgId}`);
   assert.equal(path.dirname(delivered as string), path.join(box, 'new'));
   const text = fs.readFileSync(delivered as string, 'latin1');
-  assert.match(text, new RegExp(`^Received: from client\\.src\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby [^ ]+ \\(mxguard\\) with ESMTP id ${id}\\r\\n\\tfor <alice@localhost>;`));
+  // The Maildir copy begins with Return-Path and Delivered-To (qmail-local's order), then our Received.
+  assert.match(text, new RegExp(`^Return-Path: <sender@src\\.test>\\r\\nDelivered-To: alice@localhost\\r\\nReceived: from client\\.src\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby [^ ]+ \\(mxguard\\) with ESMTP id ${id}\\r\\n\\tfor <alice@localhost>;`));
   assert.ok(text.endsWith(message(msgId, 'alice@localhost') + '\r\n'), 'body stored as received (CRLF)');
   assert.ok(fs.existsSync(path.join(cwd, 'var', 'mxguard.pid')), 'PID file in ./var');
   assert.equal(await d.stop(), 0);

@@ -40,7 +40,7 @@ for (const version of ['v1', 'v2'] as const) {
         assert.match(ok.stdout, /<- {2}250 2\.0\.0 Ok: queued as/, ok.stdout);
         const [file] = await app.waitMaildir('alice', 1);
         assert.ok(file, 'delivered');
-        assert.match(fs.readFileSync(file, 'latin1'), /^Received: from mail\.client\.test \(\[127\.0\.0\.8\]\)/);
+        assert.match(fs.readFileSync(file, 'latin1'), /^Return-Path: <sender@src\.test>\r\nDelivered-To: alice@example\.test\r\nReceived: from mail\.client\.test \(\[127\.0\.0\.8\]\)/);
 
         // The checks judge the proxied client too: ban.ip names 127.0.0.9, not HAProxy's 127.0.0.1.
         const banned = await swaksVia(hap.port, '127.0.0.9', 'alice@example.test', 'banned');

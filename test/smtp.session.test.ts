@@ -49,7 +49,7 @@ test('a plain transaction is queued and lands in the Maildir with a Received hea
   const files = await t.waitMaildir('plain', 1);
   assert.equal(files.length, 1);
   const text = fs.readFileSync(files[0] as string, 'utf8');
-  assert.match(text, new RegExp(`^Received: from client\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby mx\\.example\\.test \\(mxguard\\) with ESMTP id ${m[1]}\\r\\n\\tfor <plain@example\\.test>;`));
+  assert.match(text, new RegExp(`^Return-Path: <sender@remote\\.test>\\r\\nDelivered-To: plain@example\\.test\\r\\nReceived: from client\\.test \\(\\[127\\.0\\.0\\.1\\]\\)\\r\\n\\tby mx\\.example\\.test \\(mxguard\\) with ESMTP id ${m[1]}\\r\\n\\tfor <plain@example\\.test>;`));
   assert.ok(text.endsWith('Subject: plain\r\nMessage-ID: <plain-1@remote.test>\r\n\r\nHello\r\n.dot line\r\n'));
 });
 

@@ -423,7 +423,8 @@ describe('docs/mxguard.example.yaml', () => {
     const walk = (v: unknown, prefix: string): void => {
       if (typeof v !== 'object' || v === null || Array.isArray(v)) return;
       for (const [k, sub] of Object.entries(v)) {
-        if (typeof sub === 'object' && sub !== null && !Array.isArray(sub)) walk(sub, `${prefix}${k}.`);
+        // An empty map ({}: routes) is a setting, not a section.
+        if (typeof sub === 'object' && sub !== null && !Array.isArray(sub) && Object.keys(sub).length > 0) walk(sub, `${prefix}${k}.`);
         else keys.push(`${prefix}${k}`);
       }
     };

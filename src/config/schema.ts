@@ -9,6 +9,7 @@ import { cidrError, cidrHostBitsError, coversEverything } from '../util/cidr.ts'
 import { asciiDomain } from '../util/idna.ts';
 import { linearRegexError } from '../util/regex.ts';
 import { FROMIP_MAX, KEYS_FOR, RATE_ACTIONS, RATE_COUNTS, RATE_KEYS } from './rates.ts';
+import { targetError } from './routes.ts';
 
 // The union messages are what load.ts shows (as "expected …, got X") for a value of the wrong type.
 const duration = z.union([z.string(), z.number()], { error: 'a duration such as 30s, 2m, 1h or 5d' }).transform((v, ctx) => {
@@ -72,9 +73,30 @@ const dnsblZone = z.strictObject({
 });
 
 const deliver = z.string().superRefine((v, ctx) => {
-  if (!/^(smtp|lmtp):\/\/[^/]+:\d+$/.test(v) && !/^maildir:.+/.test(v)) {
-    ctx.addIssue({ code: 'custom', message: `"${v}" is not smtp://host:port, lmtp://host:port or maildir:DIR` });
+  // Not mx: mail for our own domains would come back to us.
+  if (v === 'mx' || targetError(v) !== undefined) ctx.addIssue({ code: 'custom', message: `"${v}" is not smtp://host:port, lmtp://host:port or maildir:DIR` });
+});
+
+/**
+ * routes: recipient domain (exact, *.domain for its subdomains, * for every other non-local
+ * domain) → smtp://host:port, lmtp://host:port, maildir:DIR (%d domain, %u local part) or mx.
+ * Keys are stored as ASCII (IDNA) lower case.
+ */
+const routes = z.record(z.string(), z.string()).transform((r, ctx) => {
+  const out: Record<string, string> = {};
+  for (const [pattern, target] of Object.entries(r)) {
+    const wild = pattern.startsWith('*.');
+    let key = pattern;
+    if (pattern !== '*') {
+      const d = domain.safeParse(wild ? pattern.slice(2) : pattern);
+      if (!d.success) ctx.addIssue({ code: 'custom', path: [pattern], message: `"${pattern}" is not a domain, *.domain or *` });
+      else key = (wild ? '*.' : '') + d.data.toLowerCase();
+    }
+    const bad = targetError(target);
+    if (bad) ctx.addIssue({ code: 'custom', path: [pattern], message: bad });
+    out[key] = target;
   }
+  return out;
 });
 
 /** A downstream MTA to talk to: smtp://host:port or lmtp://host:port. */
@@ -195,8 +217,10 @@ export const configSchema = z.strictObject({
   /** Mail for these domains is ours to accept; everything else is relaying. */
   local_domains: z.array(domain).default(['localhost']),
   data_dir: z.string().min(1).default('./var'),
-  /** Where accepted mail goes. Default: maildir:<data_dir>/maildir. */
+  /** Where mail for the local domains goes. Default: maildir:<data_dir>/maildir. */
   deliver: deliver.optional(),
+  /** Where mail for other domains goes, by recipient domain (src/delivery/routes.ts); relayed mail without a route goes by MX. */
+  routes: routes.default({}),
   tls: z
     .strictObject({
       cert: z.string().min(1),
@@ -465,6 +489,8 @@ export const configSchema = z.strictObject({
       bounce: z.boolean().default(true),
       /** Look for messages `mxguard stdio` queued this often (it also signals the daemon, when it may). */
       scan_interval: duration.default(60_000),
+      /** The port of the MX hosts mail is delivered to (route mx); another only in a lab or a test. */
+      mx_port: z.number().int().min(1).max(65535).default(25),
     })
     .prefault({}),
   scoring: z

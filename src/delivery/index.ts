@@ -1,19 +1,61 @@
-// Picks the transport for the `deliver:` setting.
-import type { Config } from '../config/schema.ts';
+// The transports behind `deliver:` and `routes:` (src/delivery/routes.ts): one router that
+// hands each recipient to its route's transport, made on first use.
+import os from 'node:os';
+import { parseHostPort, type Config } from '../config/schema.ts';
 import type { Logger } from '../util/log.ts';
 import type { Transport } from '../mail/transport.ts';
+import type { DnsResolver } from '../dns/resolver.ts';
 import { createSmtpTransport } from '../smtp-client/client.ts';
 import { createMaildirTransport } from './maildir.ts';
+import { createMxTransport } from './mx.ts';
+import { createRouter } from './router.ts';
+import { routeTable, type RouteTable } from './routes.ts';
 
-export function createTransport(config: Config, log: Logger): Transport {
-  const deliver = config.deliver ?? `maildir:${config.data_dir}/maildir`;
-  if (deliver.startsWith('maildir:')) return createMaildirTransport({ dir: deliver.slice('maildir:'.length) });
-  return createSmtpTransport({
-    url: deliver,
-    heloName: config.hostname,
-    maxConnections: config.queue.connections,
-    connectTimeoutMs: 30_000,
-    commandTimeoutMs: 300_000,
-    log,
+/** Where local domains' mail goes: `deliver`, or the embedded Maildir. */
+export function deliverTarget(config: Config): string {
+  return config.deliver ?? `maildir:${config.data_dir}/maildir`;
+}
+
+function tableOf(config: Config): RouteTable {
+  return routeTable({ routes: config.routes, localDomains: [...config.local_domains, ...config.relay.relay_to], deliver: deliverTarget(config) });
+}
+
+/** The queue manager's transport; reload() takes a new config's routes, local domains and deliver. */
+export interface Delivery extends Transport {
+  reload(config: Config): void;
+}
+
+export function createTransport(config: Config, log: Logger, dns: DnsResolver): Delivery {
+  const router = createRouter(tableOf(config), (target) => {
+    if (target.startsWith('maildir:')) return createMaildirTransport({ dir: target.slice('maildir:'.length) });
+    if (target === 'mx') {
+      return createMxTransport({
+        dns,
+        heloName: config.hostname,
+        port: config.queue.mx_port,
+        maxConnections: config.queue.connections,
+        connectTimeoutMs: 30_000,
+        commandTimeoutMs: 300_000,
+        self: selfOf(config),
+        log,
+      });
+    }
+    return createSmtpTransport({ url: target, heloName: config.hostname, maxConnections: config.queue.connections, connectTimeoutMs: 30_000, commandTimeoutMs: 300_000, log });
   });
+  return Object.assign(router, { reload: (next: Config) => router.setTable(tableOf(next)) });
+}
+
+/**
+ * Our own host name and the addresses we take mail on at the MX port: an MX that is one of them
+ * would send the mail back to us (a wildcard listener stands for every interface address).
+ */
+function selfOf(config: Config): { names: string[]; addresses: string[] } {
+  const addresses: string[] = [];
+  for (const l of config.listen) {
+    const hp = parseHostPort(l);
+    if (!hp || hp.port !== config.queue.mx_port) continue;
+    if (hp.host === '0.0.0.0' || hp.host === '::') addresses.push(...Object.values(os.networkInterfaces()).flatMap((ifs) => (ifs ?? []).map((i) => i.address)));
+    else addresses.push(hp.host);
+  }
+  return { names: [config.hostname], addresses };
 }

@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { createMaildirTransport, mailboxName, uniqueName } from './maildir.ts';
+import { createMaildirTransport, domainFolder, mailboxName, mailboxPath, uniqueName } from './maildir.ts';
 import type { MessageBody, OutgoingMessage } from '../mail/transport.ts';
 
 function bodyOf(raw: Buffer, chunkSize = 7): MessageBody {
@@ -45,7 +45,7 @@ test('uniqueName follows the Maildir pattern and never repeats', () => {
   for (const n of names) assert.match(n, new RegExp(`^\\d+\\.M\\d+P${process.pid}Q\\d+\\.[^/:]+$`));
 });
 
-test('delivers each recipient byte-exact into <dir>/<mailbox>/new', async (t) => {
+test('delivers each recipient byte-exact into <dir>/<mailbox>/new, after its Return-Path and Delivered-To', async (t) => {
   const dir = await tempDir(t);
   const tr = createMaildirTransport({ dir: path.join(dir, 'mail') });
   t.after(() => tr.close());
@@ -59,7 +59,11 @@ test('delivers each recipient byte-exact into <dir>/<mailbox>/new', async (t) =>
   ]);
   const aliceNew = fs.readdirSync(path.join(dir, 'mail', 'alice', 'new'));
   assert.equal(aliceNew.length, 2);
-  for (const f of aliceNew) assert.deepEqual(fs.readFileSync(path.join(dir, 'mail', 'alice', 'new', f)), raw);
+  const copies = aliceNew.map((f) => fs.readFileSync(path.join(dir, 'mail', 'alice', 'new', f)).toString('latin1')).sort();
+  assert.deepEqual(copies, [
+    `Return-Path: <a@x.test>\r\nDelivered-To: Alice@example.test\r\n${raw.toString('latin1')}`,
+    `Return-Path: <a@x.test>\r\nDelivered-To: alice@other.test\r\n${raw.toString('latin1')}`,
+  ]);
   assert.equal(fs.readdirSync(path.join(dir, 'mail', 'bob', 'new')).length, 1);
   for (const box of ['alice', 'bob']) {
     assert.deepEqual(fs.readdirSync(path.join(dir, 'mail', box, 'tmp')), []);
@@ -109,4 +113,28 @@ test('a mailbox removed after first use is made again', async (t) => {
   await fsp.rm(path.join(dir, 'f'), { recursive: true });
   assert.equal((await tr.deliver({ id: 'Q5', mailFrom: '', rcpts: ['f@x'], body: bodyOf(raw) }))[0]?.status, 'ok');
   assert.equal(fs.readdirSync(path.join(dir, 'f', 'new')).length, 1);
+});
+
+test('%d and %u keep domains apart: postmaster@example.com and postmaster@example.org get a mailbox each; the null sender is Return-Path <>', async (t) => {
+  const dir = await tempDir(t);
+  const tr = createMaildirTransport({ dir: path.join(dir, '%d', '%u') });
+  const raw = Buffer.from('Subject: x\r\n\r\nbody\r\n');
+  const results = await tr.deliver({ id: 'Q6', mailFrom: '', rcpts: ['postmaster@Example.COM', 'postmaster@example.org'], body: bodyOf(raw) });
+  assert.deepEqual(results.map((r) => r.status), ['ok', 'ok']);
+  for (const [d, rcpt] of [['example.com', 'postmaster@Example.COM'], ['example.org', 'postmaster@example.org']] as const) {
+    const box = path.join(dir, d, 'postmaster', 'new');
+    const files = fs.readdirSync(box);
+    assert.equal(files.length, 1, d);
+    assert.equal(fs.readFileSync(path.join(box, files[0] as string), 'latin1'), `Return-Path: <>\r\nDelivered-To: ${rcpt}\r\nSubject: x\r\n\r\nbody\r\n`);
+  }
+});
+
+test('mailboxPath and domainFolder: one safe path component each, whatever the address says', () => {
+  assert.equal(mailboxPath('/m/%d/%u', 'Bob@Example.ORG'), '/m/example.org/bob');
+  assert.equal(mailboxPath('/m', 'bob@example.org'), '/m/bob', 'without %d/%u: <dir>/<local part>, as before');
+  assert.equal(mailboxPath('/m/%d', 'bob@example.org'), '/m/example.org');
+  assert.equal(mailboxPath('/m/%d/%u', '../x@../../etc'), '/m/_._.._etc/_._x');
+  assert.equal(domainFolder('a@.hidden'), '_hidden');
+  assert.equal(domainFolder('a@b/c\\d'), 'b_c_d');
+  assert.equal(domainFolder('nodomain'), '_');
 });

@@ -1,4 +1,8 @@
-// Local delivery into Maildir (one folder per recipient local part), the embedded default.
+// Local delivery into Maildir, the embedded default: one folder per recipient, <dir>/<local part>,
+// or where the directory names it with %d (the recipient's domain) and %u (its local part), so
+// that postmaster@example.com and postmaster@example.org stay apart (maildir:/var/mail/%d/%u).
+// Each copy begins with Return-Path (the envelope sender) and Delivered-To (the recipient), as
+// qmail-local and Postfix's local write them: the user can tell which address a message reached.
 //
 // The classic safe sequence: write into tmp/ under a unique name, fsync the file, rename into
 // new/, fsync new/ so the rename itself survives a crash; only then is the result 'ok'.
@@ -10,7 +14,7 @@ import path from 'node:path';
 import type { MessageBody, OutgoingMessage, RcptResult, Transport } from '../mail/transport.ts';
 
 export interface MaildirTransportOptions {
-  /** Base directory; each mailbox is <dir>/<mailbox>/{tmp,new,cur}. */
+  /** Base directory, each mailbox <dir>/<mailbox>/{tmp,new,cur}; or a path with %d and %u, each mailbox that path. */
   readonly dir: string;
 }
 
@@ -30,6 +34,25 @@ export function mailboxName(rcpt: string): string {
   return name === '' ? '_' : name;
 }
 
+/** The recipient's domain as one safe path component (lower case; '/', '\\', control characters and a leading '.' become '_'). */
+export function domainFolder(rcpt: string): string {
+  const at = rcpt.lastIndexOf('@');
+  const d = at === -1 ? '' : rcpt.slice(at + 1).toLowerCase();
+  const name = d.replace(/[/\\\x00-\x1f\x7f]/g, '_').replace(/^\./, '_');
+  return name === '' ? '_' : name.slice(0, 200);
+}
+
+/** The mailbox directory of a recipient: `dir` with %d and %u filled in, or <dir>/<local part>. */
+export function mailboxPath(dir: string, rcpt: string): string {
+  if (!/%[du]/.test(dir)) return path.join(dir, mailboxName(rcpt));
+  return path.resolve(dir.replace(/%([du])/g, (_, k: string) => (k === 'd' ? domainFolder(rcpt) : mailboxName(rcpt))));
+}
+
+/** The fields a delivered copy begins with (qmail-local's order). */
+export function deliveryFields(mailFrom: string, rcpt: string): Buffer {
+  return Buffer.from(`Return-Path: <${mailFrom}>\r\nDelivered-To: ${rcpt}\r\n`);
+}
+
 // Maildir's own escaping for the host part of the unique name.
 const HOST = os.hostname().replace(/\//g, '\\057').replace(/:/g, '\\072') || 'localhost';
 let counter = 0;
@@ -45,6 +68,11 @@ export function uniqueName(): string {
 
 function errnoCode(err: unknown): string | undefined {
   return err instanceof Error && 'code' in err && typeof err.code === 'string' ? err.code : undefined;
+}
+
+async function* withFields(fields: Buffer, body: MessageBody): AsyncIterable<Buffer> {
+  yield fields;
+  yield* body.chunks();
 }
 
 async function fsyncDir(dir: string): Promise<void> {
@@ -63,7 +91,7 @@ class MaildirTransport implements Transport {
   readonly #ready = new Set<string>();
 
   constructor(opts: MaildirTransportOptions) {
-    this.#dir = path.resolve(opts.dir);
+    this.#dir = /%[du]/.test(opts.dir) ? opts.dir : path.resolve(opts.dir);
     this.name = `maildir:${this.#dir}`;
   }
 
@@ -71,13 +99,13 @@ class MaildirTransport implements Transport {
     const results: RcptResult[] = [];
     for (const rcpt of msg.rcpts) {
       // Outcomes are logged once, by the forwarder.
-      results.push(await this.#deliverOne(rcpt, msg.body));
+      results.push(await this.#deliverOne(rcpt, msg.mailFrom, msg.body));
     }
     return results;
   }
 
-  async #deliverOne(rcpt: string, body: MessageBody): Promise<RcptResult> {
-    const box = path.join(this.#dir, mailboxName(rcpt));
+  async #deliverOne(rcpt: string, mailFrom: string, body: MessageBody): Promise<RcptResult> {
+    const box = mailboxPath(this.#dir, rcpt);
     const name = uniqueName();
     const tmp = path.join(box, 'tmp', name);
     const final = path.join(box, 'new', name);
@@ -96,7 +124,7 @@ class MaildirTransport implements Transport {
       }
       created = true;
       try {
-        await fh.writeFile(body.chunks()); // loops over short writes for us
+        await fh.writeFile(withFields(deliveryFields(mailFrom, rcpt), body)); // loops over short writes for us
         await fh.sync();
       } finally {
         await fh.close();

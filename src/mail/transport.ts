@@ -41,6 +41,10 @@ export interface RcptResult {
    * on (it offered DSN), or the transport cannot tell.
    */
   readonly dsnAction?: 'delivered' | 'relayed';
+  /** Which transport answered, when it is not the one the queue manager called (routes): its name, for logs. */
+  readonly relay?: string;
+  /** The remote host that gave the reply (an MX host's name): the DSN's Remote-MTA. */
+  readonly remoteMta?: string;
 }
 
 export interface Transport {

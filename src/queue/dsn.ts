@@ -209,7 +209,8 @@ function buildReport(input: Omit<BounceInput, 'failed'>, rcpts: readonly RcptRes
     lines.push(field('Final-Recipient', addressField('rfc822', r.rcpt, global)));
     lines.push(field('Action', success ? (r.dsnAction ?? 'delivered') : 'failed'));
     lines.push(field('Status', statusOf(r)));
-    if (input.remoteMta !== undefined) lines.push(field('Remote-MTA', `dns; ${oneLine(input.remoteMta)}`));
+    const remote = r.remoteMta ?? input.remoteMta;
+    if (remote !== undefined) lines.push(field('Remote-MTA', `dns; ${oneLine(remote)}`));
     lines.push(field('Diagnostic-Code', `smtp; ${r.code} ${oneLine(r.text)}`));
     lines.push(field('Last-Attempt-Date', rfc5322Date(now)));
     return lines.join('\r\n');

@@ -266,7 +266,7 @@ export class Forwarder {
     const failed: RcptResult[] = [];
     const deferred: RcptResult[] = [];
     for (const r of results) {
-      const fields = { id: env.id, rcpt: r.rcpt, relay: this.transport.name, status: r.status, reply: `${r.code} ${r.text}`, attempt: job.attempts, delay: (now - env.receivedAt) / 1000, took: now - started };
+      const fields = { id: env.id, rcpt: r.rcpt, relay: r.relay ?? this.transport.name, status: r.status, reply: `${r.code} ${r.text}`, attempt: job.attempts, delay: (now - env.receivedAt) / 1000, took: now - started };
       if (r.status === 'ok') this.log.info(fields, 'delivered');
       else if (r.status === 'perm') {
         this.log.info(fields, 'bounced');
@@ -313,7 +313,7 @@ export class Forwarder {
     const wait = retry[Math.min(job.attempts - 1, retry.length - 1)] as number;
     job.rcpts = deferred.map((r) => r.rcpt);
     const state: DeliveryState = { attempts: job.attempts, nextAt: now + wait, rcpts: job.rcpts, lastError: `${deferred[0]?.code} ${deferred[0]?.text}` };
-    for (const r of deferred) this.log.info({ id: env.id, rcpt: r.rcpt, relay: this.transport.name, reply: `${r.code} ${r.text}`, attempt: job.attempts, retryIn: wait / 1000 }, 'deferred');
+    for (const r of deferred) this.log.info({ id: env.id, rcpt: r.rcpt, relay: r.relay ?? this.transport.name, reply: `${r.code} ${r.text}`, attempt: job.attempts, retryIn: wait / 1000 }, 'deferred');
     job.hasState = true;
     await this.spool.writeState(env.id, state).catch((err: Error) => this.log.warn({ id: env.id, err: err.message }, 'could not write delivery state'));
     this.schedule(job, state.nextAt);

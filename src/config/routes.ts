@@ -1,0 +1,14 @@
+// What a route's target may be (routes:, src/delivery/routes.ts chooses among them): the
+// config validates it here, below the delivery code that uses it.
+
+/** A route's target, as written: smtp://host:port, lmtp://host:port, maildir:DIR (with %d, %u) or mx. */
+export type RouteTarget = string;
+
+/** Is `v` a target mxguard can deliver to? undefined when it is, else why not. */
+export function targetError(v: string): string | undefined {
+  if (v === 'mx') return undefined;
+  if (/^(smtp|lmtp):\/\/[^/]+:\d+$/.test(v)) return undefined;
+  if (/^maildir:.+/.test(v)) return undefined;
+  return `"${v}" is not smtp://host:port, lmtp://host:port, maildir:DIR or mx`;
+}
+
