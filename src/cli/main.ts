@@ -183,6 +183,20 @@ subcommands('greylist', 'greylisting records: list | allow IP|CIDR... | release 
 subcommands('user', 'SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list', 'user names', async (c, cmd, args) => (await import('./user.ts')).userCommand(c, cmd, args));
 
 program
+  .command('dkim')
+  .description('DKIM signing keys: keygen DOMAIN SELECTOR [FILE] [BITS] writes a new RSA key (mode 0600) and prints the DNS TXT record')
+  .argument('<command>')
+  .argument('[args...]', 'DOMAIN SELECTOR [FILE] [BITS]')
+  .action(async (command: string, rest: string[]) => {
+    try {
+      console.log((await import('./dkim.ts')).dkimCommand(command, rest));
+    } catch (err) {
+      console.error(`mxguard dkim: ${(err as Error).message}`);
+      process.exitCode = 1;
+    }
+  });
+
+program
   .command('relaytest')
   .description('probe an SMTP server with the classic open-relay tests (never DATA): HOST[:PORT] [--local-domain D] [--helo NAME] [--probe-domain D] [--timeout T]; exit 1 if any probe relayed, 2 if it could not test')
   .helpOption(false)

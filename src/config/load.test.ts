@@ -54,7 +54,7 @@ describe('defaults', () => {
   test('an empty file is all defaults, paths resolved against the base directory', () => {
     const { config, warnings } = parseConfigText('', 'mx.yaml', '/srv/mx');
     assert.deepEqual(warnings, []);
-    assert.deepEqual(config.listen, ['127.0.0.1:2525']);
+    assert.deepEqual(config.listen, [{ address: '127.0.0.1:2525', mode: 'mx' }]);
     assert.deepEqual(config.local_domains, ['localhost']);
     assert.equal(config.data_dir, '/srv/mx/var');
     assert.equal(config.deliver, 'maildir:/srv/mx/var/maildir');
@@ -362,6 +362,10 @@ describe('relative paths', () => {
     const b = parseConfigText(yaml('data_dir: spool', 'deliver: smtp://127.0.0.1:10025'), 'mx.yaml', '/etc/mxguard').config;
     assert.equal(b.data_dir, '/etc/mxguard/spool');
     assert.equal(b.deliver, 'smtp://127.0.0.1:10025');
+    // routes' Maildirs and dkim.sign keys are relative to the config file too.
+    const c = parseConfigText(yaml('routes:', '  "*.example.org": maildir:boxes/%d/%u', '  example.net: mx', 'dkim:', '  sign: [{ domain: example.com, selector: s1, key: keys/s1.pem }]'), 'mx.yaml', '/etc/mxguard').config;
+    assert.deepEqual(c.routes, { '*.example.org': 'maildir:/etc/mxguard/boxes/%d/%u', 'example.net': 'mx' });
+    assert.equal(c.dkim.sign[0]?.key, '/etc/mxguard/keys/s1.pem');
   });
 });
 
@@ -381,8 +385,21 @@ describe('loadConfigFile and checkConfigFile', () => {
     const r = await checkConfigFile(file);
     assert.equal(r.ok, true);
     assert.deepEqual(r.output.split('\n'), [
-      `${file}: OK: listen 0.0.0.0:25; local domains example.com, example.net; deliver lmtp://127.0.0.1:24`,
+      `${file}: OK: listen 0.0.0.0:25; local domains example.com, example.net; deliver lmtp://127.0.0.1:24; routes: local domains → deliver, any other domain (relayed mail) → mx`,
       `${file}:1:10: warning: listen[0]: 0.0.0.0:25 is not a loopback address and tls is not configured: AUTH and STARTTLS unavailable`,
+    ]);
+  });
+
+  test('check: where each kind of mail goes, and a Maildir that would put two domains\' postmasters in one mailbox', async () => {
+    const file = path.join(tmp, 'routes.yaml');
+    fs.writeFileSync(file, yaml('local_domains: [example.com, example.org]', 'deliver: maildir:/var/mail', 'routes:', '  example.net: lmtp://127.0.0.1:24', '  "*": maildir:/var/relayed/%u'));
+    const r = await checkConfigFile(file);
+    assert.equal(r.ok, true);
+    const [summary, ...warnings] = r.output.split('\n');
+    assert.match(summary ?? '', /; routes: example\.net → lmtp:\/\/127\.0\.0\.1:24, local domains → deliver, any other domain \(relayed mail\) → maildir:\/var\/relayed\/%u$/);
+    assert.deepEqual(warnings, [
+      `${file}:2:10: warning: deliver: maildir:/var/mail takes mail for 2 domains into one mailbox per local part (postmaster@ of each would share one): put %d in the path (maildir:/var/mail/%d/%u)`,
+      `${file}:4:3: warning: routes.*: maildir:/var/relayed/%u takes mail for many domains into one mailbox per local part: put %d in the path`,
     ]);
   });
 

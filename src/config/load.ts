@@ -184,10 +184,10 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
 
   // 5. Warnings about a valid config.
   if (!config.tls) {
-    config.listen.forEach((entry, i) => {
-      if (isLoopbackListen(entry)) return;
+    config.listen.forEach(({ address }, i) => {
+      if (isLoopbackListen(address)) return;
       const node = locate(doc, ['listen', i]);
-      warnings.push(at(nodeOffset(node), `listen[${i}]`, `${entry} is not a loopback address and tls is not configured: AUTH and STARTTLS unavailable`));
+      warnings.push(at(nodeOffset(node), `listen[${i}]`, `${address} is not a loopback address and tls is not configured: AUTH and STARTTLS unavailable`));
     });
   }
   if (config.relay.forward_from.length > 0) {
@@ -214,6 +214,15 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
     const key = `filters.scanners[${i}] (${s.name ?? s.type})`;
     warnings.push(at(nodeOffset(locate(doc, ['filters', 'scanners', i])), key, `on_error not set: a failure of this scanner will refuse mail for now (tempfail); write on_error: tempfail or accept`));
   });
+  // A Maildir without %d that takes mail for several domains: postmaster@a and postmaster@b would share one mailbox.
+  const shared = (target: string | undefined) => target !== undefined && target.startsWith('maildir:') && !target.includes('%d');
+  const ours = config.local_domains.length + config.relay.relay_to.length;
+  if (shared(config.deliver) && ours > 1) {
+    warnings.push(at(nodeOffset(locate(doc, ['deliver'])), 'deliver', `${config.deliver} takes mail for ${ours} domains into one mailbox per local part (postmaster@ of each would share one): put %d in the path (maildir:/var/mail/%d/%u)`));
+  }
+  for (const [pattern, target] of Object.entries(config.routes)) {
+    if (pattern.startsWith('*') && shared(target)) warnings.push(at(nodeOffset(locate(doc, ['routes'])), `routes.${pattern}`, `${target} takes mail for many domains into one mailbox per local part: put %d in the path`));
+  }
   const callout = locate(doc, ['recipients', 'callout']);
   if (callout.found && (callout.node === null || (isScalar(callout.node) && callout.node.value === null))) {
     // An empty section counts as left out (dropEmptySections): say so, since here that means off.
@@ -232,8 +241,8 @@ export async function checkConfigFile(file: string, more?: (config: Config) => C
     const problems = more?.(config) ?? [];
     if (problems.length > 0) throw new ConfigError(problems);
     const summary =
-      `${file}: OK: listen ${config.listen.join(', ')}; local domains ${config.local_domains.join(', ') || '(none)'}; ` +
-      `deliver ${config.deliver ?? '(none)'}`;
+      `${file}: OK: listen ${config.listen.map((l) => (l.mode === 'mx' ? l.address : `${l.address} (${l.mode})`)).join(', ')}; local domains ${config.local_domains.join(', ') || '(none)'}; ` +
+      `deliver ${config.deliver ?? '(none)'}; ${routesSummary(config)}`;
     const out = [summary, ...warnings.map((w) => formatConfigMessage(w, 'warning'))];
     return { ok: true, output: out.join('\n') };
   } catch (err) {
@@ -244,6 +253,15 @@ export async function checkConfigFile(file: string, more?: (config: Config) => C
     }
     return { ok: false, output: `${file}: internal error while checking the config: ${errorText(err)}` };
   }
+}
+
+/** Where each kind of mail goes (src/delivery/routes.ts), for `mxguard check`. */
+function routesSummary(config: Config): string {
+  const parts = Object.entries(config.routes)
+    .filter(([p]) => p !== '*')
+    .map(([p, t]) => `${p} → ${t}`);
+  const other = config.routes['*'] ?? 'mx';
+  return `routes: ${[...parts, `local domains${config.relay.relay_to.length > 0 ? ' and relay_to' : ''} → deliver`, `any other domain (relayed mail) → ${other}`].join(', ')}`;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -270,6 +288,10 @@ function finish(parsed: Config, baseDir: string): Config {
   } else if (config.deliver.startsWith('maildir:')) {
     config.deliver = `maildir:${path.resolve(baseDir, config.deliver.slice('maildir:'.length))}`;
   }
+  for (const [pattern, target] of Object.entries(config.routes)) {
+    if (target.startsWith('maildir:')) config.routes[pattern] = `maildir:${path.resolve(baseDir, target.slice('maildir:'.length))}`;
+  }
+  config.dkim.sign = config.dkim.sign.map((s) => ({ ...s, key: path.resolve(baseDir, s.key) }));
   return config;
 }
 

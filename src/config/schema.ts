@@ -45,6 +45,30 @@ const hostPort = z.string().superRefine((v, ctx) => {
   if (!parseHostPort(v)) ctx.addIssue({ code: 'custom', message: `"${v}" is not host:port (e.g. 0.0.0.0:25, [::]:25)` });
 });
 
+/**
+ * A listener's role: mx (mail from the world, as on port 25), submission (our users, port 587:
+ * STARTTLS, AUTH before MAIL) or submissions (the same over implicit TLS, port 465, RFC 8314).
+ */
+export type ListenMode = 'mx' | 'submission' | 'submissions';
+export interface Listener {
+  readonly address: string;
+  readonly mode: ListenMode;
+}
+
+/** A listen entry: "host:port" (mode mx), or { address: "host:port", mode }; always { address, mode } once parsed. */
+const listener = z
+  .union([hostPort, z.strictObject({ address: hostPort, mode: z.enum(['mx', 'submission', 'submissions']).default('mx') })], { error: 'host:port, or { address: host:port, mode: mx | submission | submissions }' })
+  .transform((v): Listener => (typeof v === 'string' ? { address: v, mode: 'mx' } : v));
+
+/** submission.senders: an address (local@domain) or every address of a domain (*@domain). */
+const senderPattern = z
+  .string()
+  .regex(/^(\*|[^@\s]+)@[^@\s*]+$/, 'an address (user@example.com) or *@domain')
+  .transform((v) => {
+    const at = v.lastIndexOf('@');
+    return `${v.slice(0, at).toLowerCase()}@${asciiDomain(v.slice(at + 1)).replace(/\.$/, '')}`;
+  });
+
 /** A domain name; an IDN may be written in Unicode (bücher.example) and is kept in its ASCII (xn--) form. */
 const domain = z
   .string()
@@ -203,7 +227,8 @@ export const configSchema = z.strictObject({
   ident_port: z.number().int().min(1).max(65535).default(113),
   /** Our name in the banner, EHLO reply and Received header. */
   hostname: domain.default(os.hostname().toLowerCase()),
-  listen: z.array(hostPort).min(1).default(['127.0.0.1:2525']),
+  /** Where to take SMTP: "host:port" (an MX listener), or { address: "host:port", mode: mx | submission | submissions }. */
+  listen: z.array(listener).min(1).default([{ address: '127.0.0.1:2525', mode: 'mx' }]),
   proxy_protocol: z
     .strictObject({
       /** Listen addresses (each also under `listen`) where every connection begins with a PROXY header, v1 or v2 (HAProxy's send-proxy, send-proxy-v2). */
@@ -221,6 +246,12 @@ export const configSchema = z.strictObject({
   deliver: deliver.optional(),
   /** Where mail for other domains goes, by recipient domain (src/delivery/routes.ts); relayed mail without a route goes by MX. */
   routes: routes.default({}),
+  dkim: z
+    .strictObject({
+      /** Sign our users' mail (authenticated or relay clients) whose From: is in one of these domains (or a subdomain): the key's PEM file, and the selector its public key is published under. */
+      sign: z.array(z.strictObject({ domain, selector: z.string().regex(/^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$/, 'a selector is a DNS label (or several)'), key: z.string().min(1) })).default([]),
+    })
+    .prefault({}),
   tls: z
     .strictObject({
       cert: z.string().min(1),
@@ -346,6 +377,16 @@ export const configSchema = z.strictObject({
           if (err) ctx.addIssue({ code: 'custom', message: `not a regular expression: ${err}` });
         })
         .optional(),
+    })
+    .prefault({}),
+  submission: z
+    .strictObject({
+      /**
+       * On a submission listener, the MAIL FROM addresses each user may use (Postfix's
+       * reject_sender_login_mismatch): addresses and *@domain. A user not listed may use only the
+       * address that is its login name; the null sender is always allowed.
+       */
+      senders: z.record(z.string().min(1), z.array(senderPattern)).default({}),
     })
     .prefault({}),
   auth: z
@@ -491,6 +532,8 @@ export const configSchema = z.strictObject({
       scan_interval: duration.default(60_000),
       /** The port of the MX hosts mail is delivered to (route mx); another only in a lab or a test. */
       mx_port: z.number().int().min(1).max(65535).default(25),
+      /** TLS to MX hosts: opportunistic (STARTTLS when offered, Postfix's "may"), verify (required, with a certificate valid for the MX name), none. */
+      mx_tls: z.enum(['none', 'opportunistic', 'verify']).default('opportunistic'),
     })
     .prefault({}),
   scoring: z
@@ -637,8 +680,14 @@ export const configSchema = z.strictObject({
     .prefault({}),
 }).superRefine((c, ctx) => {
   // Cross-section checks: they run once every section is valid.
+  const addresses = c.listen.map((l) => l.address);
   c.proxy_protocol.listen.forEach((entry, i) => {
-    if (!c.listen.includes(entry)) ctx.addIssue({ code: 'custom', path: ['proxy_protocol', 'listen', i], message: `"${entry}" is not one of the listen addresses (${c.listen.join(', ')})` });
+    if (!addresses.includes(entry)) ctx.addIssue({ code: 'custom', path: ['proxy_protocol', 'listen', i], message: `"${entry}" is not one of the listen addresses (${addresses.join(', ')})` });
+    else if (c.listen.some((l) => l.address === entry && l.mode === 'submissions')) ctx.addIssue({ code: 'custom', path: ['proxy_protocol', 'listen', i], message: `"${entry}" is a submissions (implicit TLS) listener: the PROXY protocol is not supported there` });
+  });
+  c.listen.forEach((l, i) => {
+    if (l.mode === 'submissions' && c.tls === undefined) ctx.addIssue({ code: 'custom', path: ['listen', i], message: `"${l.address}" has mode submissions (implicit TLS): it needs tls (cert and key)` });
+    if (l.mode !== 'mx' && !c.auth.enabled) ctx.addIssue({ code: 'custom', path: ['listen', i], message: `"${l.address}" has mode ${l.mode}, which needs AUTH: auth.enabled is false` });
   });
   const callout = c.recipients.callout;
   if (callout !== undefined && callout.target === undefined && !/^(smtp|lmtp):\/\//.test(c.deliver ?? '')) {

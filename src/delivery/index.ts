@@ -9,6 +9,7 @@ import { createSmtpTransport } from '../smtp-client/client.ts';
 import { createMaildirTransport } from './maildir.ts';
 import { createMxTransport } from './mx.ts';
 import { createRouter } from './router.ts';
+import { createSigningTransport, loadSigningKeys } from './dkim-sign.ts';
 import { routeTable, type RouteTable } from './routes.ts';
 
 /** Where local domains' mail goes: `deliver`, or the embedded Maildir. */
@@ -33,6 +34,7 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
         dns,
         heloName: config.hostname,
         port: config.queue.mx_port,
+        tls: config.queue.mx_tls,
         maxConnections: config.queue.connections,
         connectTimeoutMs: 30_000,
         commandTimeoutMs: 300_000,
@@ -42,7 +44,10 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
     }
     return createSmtpTransport({ url: target, heloName: config.hostname, maxConnections: config.queue.connections, connectTimeoutMs: 30_000, commandTimeoutMs: 300_000, log });
   });
-  return Object.assign(router, { reload: (next: Config) => router.setTable(tableOf(next)) });
+  // Our users' mail is signed on its way out (dkim.sign; keys read now: a bad one stops the start).
+  const keys = loadSigningKeys(config.dkim.sign);
+  const out = keys.length > 0 ? createSigningTransport(router, keys) : router;
+  return Object.assign(out, { reload: (next: Config) => router.setTable(tableOf(next)) });
 }
 
 /**
@@ -52,7 +57,7 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
 function selfOf(config: Config): { names: string[]; addresses: string[] } {
   const addresses: string[] = [];
   for (const l of config.listen) {
-    const hp = parseHostPort(l);
+    const hp = parseHostPort(l.address);
     if (!hp || hp.port !== config.queue.mx_port) continue;
     if (hp.host === '0.0.0.0' || hp.host === '::') addresses.push(...Object.values(os.networkInterfaces()).flatMap((ifs) => (ifs ?? []).map((i) => i.address)));
     else addresses.push(hp.host);

@@ -24,6 +24,12 @@ export interface MxTransportOptions {
   /** Our own host names and IP addresses: an MX that is one of them (or resolves to one) is never a target — a mail loop (RFC 5321 5.1). */
   readonly self: { readonly names: readonly string[]; readonly addresses: readonly string[] };
   readonly log?: Logger;
+  /**
+   * STARTTLS to MX hosts (src/smtp-client/client.ts, SmtpTlsMode): 'opportunistic' by default
+   * (Postfix's smtp_tls_security_level=may), 'verify' checks the certificate for the MX host
+   * name (a failure is a 421: the next address is tried), 'none' never.
+   */
+  readonly tls?: 'none' | 'opportunistic' | 'verify';
 }
 
 /**
@@ -104,7 +110,7 @@ class MxTransport implements Transport {
   readonly #opts: MxTransportOptions;
   readonly #selfNames: ReadonlySet<string>;
   readonly #selfAddrs: ReadonlySet<string>;
-  /** One pooled SMTP client per target address, by URL. */
+  /** One pooled SMTP client per target address and MX host name, by URL and name. */
   readonly #clients = new Map<string, Transport>();
   #closed = false;
 
@@ -168,7 +174,7 @@ class MxTransport implements Transport {
         break;
       }
       tried++;
-      const got = await this.#client(t.addr).deliver({ ...msg, rcpts: pending.map(rcptAt) });
+      const got = await this.#client(t).deliver({ ...msg, rcpts: pending.map(rcptAt) });
       const where = `${t.host}[${t.addr}]:${this.#opts.port}`;
       const next: number[] = [];
       pending.forEach((i, k) => {
@@ -264,9 +270,13 @@ class MxTransport implements Transport {
     return this.#selfAddrs.has(ipKey(addr) ?? addr);
   }
 
-  #client(addr: string): Transport {
-    const url = `smtp://${net.isIPv6(addr) ? `[${addr}]` : addr}:${this.#opts.port}`;
-    let c = this.#clients.get(url);
+  #client(t: MxTarget): Transport {
+    const url = `smtp://${net.isIPv6(t.addr) ? `[${t.addr}]` : t.addr}:${this.#opts.port}`;
+    // The certificate is checked for the MX host name (an address literal: its address), so an
+    // address reached under two names gets a client per name.
+    const servername = addressLiteral(t.host) ?? t.host;
+    const key = `${url} ${servername}`;
+    let c = this.#clients.get(key);
     if (c === undefined) {
       c = createSmtpTransport({
         url,
@@ -275,8 +285,9 @@ class MxTransport implements Transport {
         connectTimeoutMs: this.#opts.connectTimeoutMs,
         commandTimeoutMs: this.#opts.commandTimeoutMs,
         log: this.#opts.log,
+        tls: { mode: this.#opts.tls ?? 'opportunistic', servername },
       });
-      this.#clients.set(url, c);
+      this.#clients.set(key, c);
     }
     return c;
   }

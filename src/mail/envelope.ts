@@ -30,6 +30,8 @@ export interface Envelope {
   readonly cut?: readonly (readonly [number, number])[];
   /** Policy score, for the record. */
   readonly score?: number;
+  /** The dkim.sign domain to sign with when delivered (our user's mail, decided at the end of DATA). */
+  readonly dkim?: string;
 }
 
 /** RFC 3461 per-message parameters: RET and ENVID (decoded from xtext). */

@@ -25,6 +25,8 @@ export interface OutgoingMessage {
   readonly dsn?: MessageDsn;
   /** Per recipient NOTIFY / ORCPT, keyed by the address in rcpts. */
   readonly rcptDsn?: Readonly<Record<string, RcptDsn>>;
+  /** Sign with the dkim.sign key of this domain before it leaves (src/delivery/dkim-sign.ts). */
+  readonly dkim?: string;
 }
 
 /** The outcome for one recipient: ok = delivered, temp = try again later, perm = bounce. */

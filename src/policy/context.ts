@@ -24,6 +24,13 @@ export interface SessionInfo {
   readonly clientHostname?: string | null;
   /** rblsmtpd's RBLSMTPD variable under `mxguard stdio`: non-empty refuses every RCPT, empty skips the DNS blocklists. */
   readonly rblsmtpd?: string;
+  /** The listener's role (listen: mode); undefined is mx. On submission and submissions AUTH comes before MAIL. */
+  readonly listener?: 'mx' | 'submission' | 'submissions';
+}
+
+/** A connection to a submission listener (submission or submissions): our users, who authenticate before MAIL. */
+export function isSubmission(session: Pick<SessionInfo, 'listener'>): boolean {
+  return session.listener === 'submission' || session.listener === 'submissions';
 }
 
 export interface TransactionInfo {

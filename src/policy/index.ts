@@ -5,7 +5,7 @@
 // lists the same order ("Checks, in order"), and src/policy/registry.test.ts holds them together.
 import type { Config } from '../config/schema.ts';
 import type { AnyCheck, AnyCheckModule, Check, CheckDeps, PolicyEvent, Waivers } from './check.ts';
-import type { PhaseContexts, SessionInfo } from './context.ts';
+import { isSubmission, type PhaseContexts, type SessionInfo } from './context.ts';
 import type { Store } from '../store/store.ts';
 import type { Logger } from '../util/log.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
@@ -104,11 +104,20 @@ function build(m: AnyCheckModule, config: Config, deps: CheckDeps, isRelayClient
   return m.waives === undefined ? check : withWaivers(check, m.waives, isRelayClient);
 }
 
-/** The check with its module's waivers: relay clients skip it; `afterAuth` is for the session. */
+/**
+ * The check with its module's waivers: relay clients skip it; `afterAuth` is for the session.
+ * On a submission listener (listen: mode submission, submissions), where every sender has
+ * authenticated before MAIL, the checks that judge the network (afterAuth: DNSBLs, reverse DNS,
+ * HELO) never run, and those waived for relay clients are waived once the user has
+ * authenticated (the rates of MAIL and RCPT, greylisting, SPF, DMARC, the throttle); before AUTH
+ * the connection rates and the AUTH checks still count.
+ */
 function withWaivers(check: AnyCheck, waives: Waivers, isRelayClient: (session: SessionInfo) => boolean): AnyCheck {
   const inner = check as Check;
-  const run = (ctx: PhaseContexts[Phase]): Verdict | Promise<Verdict> => (waives.relayClients && isRelayClient(ctx.session) ? CONTINUE : inner.run(ctx));
+  const waived = (session: SessionInfo): boolean =>
+    (waives.relayClients === true && (isRelayClient(session) || (isSubmission(session) && session.authUser !== undefined))) || (waives.afterAuth === true && isSubmission(session));
+  const run = (ctx: PhaseContexts[Phase]): Verdict | Promise<Verdict> => (waived(ctx.session) ? CONTINUE : inner.run(ctx));
   // A waived client is not counted either (Check.observe).
-  const observe = inner.observe && ((e: PolicyEvent) => (waives.relayClients && isRelayClient(e.session) ? undefined : inner.observe?.(e)));
+  const observe = inner.observe && ((e: PolicyEvent) => (waived(e.session) ? undefined : inner.observe?.(e)));
   return { name: check.name, phase: check.phase, ...(check.concurrent ? { concurrent: true } : {}), ...(inner.onError ? { onError: inner.onError } : {}), ...(observe ? { observe } : {}), waives, run } as AnyCheck;
 }

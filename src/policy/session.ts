@@ -4,7 +4,7 @@
 // lives here: the refusals held back until RCPT (smtp.delay_reject), the afterAuth waiver, the
 // points and headers the checks tagged, the decision log lines and the transaction trace.
 import type { Address, PathParams } from '../mail/address.ts';
-import type { AuthContext, MessageView, SessionInfo, TransactionInfo } from './context.ts';
+import { isSubmission, type AuthContext, type MessageView, type SessionInfo, type TransactionInfo } from './context.ts';
 import type { PolicyEngine, PhaseResult } from './engine.ts';
 import { SessionTrace, type TransactionTrace, type TxTrace } from './trace.ts';
 import { refusalReply, type FinalVerdict, type RefusalVerdict, type TestHit } from './verdict.ts';
@@ -151,7 +151,7 @@ export class PolicySession {
    */
   private greetFacts(): Promise<Omit<GreetFacts, 'score'>> | undefined {
     const s = this.opts.smtp;
-    if (!s || s.greet_delay <= 0 || s.greet_delay_for === 'all') return undefined;
+    if (!s || s.greet_delay <= 0 || s.greet_delay_for === 'all' || isSubmission(this.info)) return undefined;
     const ip = this.info.remoteIp;
     if (addressListOf(this.opts.relayClients ?? []).has(ip)) return Promise.resolve({ relayClient: true, remembered: false, rdns: undefined });
     const store = this.opts.store;
@@ -176,7 +176,8 @@ export class PolicySession {
    */
   private async greet(result: PhaseResult, factsOf: ReturnType<PolicySession['greetFacts']>): Promise<void> {
     const s = this.opts.smtp;
-    if (!s || s.greet_delay <= 0) return;
+    // Our users on a submission listener are not made to wait: early talking judges MTAs.
+    if (!s || s.greet_delay <= 0 || isSubmission(this.info)) return;
     const left = (): number => s.greet_delay - (performance.now() - this.startedAt);
     let why = 'greet_delay_for: all';
     if (factsOf) {

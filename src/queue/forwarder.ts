@@ -249,6 +249,7 @@ export class Forwarder {
         smtputf8: env.smtputf8,
         dsn: env.dsn,
         rcptDsn: env.rcptDsn,
+        ...(env.dkim !== undefined ? { dkim: env.dkim } : {}),
       });
     } catch (err) {
       // Transports report trouble as results; an exception is a bug or an I/O error here.

@@ -5,8 +5,12 @@
 // PIPELINING, and the final "." in the same write as the last data. Safety: deliver() never
 // throws for downstream trouble; every failure becomes a per-recipient 'temp' result, while a
 // recipient the server refused keeps its own code.
+//
+// Optional STARTTLS (tls: none / opportunistic / required / verify, as Postfix's
+// smtp_tls_security_level) and AUTH PLAIN / LOGIN (auth), both once per new connection.
 import net from 'node:net';
 import type { Socket } from 'node:net';
+import tls from 'node:tls';
 import type { Logger } from '../util/log.ts';
 import type { MessageBody, OutgoingMessage, RcptResult, Transport } from '../mail/transport.ts';
 import { dotStuffChunks } from './dotstuff.ts';
@@ -27,6 +31,34 @@ export interface SmtpTransportOptions {
   /** Close a pooled connection after this long unused; default 30 s. */
   readonly idleTimeoutMs?: number;
   readonly log?: Logger;
+  /** STARTTLS (RFC 3207); default { mode: 'none' }: plain text, as before. See SmtpTlsOptions. */
+  readonly tls?: SmtpTlsOptions;
+  /** SMTP AUTH (RFC 4954) after EHLO (after STARTTLS with TLS): PLAIN if offered, else LOGIN. */
+  readonly auth?: SmtpAuthOptions;
+}
+
+/**
+ * STARTTLS, as Postfix's smtp_tls_security_level:
+ * - none: never (plain text);
+ * - opportunistic (Postfix "may"): STARTTLS when the server offers it, any certificate; plain
+ *   text when it is not offered or refused; a failed handshake is retried once in plain text;
+ * - required (Postfix "encrypt"): TLS or nothing: the address fails with 421 4.7.4;
+ * - verify (Postfix "verify"/"secure"): as required, and the certificate must verify against the
+ *   system CAs plus ca, for servername; else 421 4.7.5.
+ */
+export type SmtpTlsMode = 'none' | 'opportunistic' | 'required' | 'verify';
+
+export interface SmtpTlsOptions {
+  readonly mode: SmtpTlsMode;
+  /** Extra trust anchors (PEM), besides the system's. */
+  readonly ca?: string | Buffer;
+  /** The name the certificate must be for (and SNI unless an IP address); default the URL's host. */
+  readonly servername?: string;
+}
+
+export interface SmtpAuthOptions {
+  readonly user: string;
+  readonly password: string;
 }
 
 /** One SMTP reply; lines hold the text after "250-" / "250 " of each line. */
@@ -205,6 +237,57 @@ class DeliveryError extends Error {
   }
 }
 
+/** A failed TLS handshake in opportunistic mode: the connection is retried once in plain text. */
+class TlsFallbackError extends DeliveryError {}
+
+/** The AUTH mechanisms of an EHLO reply ("AUTH PLAIN LOGIN", or the old "AUTH=PLAIN LOGIN"), upper case. */
+export function authMechanisms(r: SmtpReply): Set<string> {
+  const out = new Set<string>();
+  for (const line of r.lines.slice(1)) {
+    const m = /^AUTH[ =](.*)$/i.exec(line.trim());
+    if (m) for (const mech of (m[1] ?? '').trim().split(/\s+/)) if (mech !== '') out.add(mech.toUpperCase());
+  }
+  return out;
+}
+
+/** The initial response of AUTH PLAIN (RFC 4616): base64 of "\0user\0password" (no authorization identity). */
+export function authPlainResponse(user: string, password: string): string {
+  return Buffer.from(`\0${user}\0${password}`, 'utf8').toString('base64');
+}
+
+/** 127.0.0.0/8 and ::1 (also as ::ffff:127.x.y.z): credentials may go there in plain text. */
+export function isLoopbackAddress(addr: string | undefined): boolean {
+  if (addr === undefined) return false;
+  const a = addr.toLowerCase().replace(/^::ffff:(?=\d+\.)/, '');
+  return (net.isIPv4(a) && a.startsWith('127.')) || a === '::1' || a === '0:0:0:0:0:0:0:1';
+}
+
+let systemTrust: tls.SecureContext | undefined;
+
+/** A client context trusting Node's CAs (with NODE_EXTRA_CA_CERTS), the system's, and extra; built once without extra. */
+function trustContext(extra: string | Buffer | undefined): tls.SecureContext {
+  if (extra === undefined && systemTrust !== undefined) return systemTrust;
+  const ca = new Set(tls.getCACertificates('default'));
+  try {
+    for (const c of tls.getCACertificates('system')) ca.add(c);
+  } catch {
+    // No system store readable here: Node's own CAs and extra still count.
+  }
+  const ctx = tls.createSecureContext({ ca: extra === undefined ? [...ca] : [...ca, extra] });
+  if (extra === undefined) systemTrust = ctx;
+  return ctx;
+}
+
+/** Why a certificate did not verify, readably: Node gives a code such as DEPTH_ZERO_SELF_SIGNED_CERT. */
+function verifyFailure(secure: tls.TLSSocket, name: string): string {
+  const code = String(secure.authorizationError ?? 'not verified');
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    const err = tls.checkServerIdentity(name, secure.getPeerCertificate());
+    if (err) return err.message;
+  }
+  return `${code} (for ${name})`;
+}
+
 // Address text goes into a command line: refuse anything that could end or bend it.
 const UNSAFE_ADDRESS = /[\x00-\x1f\x7f<>]/;
 const NON_ASCII = /[^\x00-\x7f]/;
@@ -220,9 +303,16 @@ interface Waiter {
 
 /** One downstream connection: a socket, its reply parser, and the replies not yet read. */
 class Connection {
-  readonly socket: Socket;
+  /** The socket we talk on: the TCP socket, or the TLS socket over it after STARTTLS. */
+  socket: Socket;
+  /** The TCP socket. */
+  readonly raw: Socket;
   readonly label: string;
   ext: SmtpExtensions = NO_EXTENSIONS;
+  /** The AUTH mechanisms of the last EHLO reply. */
+  authMechs: ReadonlySet<string> = new Set();
+  /** Set once STARTTLS succeeded. */
+  tls: { readonly protocol: string; readonly cipher: string; readonly verified: boolean } | null = null;
   /** Transactions run on it: a failure on a reused connection may be a stale socket. */
   transactions = 0;
   idle = false;
@@ -238,21 +328,68 @@ class Connection {
   #failure: DeliveryError | null = null;
   #connected = false;
   readonly closed: Promise<void>;
+  #resolveClosed: () => void = () => undefined;
+  readonly #dataListener = (chunk: Buffer): void => this.#onData(chunk);
 
   constructor(socket: Socket, label: string) {
     this.socket = socket;
+    this.raw = socket;
     this.label = label;
-    // Listeners go on at once: an unhandled 'error' would crash the process.
-    socket.on('error', (err) => {
+    this.closed = new Promise((resolve) => (this.#resolveClosed = resolve));
+    this.#attach(socket);
+  }
+
+  /** Listeners go on at once: an unhandled 'error' would crash the process. */
+  #attach(sock: Socket): void {
+    const label = this.label;
+    sock.on('error', (err) => {
       const what = this.#connected ? `connection to ${label} failed` : `connect to ${label} failed`;
       this.fail(new DeliveryError(421, `${this.#connected ? '4.4.2' : '4.4.1'} ${what}: ${err.message}`));
     });
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    this.closed = new Promise((resolve) => {
-      socket.once('close', () => {
-        this.fail(new DeliveryError(421, `4.4.2 connection to ${label} closed by the server`));
-        resolve();
-      });
+    sock.on('data', this.#dataListener);
+    sock.once('close', () => {
+      if (sock !== this.socket) return; // the TCP socket under TLS: the TLS socket reports
+      this.fail(new DeliveryError(421, `4.4.2 connection to ${label} closed by the server`));
+      this.#resolveClosed();
+    });
+  }
+
+  /**
+   * The TLS handshake after the server's 220 to STARTTLS; then socket is the TLS socket, read()
+   * and write() go through it. Rejects on a handshake error, a timeout or fail(). Certificates are
+   * not checked here (rejectUnauthorized: false): the caller reads authorized.
+   */
+  startTls(options: tls.ConnectionOptions, timeoutMs: number): Promise<tls.TLSSocket> {
+    if (this.#failure) return Promise.reject(this.#failure);
+    // Anything after the 220 came in the clear, before the handshake: never read it as if it
+    // came over TLS (the client side of CVE-2011-0411, the STARTTLS command injection).
+    if (this.#replies.length > 0 || this.#parser.pending) return Promise.reject(new Error(`${this.label} sent more after its 220 to STARTTLS`));
+    const raw = this.socket;
+    raw.off('data', this.#dataListener);
+    return new Promise((resolve, reject) => {
+      const secure = tls.connect({ ...options, socket: raw, rejectUnauthorized: false });
+      let done = false;
+      const finish = (err?: Error): void => {
+        if (done) return;
+        done = true;
+        clearTimeout(timer);
+        this.#connectWaiter = null;
+        secure.off('error', finish);
+        if (err) {
+          secure.on('error', () => undefined); // it may say more while it goes
+          secure.destroy();
+          reject(err);
+          return;
+        }
+        this.socket = secure;
+        this.#attach(secure);
+        resolve(secure);
+      };
+      const timer = setTimeout(() => finish(new Error(`timed out after ${timeoutMs} ms`)), timeoutMs);
+      secure.on('error', finish);
+      secure.once('secureConnect', () => finish());
+      // fail() (the server closed, the transport closes) ends the wait.
+      this.#connectWaiter = { resolve: () => undefined, reject: (e) => finish(e) };
     });
   }
 
@@ -299,6 +436,7 @@ class Connection {
     if (d) d.reject(this.#failure);
     if (c) c.reject(this.#failure);
     if (!this.socket.destroyed) this.socket.destroy();
+    if (!this.raw.destroyed) this.raw.destroy();
     if (this.idle) this.onIdleEvent?.();
   }
 
@@ -421,6 +559,11 @@ class SmtpTransport implements Transport, RecipientProber {
   readonly #idleTimeout: number;
   readonly #log: Logger | undefined;
   readonly #label: string;
+  readonly #tls: SmtpTlsOptions;
+  /** The name the certificate is checked for. */
+  readonly #tlsName: string;
+  #tlsContext: tls.SecureContext | undefined;
+  readonly #auth: SmtpAuthOptions | undefined;
   #idle: Connection[] = [];
   /** Every connection not yet discarded, idle or busy: close() ends them all. */
   #live = new Set<Connection>();
@@ -442,6 +585,16 @@ class SmtpTransport implements Transport, RecipientProber {
     this.#dataTimeout = opts.dataTimeoutMs ?? opts.commandTimeoutMs;
     this.#idleTimeout = opts.idleTimeoutMs ?? 30_000;
     this.#log = opts.log;
+    this.#tls = opts.tls ?? { mode: 'none' };
+    if (!['none', 'opportunistic', 'required', 'verify'].includes(this.#tls.mode)) throw new Error(`invalid tls mode ${JSON.stringify(this.#tls.mode)}`);
+    const servername = this.#tls.servername;
+    if (servername !== undefined && (servername === '' || /[\s\x00-\x1f\x7f]/.test(servername))) throw new Error(`invalid tls servername ${JSON.stringify(servername)}`);
+    this.#tlsName = servername ?? this.#dest.host;
+    if (opts.auth !== undefined) {
+      // PLAIN separates with NUL; LOGIN sends each on a line of its own (base64, so any byte is safe there).
+      if (opts.auth.user === '' || opts.auth.user.includes('\0') || opts.auth.password.includes('\0')) throw new Error('invalid auth user or password: empty user, or a NUL');
+    }
+    this.#auth = opts.auth;
   }
 
   /** Outcomes are logged once, by the forwarder (delivered / deferred / bounced). */
@@ -730,40 +883,41 @@ class SmtpTransport implements Transport, RecipientProber {
   }
 
   async #connect(): Promise<Connection> {
+    try {
+      return await this.#connectOnce(this.#tls.mode);
+    } catch (err) {
+      if (!(err instanceof TlsFallbackError)) throw err;
+      // Postfix does the same at smtp_tls_security_level=may: after a failed handshake, the
+      // delivery is retried once in plain text, on a new connection to the same address.
+      this.#log?.info({ relay: this.name, err: err.text }, 'TLS handshake failed, retrying in plain text');
+      return await this.#connectOnce('none');
+    }
+  }
+
+  async #connectOnce(tlsMode: SmtpTlsMode): Promise<Connection> {
     const socket = net.connect({ host: this.#dest.host, port: this.#dest.port });
     socket.setNoDelay(true);
     const conn = new Connection(socket, this.#label);
     this.#live.add(conn);
     try {
-      return await this.#handshake(conn);
+      return await this.#handshake(conn, tlsMode);
     } catch (err) {
       this.#live.delete(conn);
       throw err;
     }
   }
 
-  /** Greeting and EHLO (LHLO; HELO for an old server) on a new connection. */
-  async #handshake(conn: Connection): Promise<Connection> {
+  /** Greeting and EHLO (LHLO; HELO for an old server) on a new connection, then STARTTLS and AUTH as configured. */
+  async #handshake(conn: Connection, tlsMode: SmtpTlsMode): Promise<Connection> {
     await conn.waitConnected(this.#connectTimeout);
     try {
       const greeting = await conn.read(this.#cmdTimeout, 'the greeting');
       if (greeting.code !== 220) {
         throw new DeliveryError(421, `4.4.2 ${this.#label} refused to talk to us: ${greeting.code} ${replyText(greeting)}`);
       }
-      conn.write(`${this.#lmtp ? 'LHLO' : 'EHLO'} ${this.#helo}\r\n`);
-      const ehlo = await conn.read(this.#cmdTimeout, this.#lmtp ? 'LHLO' : 'EHLO');
-      if (ehlo.code >= 200 && ehlo.code < 300) {
-        conn.ext = parseEhloReply(ehlo);
-      } else if (!this.#lmtp && ehlo.code >= 500 && ehlo.code < 600) {
-        // An old server without ESMTP (RFC 5321 3.2): plain HELO, no extensions.
-        conn.write(`HELO ${this.#helo}\r\n`);
-        const helo = await conn.read(this.#cmdTimeout, 'HELO');
-        if (helo.code < 200 || helo.code >= 300) {
-          throw new DeliveryError(421, `4.4.2 ${this.#label} refused HELO: ${helo.code} ${replyText(helo)}`);
-        }
-      } else {
-        throw new DeliveryError(421, `4.4.2 ${this.#label} refused ${this.#lmtp ? 'LHLO' : 'EHLO'}: ${ehlo.code} ${replyText(ehlo)}`);
-      }
+      await this.#hello(conn, true);
+      if (tlsMode !== 'none') await this.#startTls(conn, tlsMode);
+      if (this.#auth !== undefined) await this.#authenticate(conn, this.#auth);
     } catch (err) {
       const e = err instanceof DeliveryError ? err : new DeliveryError(421, `4.4.2 ${errText(err)}`);
       conn.fail(e);
@@ -771,6 +925,99 @@ class SmtpTransport implements Transport, RecipientProber {
     }
     this.#log?.debug({ relay: this.name, ext: [...conn.ext.keywords] }, 'connected');
     return conn;
+  }
+
+  /** EHLO / LHLO; HELO for an old server that refuses EHLO (not after STARTTLS: it took EHLO before). */
+  async #hello(conn: Connection, heloFallback: boolean): Promise<void> {
+    conn.write(`${this.#lmtp ? 'LHLO' : 'EHLO'} ${this.#helo}\r\n`);
+    const ehlo = await conn.read(this.#cmdTimeout, this.#lmtp ? 'LHLO' : 'EHLO');
+    if (ehlo.code >= 200 && ehlo.code < 300) {
+      conn.ext = parseEhloReply(ehlo);
+      conn.authMechs = authMechanisms(ehlo);
+    } else if (heloFallback && !this.#lmtp && ehlo.code >= 500 && ehlo.code < 600) {
+      // An old server without ESMTP (RFC 5321 3.2): plain HELO, no extensions.
+      conn.write(`HELO ${this.#helo}\r\n`);
+      const helo = await conn.read(this.#cmdTimeout, 'HELO');
+      if (helo.code < 200 || helo.code >= 300) {
+        throw new DeliveryError(421, `4.4.2 ${this.#label} refused HELO: ${helo.code} ${replyText(helo)}`);
+      }
+    } else {
+      throw new DeliveryError(421, `4.4.2 ${this.#label} refused ${this.#lmtp ? 'LHLO' : 'EHLO'}: ${ehlo.code} ${replyText(ehlo)}`);
+    }
+  }
+
+  /** STARTTLS after EHLO (RFC 3207), the handshake, the certificate check, and EHLO again. */
+  async #startTls(conn: Connection, mode: Exclude<SmtpTlsMode, 'none'>): Promise<void> {
+    const required = mode !== 'opportunistic';
+    if (!conn.ext.keywords.has('STARTTLS')) {
+      if (required) throw new DeliveryError(421, `4.7.4 TLS is required, but ${this.#label} does not offer STARTTLS`);
+      this.#log?.debug({ relay: this.name }, 'no STARTTLS offered: plain text');
+      return;
+    }
+    conn.write('STARTTLS\r\n');
+    const r = await conn.read(this.#cmdTimeout, 'STARTTLS');
+    if (r.code === 421) throw new DeliveryError(421, replyText(r), true);
+    if (r.code !== 220) {
+      if (required) throw new DeliveryError(421, `4.7.4 TLS is required, but ${this.#label} refused STARTTLS: ${r.code} ${replyText(r)}`);
+      // Postfix (may) goes on in plain text too: the session is still where it was before STARTTLS.
+      this.#log?.info({ relay: this.name, reply: `${r.code} ${replyText(r)}` }, 'STARTTLS refused: plain text');
+      return;
+    }
+    const name = this.#tlsName;
+    this.#tlsContext ??= trustContext(this.#tls.ca);
+    let secure: tls.TLSSocket;
+    try {
+      secure = await conn.startTls({ secureContext: this.#tlsContext, host: name, servername: net.isIP(name) === 0 ? name : undefined }, this.#cmdTimeout);
+    } catch (err) {
+      const why = err instanceof DeliveryError ? err.text : errText(err);
+      if (required) throw new DeliveryError(421, `4.7.4 TLS is required, but the TLS handshake with ${this.#label} failed: ${why}`);
+      throw new TlsFallbackError(421, `4.4.2 TLS handshake with ${this.#label} failed: ${why}`);
+    }
+    const verified = secure.authorized;
+    if (mode === 'verify' && !verified) throw new DeliveryError(421, `4.7.5 certificate verification failed: ${verifyFailure(secure, name)}`);
+    conn.tls = { protocol: secure.getProtocol() ?? 'unknown', cipher: secure.getCipher().name, verified };
+    this.#log?.info({ relay: this.name, tls: conn.tls.protocol, cipher: conn.tls.cipher, verified }, 'TLS established');
+    // RFC 3207 4.2: forget what the server said before TLS, ask again.
+    conn.ext = NO_EXTENSIONS;
+    conn.authMechs = new Set();
+    await this.#hello(conn, false);
+  }
+
+  /** AUTH PLAIN (RFC 4616, with the initial response) if offered, else AUTH LOGIN. */
+  async #authenticate(conn: Connection, auth: SmtpAuthOptions): Promise<void> {
+    if (conn.tls === null && !isLoopbackAddress(conn.raw.remoteAddress)) {
+      throw new DeliveryError(451, `4.7.0 not sending credentials over an unencrypted connection to ${this.#label}`);
+    }
+    const t = this.#cmdTimeout;
+    const failed = (r: SmtpReply): DeliveryError =>
+      r.code === 421 ? new DeliveryError(421, replyText(r), true) : new DeliveryError(451, `4.7.8 authentication failed: ${r.code} ${replyText(r)}`);
+    const b64 = (s: string): string => Buffer.from(s, 'utf8').toString('base64');
+    // Success is 235; any 2xx is taken as one (smtp-sink says 250), as Postfix does.
+    const ok = (r: SmtpReply): boolean => r.code >= 200 && r.code < 300;
+    let r: SmtpReply;
+    if (conn.authMechs.has('PLAIN')) {
+      conn.write(`AUTH PLAIN ${authPlainResponse(auth.user, auth.password)}\r\n`);
+      r = await conn.read(t, 'AUTH PLAIN');
+    } else if (conn.authMechs.has('LOGIN')) {
+      conn.write('AUTH LOGIN\r\n');
+      r = await conn.read(t, 'AUTH LOGIN');
+      if (r.code === 334) {
+        conn.write(`${b64(auth.user)}\r\n`);
+        r = await conn.read(t, 'AUTH LOGIN user name');
+        if (r.code === 334) {
+          conn.write(`${b64(auth.password)}\r\n`);
+          r = await conn.read(t, 'AUTH LOGIN password');
+        }
+      }
+    } else {
+      // Postfix would send without AUTH; a smarthost that needs it would then refuse relaying
+      // for good (a bounce). Deferring lets the mail wait while an admin looks.
+      const offered = conn.authMechs.size > 0 ? `AUTH ${[...conn.authMechs].join(' ')}` : 'no AUTH';
+      throw new DeliveryError(451, `4.7.0 ${this.#label} offers neither AUTH PLAIN nor LOGIN (${offered})${conn.tls === null ? ' over plain text' : ''}`);
+    }
+    // Any failure drops the connection (conn.fail), so a half-done exchange never matters.
+    if (!ok(r)) throw failed(r);
+    this.#log?.debug({ relay: this.name, user: auth.user }, 'authenticated');
   }
 
   #release(conn: Connection, reusable: boolean): void {

@@ -76,11 +76,15 @@ export class SmtpServer {
   /** Binds every listen address; resolves with the bound addresses (port 0 → the real port). */
   async listen(): Promise<Array<{ host: string; port: number }>> {
     const bound: Array<{ host: string; port: number }> = [];
-    for (const entry of this.deps.config.listen) {
+    for (const { address: entry, mode } of this.deps.config.listen) {
       const hp = parseHostPort(entry);
       if (!hp) throw new Error(`bad listen address ${entry}`);
+      if (mode === 'submissions' && !this.deps.tls) throw new Error(`listen ${entry}: mode submissions needs tls`);
       const proxied = this.deps.config.proxy_protocol.listen.includes(entry);
-      const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => (proxied ? this.acceptProxied(socket) : this.accept(socket, socketConnection(socket))));
+      const listener = mode === 'mx' ? undefined : mode;
+      const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) =>
+        proxied ? this.acceptProxied(socket, listener) : this.accept(socket, { ...socketConnection(socket), ...(listener ? { listener } : {}) }),
+      );
       await new Promise<void>((resolve, reject) => {
         server.once('error', reject);
         server.listen({ host: hp.host, port: hp.port, backlog: 511 }, () => {
@@ -91,14 +95,14 @@ export class SmtpServer {
       server.on('error', (err) => this.log.error({ err }, 'listener error'));
       const addr = server.address() as net.AddressInfo;
       bound.push({ host: addr.address, port: addr.port });
-      this.log.info({ listen: `${addr.address}:${addr.port}` }, 'listening');
+      this.log.info({ listen: `${addr.address}:${addr.port}`, mode }, 'listening');
       this.servers.push(server);
     }
     return bound;
   }
 
   /** A proxy listener: only trusted proxies, and only after a valid PROXY header. */
-  private acceptProxied(socket: net.Socket): void {
+  private acceptProxied(socket: net.Socket, listener: Connection['listener']): void {
     const pp = this.deps.config.proxy_protocol;
     const proxy = plainIp(socket.remoteAddress ?? '');
     socket.on('error', () => undefined);
@@ -122,14 +126,17 @@ export class SmtpServer {
       }
       if (result.proxyLocal) this.log.info({ ip: proxy, check: 'proxy_protocol' }, 'PROXY LOCAL (proxy health check): a session that may not send mail');
       if ('udp' in result) this.log.warn({ ip: proxy, client: result.remoteIp, check: 'proxy_protocol' }, 'PROXY header names a UDP client: taken as that client');
-      this.accept(socket, result, proxy);
+      this.accept(socket, listener ? { ...result, listener } : result, proxy);
     });
   }
 
-  private accept(socket: net.Socket, connection: Connection, proxy?: string): void {
+  private accept(raw: net.Socket, connection: Connection, proxy?: string): void {
     const config = this.deps.config;
     const ip = connection.remoteIp;
-    socket.on('error', () => undefined);
+    raw.on('error', () => undefined);
+    // submissions (RFC 8314): the TLS handshake comes first, and everything after it, refusals
+    // included, goes through TLS; what is written before the handshake ends waits for it.
+    const socket = connection.listener === 'submissions' ? this.implicitTls(raw, ip) : raw;
     if (this.stopping) return refuse(socket, `421 4.3.2 ${config.hostname} Service shutting down`);
     const fromIp = this.perIp.get(ip) ?? 0;
     if (this.sessions.size >= config.limits.max_connections) {
@@ -168,7 +175,15 @@ export class SmtpServer {
     this.sessions.add(session);
     this.updateStress();
     void session.start();
-    if (proxy !== undefined) socket.resume(); // readProxyHeader() left it paused
+    if (proxy !== undefined) raw.resume(); // readProxyHeader() left it paused
+  }
+
+  /** Wraps a connection to a submissions listener in TLS, server side, with the current certificate. */
+  private implicitTls(raw: net.Socket, ip: string): tls.TLSSocket {
+    const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: this.deps.tls });
+    secure.on('error', (err) => this.log.debug({ ip, err: err.message }, 'TLS handshake failed'));
+    secure.once('secure', () => this.log.info({ ip, protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'TLS established (implicit)'));
+    return secure;
   }
 
   get connectionCount(): number {

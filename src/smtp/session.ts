@@ -15,8 +15,9 @@ import { multiline, receivedHeader } from './replies.ts';
 import { saslContinue, saslStart, type SaslState, type SaslStep } from './sasl.ts';
 import type { Config } from '../config/schema.ts';
 import type { PolicyEngine, PhaseResult } from '../policy/engine.ts';
-import type { MessageView, SessionInfo } from '../policy/context.ts';
-import { HeaderBlockReader } from '../mail/header-block.ts';
+import { isSubmission, type MessageView, type SessionInfo } from '../policy/context.ts';
+import { HeaderBlockReader, headerValues } from '../mail/header-block.ts';
+import { fromDomain, signingDomainFor } from '../delivery/dkim-sign.ts';
 import type { PolicySession, PolicyTx } from '../policy/session.ts';
 import { traceLogFields, type TraceOutcome, type TransactionTrace } from '../policy/trace.ts';
 import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
@@ -24,6 +25,7 @@ import { isStorageFull } from '../queue/spool-fs.ts';
 import type { Envelope } from '../mail/envelope.ts';
 import type { Logger } from '../util/log.ts';
 import { addressListOf, plainIp } from '../util/cidr.ts';
+import { asciiDomain } from '../util/idna.ts';
 import type { Store } from '../store/store.ts';
 import { AuthBusyError, HashRefusedError, type Authenticator } from '../auth/index.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
@@ -73,6 +75,8 @@ export interface Connection {
   readonly rblsmtpd?: string;
   /** A PROXY v2 LOCAL connection: the proxy's own health check, which may not send mail. */
   readonly proxyLocal?: boolean;
+  /** The listener's role (listen: mode); undefined is mx. submissions: the socket is TLS from the start. */
+  readonly listener?: 'mx' | 'submission' | 'submissions';
 }
 
 /** The connection facts of a plain TCP socket. */
@@ -159,7 +163,7 @@ export class Session {
     this.info = {
       sid: (Date.now() % 1e8).toString(36) + (++sessionCounter).toString(36),
       ...connection,
-      tls: false,
+      tls: connection.listener === 'submissions', // implicit TLS (RFC 8314): the server wrapped the socket
       esmtp: false,
       earlyTalker: false,
       rcptCount: 0,
@@ -466,9 +470,16 @@ export class Session {
     if (this.healthCheck) return this.error('550 5.7.1 Error: a proxy health check connection (PROXY LOCAL) may not send mail');
     if (this.tx) return this.error('503 5.5.1 Error: nested MAIL command');
     if (this.info.helo === undefined && this.config.helo.required) return this.error('503 5.5.1 Error: send HELO/EHLO first');
+    // A submission listener takes mail from our users only (RFC 4954 6, RFC 6409 4.3).
+    const submission = isSubmission(this.info);
+    if (submission && this.info.authUser === undefined) return this.error('530 5.7.0 Authentication required');
     const parsed = parsePath(arg, 'FROM');
     if (!parsed.ok) return this.error(`${parsed.code} ${parsed.enhanced} ${parsed.text}`);
     const { address, params } = parsed;
+    if (submission && !senderAllowed(this.config.submission.senders, this.info.authUser as string, address)) {
+      this.log.info({ check: 'submission_sender', user: this.info.authUser, from: address.address, setting: 'submission.senders' }, 'sender address not owned by the user');
+      return this.error(`553 5.7.1 Sender address <${address.address}> not owned by user ${this.info.authUser as string}`);
+    }
     for (const [key, value] of Object.entries(params)) {
       if (key === 'SIZE') {
         if (value === true || !/^\d{1,15}$/.test(value)) return this.error('501 5.5.4 Bad SIZE parameter');
@@ -662,6 +673,7 @@ export class Session {
       addHeadersAt: decision.headers.length > 0 ? tx.prefixLength : undefined,
       cut: decision.cut.length > 0 ? decision.cut : undefined,
       score: decision.score || undefined,
+      dkim: this.dkimDomainOf(message),
     };
     let committed: CommittedMessage;
     try {
@@ -681,6 +693,19 @@ export class Session {
     this.finishTransaction(tx, writer.id, `250 2.0.0 Ok: queued as ${writer.id}`, undefined, committed.size);
   }
 
+  /**
+   * Our user's mail (an authenticated client, or a relay client) with one From: in a dkim.sign
+   * domain: that domain, to sign with when it is delivered. Mail from anyone else is not ours to vouch for.
+   */
+  private dkimDomainOf(message: MessageView): string | undefined {
+    const sign = this.config.dkim.sign;
+    if (sign.length === 0) return undefined;
+    if (this.info.authUser === undefined && !addressListOf(this.config.relay.forward_from_ip).has(this.info.remoteIp)) return undefined;
+    const from = headerValues(message.headers, 'from');
+    if (from.length !== 1) return undefined; // RFC 5322: exactly one From
+    return signingDomainFor(fromDomain(from[0] as string), sign.map((s) => s.domain));
+  }
+
   private finishTransaction(tx: Transaction, id: string, reply: string, outcome?: TraceOutcome, size?: number): void {
     tx.policy.trace.end(reply, id, outcome, size);
     this.reply(reply);
@@ -695,7 +720,8 @@ export class Session {
   /** Whether EHLO lists AUTH: enabled, secured, and not hidden from a recent POP user (relay.hide_auth). */
   private async authOffered(): Promise<boolean> {
     if (!this.config.auth.enabled || !this.deps.authenticator || this.info.authUser !== undefined || !this.authSecured()) return false;
-    return !(await this.policy.hideAuth());
+    // On a submission listener AUTH is the only way to send: never hidden.
+    return isSubmission(this.info) || !(await this.policy.hideAuth());
   }
 
   private async auth(arg: string): Promise<void> {
@@ -904,6 +930,21 @@ export class Session {
     this.log.info({ lostData: this.lostData || undefined }, 'disconnect');
     this.onClosed();
   };
+}
+
+/**
+ * May `user`, authenticated on a submission listener, send as `from` (submission.senders,
+ * Postfix's reject_sender_login_mismatch)? A listed user: one of its addresses or *@domain
+ * entries (case-insensitive). A user not listed: only the address that is its login name. The
+ * null sender (bounces, read receipts) is always allowed.
+ */
+export function senderAllowed(senders: Readonly<Record<string, readonly string[]>>, user: string, from: Address): boolean {
+  if (from.address === '') return true;
+  const domain = asciiDomain(from.domain);
+  const address = `${from.local.toLowerCase()}@${domain}`;
+  const own = Object.hasOwn(senders, user) ? senders[user] : undefined;
+  if (own === undefined) return user.toLowerCase() === address || user.toLowerCase() === from.address.toLowerCase();
+  return own.some((p) => p === address || p === `*@${domain}`);
 }
 
 /** The reply for a message the decoder found broken, or undefined when it is fine. */

@@ -1,6 +1,6 @@
 // Relaying, as DMail defines it (settings under relay:). Runs after local_domains, so it only
 // sees recipients outside our domains; each rule that allows relaying logs DMail's own line:
-//   auth_allow_relay  the client did SMTP AUTH          "Command RCPT OK (authenticated channel)"
+//   auth_allow_relay  the client did SMTP AUTH (always so on a submission listener)   "Command RCPT OK (authenticated channel)"
 //   relay_to          recipient domain we relay to      "Command RCPT OK (relay_to allowed)"
 //   forward_from_ip   client network                    "Command RCPT OK (relaying allowed)"
 //   forward_from      sender domain (forgeable!)        "Command RCPT OK (forward_from allowed)"
@@ -9,6 +9,7 @@
 // cheap rules did not decide. An unreachable store throws (→ 451 4.3.0), or with
 // store.fail_open the POP-before-SMTP rule simply does not grant: it never opens the relay.
 import { defineCheck, type Check } from '../check.ts';
+import { isSubmission } from '../context.ts';
 import { reject } from '../verdict.ts';
 import { AddressList } from '../../util/cidr.ts';
 import { DomainSet } from '../../util/idna.ts';
@@ -35,7 +36,8 @@ export function relayCheck(relay: Config['relay'], store: Store | undefined, fai
     phase: 'rcpt',
     async run(ctx) {
       const ok = (log: string) => ({ kind: 'accept' as const, check: 'relay', log });
-      if (relay.auth_allow_relay && ctx.session.authUser !== undefined) return ok('Command RCPT OK (authenticated channel)');
+      // On a submission listener an authenticated user always relays: that is what it is for.
+      if (ctx.session.authUser !== undefined && (relay.auth_allow_relay || isSubmission(ctx.session))) return ok('Command RCPT OK (authenticated channel)');
       if (relayTo.has(ctx.rcpt.domain)) return ok('Command RCPT OK (relay_to allowed)');
       if (allowedIps.has(ctx.session.remoteIp)) return ok('Command RCPT OK (relaying allowed)');
       if (ctx.tx.mailFrom.domain !== '' && forwardFrom.has(ctx.tx.mailFrom.domain)) return ok('Command RCPT OK (forward_from allowed)');
