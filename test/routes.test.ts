@@ -11,7 +11,6 @@ import os from 'node:os';
 import path from 'node:path';
 import { startDnsmasq, type DnsmasqPeer } from './harness/dns.ts';
 import { sharedPort, sinkAt } from './harness/mx-sinks.ts';
-import { parseSinkDump } from './harness/peers.ts';
 import { startTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import type { ConfigInput } from '../src/config/schema.ts';
@@ -97,8 +96,8 @@ test('relayed mail goes by MX: the best host gets it, the next one when it is do
   const a = await app(t);
   const r = await send(a, 'sender@example.com', ['x@far.test'], 'by mx 1');
   assert.equal(r.data?.slice(0, 3), '250', JSON.stringify(r));
-  const got = await waitFor('mx1.far.test receives it', () => (mx1.files().length > 0 ? mx1.files() : undefined), a.logs);
-  assert.deepEqual(parseSinkDump(got[0] as string).rcptArgs, ['<x@far.test>']);
+  const got = await waitFor('mx1.far.test receives it', () => mx1.dumps()[0], a.logs);
+  assert.deepEqual(got.rcptArgs, ['<x@far.test>']);
   assert.equal(mx2.files().length, 0, 'not the worse MX');
   assert.deepEqual([...maildirFiles(path.join(a.dir, 'maildir')).keys()], [], 'nothing in a local mailbox (x@far.test is not the local user x)');
   const delivered = await waitFor('the delivered line', () => a.logs().find((l) => l.msg === 'delivered' && l.rcpt === 'x@far.test'), a.logs);
@@ -108,8 +107,8 @@ test('relayed mail goes by MX: the best host gets it, the next one when it is do
   await mx1.stop();
   const r2 = await send(a, 'sender@example.com', ['y@far.test'], 'by mx 2');
   assert.equal(r2.data?.slice(0, 3), '250');
-  const got2 = await waitFor('mx2.far.test receives it', () => (mx2.files().length > 0 ? mx2.files() : undefined), a.logs);
-  assert.deepEqual(parseSinkDump(got2[0] as string).rcptArgs, ['<y@far.test>']);
+  const got2 = await waitFor('mx2.far.test receives it', () => mx2.dumps()[0], a.logs);
+  assert.deepEqual(got2.rcptArgs, ['<y@far.test>']);
 });
 
 test('every MX down: deferred, then delivered when one comes back (queue flush)', async (t) => {
@@ -119,8 +118,8 @@ test('every MX down: deferred, then delivered when one comes back (queue flush)'
   const deferred = await waitFor('deferred', () => a.logs().find((l) => l.msg === 'deferred' && l.rcpt === 'z@far.test'), a.logs);
   assert.match(String(deferred.reply), /all 2 MX addresses of far\.test tried/);
   const mx2 = await sinkAt(t, IP.mx2, port);
-  const got = await waitFor('delivered on a retry', () => (mx2.files().length > 0 ? mx2.files() : undefined), a.logs, 15_000);
-  assert.deepEqual(parseSinkDump(got[0] as string).rcptArgs, ['<z@far.test>']);
+  const got = await waitFor('delivered on a retry', () => mx2.dumps()[0], a.logs, 15_000);
+  assert.deepEqual(got.rcptArgs, ['<z@far.test>']);
 });
 
 test('a null MX bounces at once; a remote refusal bounces with a DSN quoting the remote reply and naming the host', async (t) => {

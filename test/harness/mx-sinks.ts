@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { freePort, makeTempDir, parseSinkDump, waitReady } from './peers.ts';
+import { freePort, makeTempDir, parseSinkDump, waitReady, type SinkDump } from './peers.ts';
 import { spawnDaemon, supervise } from './processes.ts';
 
 /** Whether a TCP listener can bind host:port right now. */
@@ -46,8 +46,10 @@ function bannerAt(host: string, port: number): Promise<boolean> {
 }
 
 export interface Sink {
-  /** Dump files, one per mail transaction. */
+  /** Dump files, one per mail transaction (the newest may still be being written). */
   files(): string[];
+  /** The transactions whose dump smtp-sink has written far enough to read (envelope and Received line). */
+  dumps(): SinkDump[];
   /** The RCPT TO arguments of every transaction received. */
   rcpts(): string[];
   stop(): Promise<void>;
@@ -67,6 +69,15 @@ export async function sinkAt(t: TestContext, host: string, port: number, extraAr
   });
   t.after(stop);
   const files = (): string[] => (fs.existsSync(dumpDir) ? fs.readdirSync(dumpDir).map((n) => path.join(dumpDir, n)).sort() : []);
-  return { files, rcpts: () => files().flatMap((f) => parseSinkDump(f).rcptArgs), stop };
+  // smtp-sink writes a dump as the transaction goes: one without its Received line yet is not read.
+  const dumps = (): SinkDump[] =>
+    files().flatMap((f) => {
+      try {
+        return [parseSinkDump(f)];
+      } catch {
+        return [];
+      }
+    });
+  return { files, dumps, rcpts: () => dumps().flatMap((d) => d.rcptArgs), stop };
 }
 
