@@ -366,6 +366,8 @@ describe('relative paths', () => {
     const c = parseConfigText(yaml('routes:', '  "*.example.org": maildir:boxes/%d/%u', '  example.net: mx', 'dkim:', '  sign: [{ domain: example.com, selector: s1, key: keys/s1.pem }]'), 'mx.yaml', '/etc/mxguard').config;
     assert.deepEqual(c.routes, { '*.example.org': 'maildir:/etc/mxguard/boxes/%d/%u', 'example.net': 'mx' });
     assert.equal(c.dkim.sign[0]?.key, '/etc/mxguard/keys/s1.pem');
+    const d = parseConfigText(yaml('queue:', '  mta_sts: { ca: lab-ca.pem }'), 'mx.yaml', '/etc/mxguard').config;
+    assert.equal(d.queue.mta_sts.ca, '/etc/mxguard/lab-ca.pem');
   });
 });
 

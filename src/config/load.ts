@@ -292,6 +292,7 @@ function finish(parsed: Config, baseDir: string): Config {
     if (target.startsWith('maildir:')) config.routes[pattern] = `maildir:${path.resolve(baseDir, target.slice('maildir:'.length))}`;
   }
   config.dkim.sign = config.dkim.sign.map((s) => ({ ...s, key: path.resolve(baseDir, s.key) }));
+  if (config.queue.mta_sts.ca !== undefined) config.queue.mta_sts.ca = path.resolve(baseDir, config.queue.mta_sts.ca);
   return config;
 }
 

@@ -534,6 +534,17 @@ export const configSchema = z.strictObject({
       mx_port: z.number().int().min(1).max(65535).default(25),
       /** TLS to MX hosts: opportunistic (STARTTLS when offered, Postfix's "may"), verify (required, with a certificate valid for the MX name), none. */
       mx_tls: z.enum(['none', 'opportunistic', 'verify']).default('opportunistic'),
+      /** MTA-STS (RFC 8461) for delivery by MX: a receiving domain's policy decides which MX hosts may take its mail, over verified TLS. */
+      mta_sts: z
+        .strictObject({
+          /** Look up and apply MTA-STS policies. */
+          enabled: z.boolean().default(true),
+          /** Extra trusted CAs (a PEM file, relative to the config file) for the policy fetch and for verified TLS to MX hosts; for a lab or a test. */
+          ca: z.string().min(1).optional(),
+          /** The HTTPS port of policy hosts (mta-sts.<domain>); another only in a lab or a test. */
+          port: z.number().int().min(1).max(65535).default(443),
+        })
+        .prefault({}),
     })
     .prefault({}),
   scoring: z

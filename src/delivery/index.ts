@@ -1,5 +1,6 @@
 // The transports behind `deliver:` and `routes:` (src/delivery/routes.ts): one router that
 // hands each recipient to its route's transport, made on first use.
+import fs from 'node:fs';
 import os from 'node:os';
 import { parseHostPort, type Config } from '../config/schema.ts';
 import type { Logger } from '../util/log.ts';
@@ -7,7 +8,7 @@ import type { Transport } from '../mail/transport.ts';
 import type { DnsResolver } from '../dns/resolver.ts';
 import { createSmtpTransport } from '../smtp-client/client.ts';
 import { createMaildirTransport } from './maildir.ts';
-import { createMxTransport } from './mx.ts';
+import { createMxTransport, type MxTransportOptions } from './mx.ts';
 import { createRouter } from './router.ts';
 import { createSigningTransport, loadSigningKeys } from './dkim-sign.ts';
 import { routeTable, type RouteTable } from './routes.ts';
@@ -35,6 +36,7 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
         heloName: config.hostname,
         port: config.queue.mx_port,
         tls: config.queue.mx_tls,
+        ...mtaStsOf(config),
         maxConnections: config.queue.connections,
         connectTimeoutMs: 30_000,
         commandTimeoutMs: 300_000,
@@ -48,6 +50,16 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
   const keys = loadSigningKeys(config.dkim.sign);
   const out = keys.length > 0 ? createSigningTransport(router, keys) : router;
   return Object.assign(out, { reload: (next: Config) => router.setTable(tableOf(next)) });
+}
+
+/** MTA-STS for the MX transport (queue.mta_sts); its CA file is read now: a bad one stops the start. */
+function mtaStsOf(config: Config): Pick<MxTransportOptions, 'tlsCa' | 'mtaSts'> {
+  const sts = config.queue.mta_sts;
+  const ca = sts.ca === undefined ? undefined : fs.readFileSync(sts.ca, 'utf8');
+  return {
+    ...(ca !== undefined ? { tlsCa: ca } : {}),
+    ...(sts.enabled ? { mtaSts: { port: sts.port, ...(ca !== undefined ? { ca } : {}) } } : {}),
+  };
 }
 
 /**

@@ -5,12 +5,18 @@
 //
 // What ends a domain without a connection: a null MX (RFC 7505) or NXDOMAIN bounces, a DNS
 // error defers, and an MX list that leads back to ourselves (RFC 5321 5.1) bounces as a loop.
+//
+// MTA-STS (RFC 8461, src/delivery/mta-sts.ts), when enabled: a domain's policy in mode enforce
+// keeps only the MX hosts its patterns match (none left: the mail waits, 451 4.7.5) and makes
+// every connection to them verified TLS for the MX host name (a certificate failure fails that
+// address, never falls back to plain text); mode testing only logs what enforce would refuse.
 import net from 'node:net';
 import { ipKey, normalizeName, type DnsResolver, type MxRecord } from '../dns/resolver.ts';
 import type { Logger } from '../util/log.ts';
 import type { OutgoingMessage, RcptResult, Transport } from '../mail/transport.ts';
-import { createSmtpTransport } from '../smtp-client/client.ts';
+import { createSmtpTransport, type SmtpTlsMode } from '../smtp-client/client.ts';
 import { domainOf } from './routes.ts';
+import { MtaSts, mxMatches, type MtaStsOptions, type StsLookup } from './mta-sts.ts';
 
 export interface MxTransportOptions {
   readonly dns: DnsResolver;
@@ -30,6 +36,10 @@ export interface MxTransportOptions {
    * name (a failure is a 421: the next address is tried), 'none' never.
    */
   readonly tls?: 'none' | 'opportunistic' | 'verify';
+  /** Extra trust anchors (PEM) for certificates of MX hosts (verify mode, MTA-STS enforce). */
+  readonly tlsCa?: string | Buffer;
+  /** MTA-STS (RFC 8461): off when undefined. The policy fetch's options (its resolver is `dns`). */
+  readonly mtaSts?: Omit<MtaStsOptions, 'dns' | 'log'>;
 }
 
 /**
@@ -42,6 +52,8 @@ export const MAX_ADDRESSES = 10;
 export interface MxTarget {
   readonly host: string;
   readonly addr: string;
+  /** Set by an MTA-STS policy in mode enforce: TLS with a certificate verified for `host`. */
+  readonly tls?: 'verify';
 }
 
 /** The same answer for every recipient of a domain, decided without connecting. */
@@ -112,10 +124,12 @@ class MxTransport implements Transport {
   readonly #selfAddrs: ReadonlySet<string>;
   /** One pooled SMTP client per target address and MX host name, by URL and name. */
   readonly #clients = new Map<string, Transport>();
+  readonly #sts: MtaSts | undefined;
   #closed = false;
 
   constructor(opts: MxTransportOptions) {
     this.#opts = opts;
+    this.#sts = opts.mtaSts === undefined ? undefined : new MtaSts({ ...opts.mtaSts, dns: opts.dns, ...(opts.log ? { log: opts.log } : {}) });
     this.#selfNames = new Set(opts.self.names.map((n) => normalizeName(n) ?? n.toLowerCase()));
     this.#selfAddrs = new Set(opts.self.addresses.map((a) => ipKey(a) ?? a));
   }
@@ -209,6 +223,8 @@ class MxTransport implements Transport {
     const name = normalizeName(domain);
     if (name === undefined) return verdict('perm', 501, `5.1.3 bad recipient address syntax: no valid domain`);
 
+    // The policy is looked up alongside the MX records (its lookup never throws).
+    const stsLookup: Promise<StsLookup> | undefined = this.#sts?.lookup(name);
     const mx = await this.#opts.dns.mx(name);
     let hosts: MxRecord[];
     if (mx.kind === 'null-mx') return verdict('perm', 556, `5.1.10 domain ${name} does not accept mail (null MX)`);
@@ -226,6 +242,21 @@ class MxTransport implements Transport {
     const kept = dropSelf(resolved, (h) => this.#selfNames.has(h.host) || h.addrs.some((a) => this.#isSelfAddr(a)));
     if (kept.looped && kept.hosts.length === 0) return verdict('perm', 554, `5.4.6 mail for ${name} loops back to myself`);
 
+    let enforce = false;
+    const sts = await stsLookup;
+    if (sts?.kind === 'policy' && sts.policy.mode !== 'none') {
+      const { policy } = sts;
+      const refused = kept.hosts.filter((h) => !mxMatches(h.host, policy.mx)).map((h) => h.host);
+      if (policy.mode === 'testing') {
+        if (refused.length > 0) this.#opts.log?.warn({ id, domain: name, sts_id: sts.id, refused, mx_patterns: policy.mx }, 'MTA-STS testing: enforce would refuse these MX hosts');
+      } else {
+        enforce = true;
+        if (refused.length > 0) this.#opts.log?.info({ id, domain: name, sts_id: sts.id, refused, mx_patterns: policy.mx }, 'MTA-STS enforce: MX hosts outside the policy dropped');
+        kept.hosts = kept.hosts.filter((h) => mxMatches(h.host, policy.mx));
+        if (kept.hosts.length === 0) return verdict('temp', 451, `4.7.5 no MX host of ${name} matches its MTA-STS policy`);
+      }
+    }
+
     const targets: MxTarget[] = [];
     const seen = new Set<string>();
     const unresolved: string[] = [];
@@ -241,7 +272,7 @@ class MxTransport implements Transport {
         const key = ipKey(addr) ?? addr;
         if (seen.has(key)) continue;
         seen.add(key);
-        targets.push({ host: h.host, addr });
+        targets.push(enforce ? { host: h.host, addr, tls: 'verify' } : { host: h.host, addr });
       }
     }
     if (targets.length === 0) {
@@ -275,7 +306,8 @@ class MxTransport implements Transport {
     // The certificate is checked for the MX host name (an address literal: its address), so an
     // address reached under two names gets a client per name.
     const servername = addressLiteral(t.host) ?? t.host;
-    const key = `${url} ${servername}`;
+    const mode: SmtpTlsMode = t.tls ?? this.#opts.tls ?? 'opportunistic';
+    const key = `${url} ${servername} ${mode}`;
     let c = this.#clients.get(key);
     if (c === undefined) {
       c = createSmtpTransport({
@@ -285,7 +317,7 @@ class MxTransport implements Transport {
         connectTimeoutMs: this.#opts.connectTimeoutMs,
         commandTimeoutMs: this.#opts.commandTimeoutMs,
         log: this.#opts.log,
-        tls: { mode: this.#opts.tls ?? 'opportunistic', servername },
+        tls: { mode, servername, ...(this.#opts.tlsCa !== undefined ? { ca: this.#opts.tlsCa } : {}) },
       });
       this.#clients.set(key, c);
     }
