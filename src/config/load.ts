@@ -293,6 +293,10 @@ function finish(parsed: Config, baseDir: string): Config {
   }
   config.dkim.sign = config.dkim.sign.map((s) => ({ ...s, key: path.resolve(baseDir, s.key) }));
   if (config.queue.mta_sts.ca !== undefined) config.queue.mta_sts.ca = path.resolve(baseDir, config.queue.mta_sts.ca);
+  for (const h of Object.values(config.smarthosts)) {
+    if (h.ca !== undefined) h.ca = path.resolve(baseDir, h.ca);
+    if (h.password_file !== undefined) h.password_file = path.resolve(baseDir, h.password_file);
+  }
   return config;
 }
 

@@ -1,7 +1,7 @@
 // What a route's target may be (routes:, src/delivery/routes.ts chooses among them): the
 // config validates it here, below the delivery code that uses it.
 
-/** A route's target, as written: smtp://host:port, lmtp://host:port, maildir:DIR (with %d, %u) or mx. */
+/** A route's target, as written: smtp://host:port, lmtp://host:port, maildir:DIR (with %d, %u), mx, or smarthost:NAME (smarthosts.NAME). */
 export type RouteTarget = string;
 
 /** Is `v` a target mxguard can deliver to? undefined when it is, else why not. */
@@ -9,6 +9,7 @@ export function targetError(v: string): string | undefined {
   if (v === 'mx') return undefined;
   if (/^(smtp|lmtp):\/\/[^/]+:\d+$/.test(v)) return undefined;
   if (/^maildir:.+/.test(v)) return undefined;
-  return `"${v}" is not smtp://host:port, lmtp://host:port, maildir:DIR or mx`;
+  if (/^smarthost:[A-Za-z0-9_.-]+$/.test(v)) return undefined;
+  return `"${v}" is not smtp://host:port, lmtp://host:port, maildir:DIR, mx or smarthost:NAME`;
 }
 

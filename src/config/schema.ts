@@ -246,6 +246,31 @@ export const configSchema = z.strictObject({
   deliver: deliver.optional(),
   /** Where mail for other domains goes, by recipient domain (src/delivery/routes.ts); relayed mail without a route goes by MX. */
   routes: routes.default({}),
+  /**
+   * Relays mail goes through (route target smarthost:NAME): an ISP's or a provider's submission
+   * server, with TLS and a login. The password is read from password_file (its first line).
+   */
+  smarthosts: z
+    .record(
+      z.string().regex(/^[A-Za-z0-9_.-]+$/, 'a name of letters, digits, _ . -'),
+      z.strictObject({
+        /** smtp://host:port (587 with STARTTLS, usually). */
+        url: downstream.refine((v) => v.startsWith('smtp://'), 'a smarthost is smtp://host:port'),
+        /** required: STARTTLS or no delivery; verify: and a certificate valid for the host. */
+        tls: z.enum(['required', 'verify']).default('required'),
+        /** Extra trusted CAs (a PEM file) for tls: verify, when the smarthost's certificate is from a private CA. */
+        ca: z.string().min(1).optional(),
+        user: z.string().min(1).optional(),
+        /** The password, on the file's first line (keep it mode 0600). */
+        password_file: z.string().min(1).optional(),
+      }),
+    )
+    .default({})
+    .superRefine((hosts, ctx) => {
+      for (const [name, h] of Object.entries(hosts)) {
+        if ((h.user === undefined) !== (h.password_file === undefined)) ctx.addIssue({ code: 'custom', path: [name], message: 'user and password_file go together' });
+      }
+    }),
   dkim: z
     .strictObject({
       /** Sign our users' mail (authenticated or relay clients) whose From: is in one of these domains (or a subdomain): the key's PEM file, and the selector its public key is published under. */
@@ -700,6 +725,10 @@ export const configSchema = z.strictObject({
     if (l.mode === 'submissions' && c.tls === undefined) ctx.addIssue({ code: 'custom', path: ['listen', i], message: `"${l.address}" has mode submissions (implicit TLS): it needs tls (cert and key)` });
     if (l.mode !== 'mx' && !c.auth.enabled) ctx.addIssue({ code: 'custom', path: ['listen', i], message: `"${l.address}" has mode ${l.mode}, which needs AUTH: auth.enabled is false` });
   });
+  for (const [pattern, target] of Object.entries(c.routes)) {
+    const name = /^smarthost:(.+)$/.exec(target)?.[1];
+    if (name !== undefined && !Object.hasOwn(c.smarthosts, name)) ctx.addIssue({ code: 'custom', path: ['routes', pattern], message: `${target}: there is no smarthosts.${name}` });
+  }
   const callout = c.recipients.callout;
   if (callout !== undefined && callout.target === undefined && !/^(smtp|lmtp):\/\//.test(c.deliver ?? '')) {
     const deliver = c.deliver === undefined ? 'the default Maildir' : c.deliver;

@@ -44,12 +44,47 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
         log,
       });
     }
+    const smarthost = /^smarthost:(.+)$/.exec(target)?.[1];
+    if (smarthost !== undefined) return smarthostTransport(config, smarthost, log);
     return createSmtpTransport({ url: target, heloName: config.hostname, maxConnections: config.queue.connections, connectTimeoutMs: 30_000, commandTimeoutMs: 300_000, log });
   });
   // Our users' mail is signed on its way out (dkim.sign; keys read now: a bad one stops the start).
   const keys = loadSigningKeys(config.dkim.sign);
   const out = keys.length > 0 ? createSigningTransport(router, keys) : router;
   return Object.assign(out, { reload: (next: Config) => router.setTable(tableOf(next)) });
+}
+
+/**
+ * A smarthost (smarthosts.NAME): SMTP with STARTTLS required (or verified) and, with user and
+ * password_file, AUTH. A password file that cannot be read defers the mail, naming the file.
+ */
+function smarthostTransport(config: Config, name: string, log: Logger): Transport {
+  const h = config.smarthosts[name];
+  const label = `smarthost:${name}`;
+  const failing = (why: string): Transport => ({
+    name: label,
+    deliver: async (msg) => msg.rcpts.map((rcpt) => ({ rcpt, status: 'temp' as const, code: 451, text: `4.3.5 ${label}: ${why}` })),
+    close: async () => undefined,
+  });
+  if (h === undefined) return failing('not configured (smarthosts)');
+  let auth: { user: string; password: string } | undefined;
+  let ca: string | undefined;
+  try {
+    ca = h.ca === undefined ? undefined : fs.readFileSync(h.ca, 'utf8');
+  } catch (err) {
+    return failing(`cannot read ${h.ca}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (h.user !== undefined && h.password_file !== undefined) {
+    try {
+      const password = (fs.readFileSync(h.password_file, 'utf8').split(/\r?\n/)[0] ?? '').trim();
+      if (password === '') return failing(`${h.password_file} holds no password`);
+      auth = { user: h.user, password };
+    } catch (err) {
+      return failing(`cannot read ${h.password_file}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  }
+  const t = createSmtpTransport({ url: h.url, heloName: config.hostname, maxConnections: config.queue.connections, connectTimeoutMs: 30_000, commandTimeoutMs: 300_000, log, tls: { mode: h.tls, ...(ca !== undefined ? { ca } : {}) }, ...(auth ? { auth } : {}) });
+  return { name: label, deliver: (msg) => t.deliver(msg), close: () => t.close() };
 }
 
 /** MTA-STS for the MX transport (queue.mta_sts); its CA file is read now: a bad one stops the start. */
