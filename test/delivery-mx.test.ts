@@ -250,4 +250,15 @@ describe('delivery by MX (dnsmasq + smtp-sink on 127.0.0.x)', () => {
     assert.deepEqual(brief(rs), ['p@relay.test ok 250', 'q@nullmx.test perm 556', 'r@nosuch.test perm 550', 's@implicit.test ok 250', 't@relay.test ok 250']);
     assert.deepEqual(a.rcpts().sort(), ['<p@relay.test>', '<s@implicit.test>', '<t@relay.test>']);
   });
+
+  test('queue.tls_policy: a domain that requires TLS is deferred by an MX without STARTTLS (4.7.4), never sent in plain text; other domains go on', async (t) => {
+    const a = await sinkAt(t, IP.a, port);
+    const b = await sinkAt(t, IP.b, port);
+    const { mx } = transport(t, { tlsPolicy: { 'relay.test': 'required', '*.example.net': 'verify' } });
+    const rs = await mx.deliver(message(['u@relay.test', 'v@implicit.test']));
+    assert.deepEqual(brief(rs), ['u@relay.test temp 421', 'v@implicit.test ok 250']);
+    assert.match(rs[0]?.text ?? '', /^4\.7\.4 TLS is required, but .* \(all 2 MX addresses of relay\.test tried\)$/);
+    assert.deepEqual(a.rcpts(), ['<v@implicit.test>'], 'only the domain without a policy, in plain text (smtp-sink offers no STARTTLS)');
+    assert.equal(b.files().length, 0);
+  });
 });

@@ -402,6 +402,7 @@ describe('loadConfigFile and checkConfigFile', () => {
     assert.deepEqual(warnings, [
       `${file}:2:10: warning: deliver: maildir:/var/mail takes mail for 2 domains into one mailbox per local part (postmaster@ of each would share one): put %d in the path (maildir:/var/mail/%d/%u)`,
       `${file}:4:3: warning: routes.*: maildir:/var/relayed/%u takes mail for many domains into one mailbox per local part: put %d in the path`,
+      `${file}:4:3: warning: routes.*: relayed mail for every other domain goes into maildir:/var/relayed/%u and never reaches its recipients; route it to mx or a smarthost (or refuse relaying)`,
     ]);
   });
 

@@ -223,6 +223,9 @@ export function parseConfigText(text: string, sourceName: string, baseDir: strin
   for (const [pattern, target] of Object.entries(config.routes)) {
     if (pattern.startsWith('*') && shared(target)) warnings.push(at(nodeOffset(locate(doc, ['routes'])), `routes.${pattern}`, `${target} takes mail for many domains into one mailbox per local part: put %d in the path`));
   }
+  // Relayed mail that can never reach its recipients: the catch-all keeps it in a local Maildir.
+  const catchAll = config.routes['*'];
+  if (catchAll?.startsWith('maildir:')) warnings.push(at(nodeOffset(locate(doc, ['routes'])), 'routes.*', `relayed mail for every other domain goes into ${catchAll} and never reaches its recipients; route it to mx or a smarthost (or refuse relaying)`));
   const callout = locate(doc, ['recipients', 'callout']);
   if (callout.found && (callout.node === null || (isScalar(callout.node) && callout.node.value === null))) {
     // An empty section counts as left out (dropEmptySections): say so, since here that means off.

@@ -106,19 +106,22 @@ const deliver = z.string().superRefine((v, ctx) => {
  * domain) → smtp://host:port, lmtp://host:port, maildir:DIR (%d domain, %u local part) or mx.
  * Keys are stored as ASCII (IDNA) lower case.
  */
+/** A recipient-domain pattern (routes, queue.tls_policy): "*", "*.domain" or a domain, as ASCII lower case; undefined when it is none of those. */
+function domainPattern(pattern: string): string | undefined {
+  if (pattern === '*') return pattern;
+  const wild = pattern.startsWith('*.');
+  const d = domain.safeParse(wild ? pattern.slice(2) : pattern);
+  return d.success ? (wild ? '*.' : '') + d.data.toLowerCase() : undefined;
+}
+
 const routes = z.record(z.string(), z.string()).transform((r, ctx) => {
   const out: Record<string, string> = {};
   for (const [pattern, target] of Object.entries(r)) {
-    const wild = pattern.startsWith('*.');
-    let key = pattern;
-    if (pattern !== '*') {
-      const d = domain.safeParse(wild ? pattern.slice(2) : pattern);
-      if (!d.success) ctx.addIssue({ code: 'custom', path: [pattern], message: `"${pattern}" is not a domain, *.domain or *` });
-      else key = (wild ? '*.' : '') + d.data.toLowerCase();
-    }
+    const key = domainPattern(pattern);
+    if (key === undefined) ctx.addIssue({ code: 'custom', path: [pattern], message: `"${pattern}" is not a domain, *.domain or *` });
     const bad = targetError(target);
     if (bad) ctx.addIssue({ code: 'custom', path: [pattern], message: bad });
-    out[key] = target;
+    out[key ?? pattern] = target;
   }
   return out;
 });
@@ -559,6 +562,19 @@ export const configSchema = z.strictObject({
       mx_port: z.number().int().min(1).max(65535).default(25),
       /** TLS to MX hosts: opportunistic (STARTTLS when offered, Postfix's "may"), verify (required, with a certificate valid for the MX name), none. */
       mx_tls: z.enum(['none', 'opportunistic', 'verify']).default('opportunistic'),
+      /** Per recipient domain (a domain or *.domain), TLS to its MX hosts instead of mx_tls: none, opportunistic, required (STARTTLS or no delivery), verify. An MTA-STS policy in enforce still asks verify. */
+      tls_policy: z
+        .record(z.string(), z.enum(['none', 'opportunistic', 'required', 'verify']))
+        .default({})
+        .transform((r, ctx) => {
+          const out: Record<string, 'none' | 'opportunistic' | 'required' | 'verify'> = {};
+          for (const [pattern, mode] of Object.entries(r)) {
+            const key = domainPattern(pattern);
+            if (key === undefined || key === '*') ctx.addIssue({ code: 'custom', path: [pattern], message: `"${pattern}" is not a domain or *.domain (mx_tls is the default for the rest)` });
+            else out[key] = mode;
+          }
+          return out;
+        }),
       /** MTA-STS (RFC 8461) for delivery by MX: a receiving domain's policy decides which MX hosts may take its mail, over verified TLS. */
       mta_sts: z
         .strictObject({

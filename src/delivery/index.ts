@@ -36,6 +36,7 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
         heloName: config.hostname,
         port: config.queue.mx_port,
         tls: config.queue.mx_tls,
+        tlsPolicy: config.queue.tls_policy,
         ...mtaStsOf(config),
         maxConnections: config.queue.connections,
         connectTimeoutMs: 30_000,

@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { addressLiteral, dropSelf, orderMx, type ResolvedHost } from './mx.ts';
+import { addressLiteral, dropSelf, orderMx, tlsPolicyFor, type ResolvedHost } from './mx.ts';
 
 test('addressLiteral: IPv4 and IPv6 literals, nothing else', () => {
   assert.equal(addressLiteral('[192.0.2.1]'), '192.0.2.1');
@@ -42,4 +42,14 @@ test('dropSelf: the self host and every host of equal or worse preference go', (
   assert.deepEqual(dropSelf(hosts, (x) => x.host === 'me').looped, true);
   assert.deepEqual(dropSelf(hosts, () => false), { hosts, looped: false });
   assert.deepEqual(dropSelf([h('me', 10), h('b', 20)], (x) => x.host === 'me'), { hosts: [], looped: true });
+});
+
+test('tlsPolicyFor: the exact domain, else the longest *.parent; nothing for the rest', () => {
+  const p = { 'bank.example': 'verify', '*.example': 'required', '*.eu.example': 'none' } as const;
+  assert.equal(tlsPolicyFor('bank.example', p), 'verify');
+  assert.equal(tlsPolicyFor('shop.example', p), 'required');
+  assert.equal(tlsPolicyFor('x.eu.example', p), 'none', 'the longest wildcard');
+  assert.equal(tlsPolicyFor('example', p), undefined, '*.example is for subdomains');
+  assert.equal(tlsPolicyFor('other.test', p), undefined);
+  assert.equal(tlsPolicyFor('bank.example', undefined), undefined);
 });

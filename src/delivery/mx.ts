@@ -38,6 +38,8 @@ export interface MxTransportOptions {
   readonly tls?: 'none' | 'opportunistic' | 'verify';
   /** Extra trust anchors (PEM) for certificates of MX hosts (verify mode, MTA-STS enforce). */
   readonly tlsCa?: string | Buffer;
+  /** Per recipient domain ("example.net" or "*.example.net"): TLS for its MX hosts instead of `tls` (queue.tls_policy). */
+  readonly tlsPolicy?: Readonly<Record<string, SmtpTlsMode>>;
   /** MTA-STS (RFC 8461): off when undefined. The policy fetch's options (its resolver is `dns`). */
   readonly mtaSts?: Omit<MtaStsOptions, 'dns' | 'log'>;
 }
@@ -52,8 +54,8 @@ export const MAX_ADDRESSES = 10;
 export interface MxTarget {
   readonly host: string;
   readonly addr: string;
-  /** Set by an MTA-STS policy in mode enforce: TLS with a certificate verified for `host`. */
-  readonly tls?: 'verify';
+  /** The domain's own TLS (queue.tls_policy), or verify for an MTA-STS policy in mode enforce; else the transport's. */
+  readonly tls?: SmtpTlsMode;
 }
 
 /** The same answer for every recipient of a domain, decided without connecting. */
@@ -96,6 +98,20 @@ export interface ResolvedHost {
   readonly priority: number;
   readonly addrs: readonly string[];
   readonly error?: string;
+}
+
+const TLS_RANK: Record<SmtpTlsMode, number> = { none: 0, opportunistic: 1, required: 2, verify: 3 };
+
+/** A domain's entry in queue.tls_policy: the exact domain, else the longest *.parent that matches. */
+export function tlsPolicyFor(domain: string, policy: Readonly<Record<string, SmtpTlsMode>> | undefined): SmtpTlsMode | undefined {
+  if (policy === undefined) return undefined;
+  const exact = policy[domain];
+  if (exact !== undefined) return exact;
+  let best: [number, SmtpTlsMode] | undefined;
+  for (const [pattern, mode] of Object.entries(policy)) {
+    if (pattern.startsWith('*.') && domain.endsWith(pattern.slice(1)) && (best === undefined || pattern.length > best[0])) best = [pattern.length, mode];
+  }
+  return best?.[1];
 }
 
 /**
@@ -257,6 +273,9 @@ class MxTransport implements Transport {
       }
     }
 
+    // The domain's TLS: its queue.tls_policy entry, and never less than verify under MTA-STS enforce.
+    let domainTls = tlsPolicyFor(name, this.#opts.tlsPolicy);
+    if (enforce && (domainTls === undefined || TLS_RANK[domainTls] < TLS_RANK.verify)) domainTls = 'verify';
     const targets: MxTarget[] = [];
     const seen = new Set<string>();
     const unresolved: string[] = [];
@@ -272,7 +291,7 @@ class MxTransport implements Transport {
         const key = ipKey(addr) ?? addr;
         if (seen.has(key)) continue;
         seen.add(key);
-        targets.push(enforce ? { host: h.host, addr, tls: 'verify' } : { host: h.host, addr });
+        targets.push(domainTls !== undefined ? { host: h.host, addr, tls: domainTls } : { host: h.host, addr });
       }
     }
     if (targets.length === 0) {
