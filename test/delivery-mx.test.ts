@@ -251,6 +251,23 @@ describe('delivery by MX (dnsmasq + smtp-sink on 127.0.0.x)', () => {
     assert.deepEqual(a.rcpts().sort(), ['<p@relay.test>', '<s@implicit.test>', '<t@relay.test>']);
   });
 
+  test('a dead destination is not tried again for deadMs: its next messages are deferred at once, without connecting; then it is tried again', async (t) => {
+    const { mx, logs } = transport(t, { deadMs: 400 });
+    const attempts = () => logs.filter((l) => l.msg === 'mx delivery attempt' && l.domain === 'alldown.test').length;
+    const first = await mx.deliver(message(['w@alldown.test']));
+    assert.deepEqual(brief(first), ['w@alldown.test temp 421']);
+    assert.equal(attempts(), 2, 'both MX addresses tried');
+    const t0 = performance.now();
+    const second = await mx.deliver(message(['x@alldown.test', 'y@relay.test']));
+    assert.deepEqual(brief(second), ['x@alldown.test temp 421', 'y@relay.test temp 421']);
+    assert.match(second[0]?.text ?? '', /\(all 2 MX addresses of alldown\.test failed\) \(not tried again for 1 s\)$/);
+    assert.equal(attempts(), 2, 'not tried again');
+    assert.ok(performance.now() - t0 < 1000);
+    await new Promise((r) => setTimeout(r, 450));
+    await mx.deliver(message(['z@alldown.test']));
+    assert.equal(attempts(), 4, 'tried again after deadMs');
+  });
+
   test('queue.tls_policy: a domain that requires TLS is deferred by an MX without STARTTLS (4.7.4), never sent in plain text; other domains go on', async (t) => {
     const a = await sinkAt(t, IP.a, port);
     const b = await sinkAt(t, IP.b, port);

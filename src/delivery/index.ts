@@ -37,6 +37,7 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
         port: config.queue.mx_port,
         tls: config.queue.mx_tls,
         tlsPolicy: config.queue.tls_policy,
+        deadMs: config.queue.retry[0] ?? 60_000,
         ...mtaStsOf(config),
         maxConnections: config.queue.connections,
         connectTimeoutMs: 30_000,

@@ -38,6 +38,11 @@ export interface MxTransportOptions {
   readonly tls?: 'none' | 'opportunistic' | 'verify';
   /** Extra trust anchors (PEM) for certificates of MX hosts (verify mode, MTA-STS enforce). */
   readonly tlsCa?: string | Buffer;
+  /**
+   * How long a domain none of whose MX addresses answered is not tried again (its messages are
+   * deferred at once meanwhile); 0: always tried. The queue uses its first retry wait.
+   */
+  readonly deadMs?: number;
   /** Per recipient domain ("example.net" or "*.example.net"): TLS for its MX hosts instead of `tls` (queue.tls_policy). */
   readonly tlsPolicy?: Readonly<Record<string, SmtpTlsMode>>;
   /** MTA-STS (RFC 8461): off when undefined. The policy fetch's options (its resolver is `dns`). */
@@ -141,6 +146,8 @@ class MxTransport implements Transport {
   /** One pooled SMTP client per target address and MX host name, by URL and name. */
   readonly #clients = new Map<string, Transport>();
   readonly #sts: MtaSts | undefined;
+  /** Destinations whose every MX address failed to answer: until when they are not tried again, and why. */
+  readonly #dead = new Map<string, { until: number; text: string }>();
   #closed = false;
 
   constructor(opts: MxTransportOptions) {
@@ -180,6 +187,14 @@ class MxTransport implements Transport {
     const rcptAt = (i: number): string => msg.rcpts[i] ?? '';
     const all = (v: MxVerdict): RcptResult[] => indices.map((i) => ({ rcpt: rcptAt(i), status: v.status, code: v.code, text: v.text }));
     if (this.#closed) return all({ status: 'temp', code: 421, text: '4.3.2 transport is closed' });
+    // A destination none of whose MX hosts answered a moment ago is not tried again yet: its
+    // messages wait without holding a delivery slot through every connect timeout.
+    const dead = this.#dead.get(domain);
+    if (dead !== undefined) {
+      const left = dead.until - Date.now();
+      if (left > 0) return all({ status: 'temp', code: 421, text: `${dead.text} (not tried again for ${Math.ceil(left / 1000)} s)` });
+      this.#dead.delete(domain);
+    }
 
     let route: MxRoute;
     try {
@@ -224,6 +239,12 @@ class MxTransport implements Transport {
       const code = last?.code ?? 421;
       const text = `${last?.text ?? '4.4.1 no answer'} (all ${tried} MX addresses of ${domain} tried)`;
       results.set(i, { rcpt: rcptAt(i), status: 'temp', code, text });
+    }
+    // No address gave any answer: the destination is dead for deadMs (a real answer ends that).
+    const deadMs = this.#opts.deadMs ?? 0;
+    if (pending.length === indices.length && tried > 0 && deadMs > 0) {
+      if (this.#dead.size >= 10_000) this.#dead.clear();
+      this.#dead.set(domain, { until: Date.now() + deadMs, text: `${last?.text ?? '4.4.1 no answer'} (all ${tried} MX addresses of ${domain} failed)` });
     }
     return indices.map((i) => results.get(i) as RcptResult);
   }
