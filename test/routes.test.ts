@@ -1,6 +1,6 @@
 // Issue 13, routes (Must show 1, 3 and 5 through SMTP): mxguard running with a real dnsmasq that
 // serves MX and A records pointing at loopback addresses, real smtp-sinks there on one port
-// (queue.mx_port). Relayed mail reaches the right MX host, the next one when the first is down;
+// (queue.mx_port), and a second mxguard as the MX that refuses an unknown user (550 5.1.1). Relayed mail reaches the right MX host, the next one when the first is down;
 // a null MX and a remote refusal bounce, the DSN quoting the remote reply; the default route of a
 // foreign domain is mx, never a local mailbox; Maildir routes keep domains apart, each copy with
 // Return-Path and Delivered-To.
@@ -123,7 +123,14 @@ test('every MX down: deferred, then delivered when one comes back (queue flush)'
 });
 
 test('a null MX bounces at once; a remote refusal bounces with a DSN quoting the remote reply and naming the host', async (t) => {
-  await sinkAt(t, IP.refuser, port, ['-f', 'rcpt']);
+  // The remote MX is a real mxguard for refusing.test that knows one user: bob gets 550 5.1.1.
+  const users = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-remote-')), 'recipients');
+  fs.writeFileSync(users, 'alice@refusing.test\n');
+  const remote = await startTestApp({ hostname: 'mx.refusing.test', listen: [`${IP.refuser}:${port}`], local_domains: ['refusing.test'], recipients: { file: users }, relay: { forward_from_ip: [] } });
+  t.after(async () => {
+    await remote.stop();
+    fs.rmSync(path.dirname(users), { recursive: true, force: true });
+  });
   const a = await app(t);
   const r = await send(a, 'sender@example.com', ['nobody@nullmx.test', 'bob@refusing.test'], 'bounces');
   assert.equal(r.data?.slice(0, 3), '250');
@@ -138,7 +145,8 @@ test('a null MX bounces at once; a remote refusal bounces with a DSN quoting the
   assert.doesNotMatch(nullMx, /^Remote-MTA:/m, 'no remote host said it');
   const refused = blocks.find((x) => /^Final-Recipient: rfc822; bob@refusing\.test$/m.test(x)) ?? '';
   assert.match(refused, /^Remote-MTA: dns; mx\.refusing\.test$/m);
-  assert.match(refused, /^Diagnostic-Code: smtp; 500 5\.3\.0 Error: command failed \(host mx\.refusing\.test\[127\.0\.0\.4\]:\d+\)/m);
+  assert.match(refused, /^Status: 5\.1\.1$/m);
+  assert.match(refused, /^Diagnostic-Code: smtp; 550 5\.1\.1 <bob@refusing\.test>: [^\r\n]* \(host mx\.refusing\.test\[127\.0\.0\.4\]:\d+\)/m);
   assert.equal(a.logs().filter((l) => l.msg === 'deferred').length, 0, 'neither is retried');
 });
 
