@@ -133,7 +133,7 @@ export class App {
    */
   reload(next: Config): void {
     const deps = this.sessionDeps(next); // throws (e.g. unreadable TLS key) before anything changes
-    for (const key of ['listen', 'data_dir', 'store', 'dkim'] as const) {
+    for (const key of ['listen', 'data_dir', 'store', 'dkim', 'smarthosts'] as const) {
       if (JSON.stringify(next[key]) !== JSON.stringify(this.current[key])) this.log.warn({ key }, 'setting changes on restart only');
     }
     this.server?.reload(deps);

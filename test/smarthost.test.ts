@@ -11,7 +11,7 @@ import { startTestApp, type TestApp } from './harness/app.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import { freePort } from './harness/peers.ts';
 import { hashPassword, writeUsers } from '../src/auth/passwords.ts';
-import type { ConfigInput } from '../src/config/schema.ts';
+import type { Config, ConfigInput } from '../src/config/schema.ts';
 
 let dir = '';
 let cert = '';
@@ -111,4 +111,19 @@ test('a wrong password defers (4.7.8); tls: verify without the smarthost\'s CA d
   await relay(missing, 'fay@far.test', 'no password file');
   const why = await logLine(missing, (l) => l.msg === 'deferred' && l.rcpt === 'fay@far.test');
   assert.match(String(why.reply), /^451 4\.3\.5 smarthost:isp: cannot read .*nosuch\.pw: ENOENT/);
+});
+
+test('a reload that adds a smarthost and routes to it: the next relayed message goes through it', async (t) => {
+  const a = await startTestApp({ local_domains: ['example.com'], queue: { retry: ['1h'] } });
+  t.after(() => a.stop());
+  // The config a SIGHUP would load: the running one plus a route and its smarthost.
+  const next: Config = {
+    ...a.config,
+    routes: { 'far.test': 'smarthost:isp' },
+    smarthosts: { isp: { url: `smtp://127.0.0.1:${port}`, tls: 'required', user: 'relayuser', password_file: path.join(dir, 'good.pw') } },
+  };
+  a.app.reload(next);
+  await relay(a, 'gus@far.test', 'after reload');
+  const delivered = await logLine(a, (l) => l.msg === 'delivered' && l.rcpt === 'gus@far.test');
+  assert.equal(delivered.relay, 'smarthost:isp');
 });

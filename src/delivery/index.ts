@@ -28,6 +28,9 @@ export interface Delivery extends Transport {
 }
 
 export function createTransport(config: Config, log: Logger, dns: DnsResolver): Delivery {
+  // A transport is made on a route's first use, from the config of that moment (a smarthost a
+  // reload added is found); one already made keeps its settings until a restart.
+  let current = config;
   const router = createRouter(tableOf(config), (target) => {
     if (target.startsWith('maildir:')) return createMaildirTransport({ dir: target.slice('maildir:'.length) });
     if (target === 'mx') {
@@ -47,13 +50,18 @@ export function createTransport(config: Config, log: Logger, dns: DnsResolver): 
       });
     }
     const smarthost = /^smarthost:(.+)$/.exec(target)?.[1];
-    if (smarthost !== undefined) return smarthostTransport(config, smarthost, log);
+    if (smarthost !== undefined) return smarthostTransport(current, smarthost, log);
     return createSmtpTransport({ url: target, heloName: config.hostname, maxConnections: config.queue.connections, connectTimeoutMs: 30_000, commandTimeoutMs: 300_000, log });
   });
   // Our users' mail is signed on its way out (dkim.sign; keys read now: a bad one stops the start).
   const keys = loadSigningKeys(config.dkim.sign);
   const out = keys.length > 0 ? createSigningTransport(router, keys) : router;
-  return Object.assign(out, { reload: (next: Config) => router.setTable(tableOf(next)) });
+  return Object.assign(out, {
+    reload: (next: Config) => {
+      current = next;
+      router.setTable(tableOf(next));
+    },
+  });
 }
 
 /**
