@@ -133,11 +133,11 @@ export class App {
    */
   reload(next: Config): void {
     const deps = this.sessionDeps(next); // throws (e.g. unreadable TLS key) before anything changes
-    for (const key of ['listen', 'data_dir', 'store', 'dkim', 'smarthosts'] as const) {
+    this.delivery?.reload(next); // throws (an unreadable MTA-STS CA file) before it changes anything
+    for (const key of ['listen', 'data_dir', 'store', 'dkim'] as const) {
       if (JSON.stringify(next[key]) !== JSON.stringify(this.current[key])) this.log.warn({ key }, 'setting changes on restart only');
     }
     this.server?.reload(deps);
-    this.delivery?.reload(next);
     this.forwarder?.reload(next);
     const watched = (c: Config) => JSON.stringify([c.relay.pop_logs, c.relay.pop_log_pattern, c.relay.relayers_keep]);
     if (watched(next) !== watched(this.current)) {

@@ -3,6 +3,7 @@
 // transport uses one port for every MX host): test/harness/mx-sinks.ts.
 import { after, before, describe, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
+import net from 'node:net';
 import { pino } from 'pino';
 import { startDnsmasq, type DnsmasqPeer } from './harness/dns.ts';
 import { sharedPort, sinkAt } from './harness/mx-sinks.ts';
@@ -266,6 +267,37 @@ describe('delivery by MX (dnsmasq + smtp-sink on 127.0.0.x)', () => {
     await new Promise((r) => setTimeout(r, 450));
     await mx.deliver(message(['z@alldown.test']));
     assert.equal(attempts(), 4, 'tried again after deadMs');
+  });
+
+  test('a connection lost after the final dot defers the message (451) instead of sending it to the next MX at once (it may have been delivered)', async (t) => {
+    // An MX that reads the whole message and then drops the connection without a reply.
+    const server = net.createServer((sock) => {
+      let buf = '';
+      sock.on('error', () => undefined);
+      sock.write('220 mx-c.test ESMTP\r\n');
+      sock.on('data', (d: Buffer) => {
+        buf += d.toString('latin1');
+        for (;;) {
+          if (buf.includes('\r\n.\r\n')) return void sock.destroy();
+          const nl = buf.indexOf('\r\n');
+          if (nl === -1 || buf.startsWith('From:')) return;
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 2);
+          if (/^EHLO/i.test(line)) sock.write('250 mx-c.test\r\n');
+          else if (/^DATA/i.test(line)) sock.write('354 go ahead\r\n');
+          else if (/^(MAIL|RCPT)/i.test(line)) sock.write('250 ok\r\n');
+          else if (/^QUIT/i.test(line)) sock.end('221 bye\r\n');
+        }
+      });
+    });
+    await new Promise<void>((resolve) => server.listen(port, IP.c, resolve));
+    t.after(() => new Promise<void>((resolve) => server.close(() => resolve())));
+    const b = await sinkAt(t, IP.b, port);
+    const { mx } = transport(t, { tls: 'none' });
+    const rs = await mx.deliver(message(['k@greet421.test']));
+    assert.deepEqual(brief(rs), ['k@greet421.test temp 451']);
+    assert.match(rs[0]?.text ?? '', /after the message was sent: deferred/);
+    assert.equal(b.files().length, 0, 'not sent to the next MX as well');
   });
 
   test('queue.tls_policy: a domain that requires TLS is deferred by an MX without STARTTLS (4.7.4), never sent in plain text; other domains go on', async (t) => {

@@ -192,6 +192,11 @@ test('465: TLS first, then 220; AUTH, and a user not listed in senders may send 
     assert.equal(await send('RCPT TO:<dave@example.test>'), '250 2.1.5 Ok');
     assert.equal(await send('DATA'), '354 End data with <CR><LF>.<CR><LF>');
     assert.match(await send('Subject: via 465\r\n\r\nhi\r\n.'), /^250 2\.0\.0 Ok: queued as /);
+    // Its own envelope sender, but a From: it does not own: delivered, never signed for example.test.
+    assert.equal(await send('MAIL FROM:<bob@example.test>'), '250 2.1.0 Ok');
+    assert.equal(await send('RCPT TO:<erin@example.test>'), '250 2.1.5 Ok');
+    assert.equal(await send('DATA'), '354 End data with <CR><LF>.<CR><LF>');
+    assert.match(await send('From: <ceo@example.test>\r\nSubject: not yours\r\n\r\nhi\r\n.'), /^250 2\.0\.0 Ok: queued as /);
     await send('QUIT');
   } finally {
     socket.destroy();
@@ -199,6 +204,9 @@ test('465: TLS first, then 220; AUTH, and a user not listed in senders may send 
   const [file] = await app.waitMaildir('dave', 1);
   assert.ok(file);
   assert.match(fs.readFileSync(file, 'utf8'), /with ESMTPSA id /);
+  const [forged] = await app.waitMaildir('erin', 1);
+  assert.ok(forged);
+  assert.doesNotMatch(fs.readFileSync(forged, 'utf8'), /DKIM-Signature/, 'a From: the user does not own is not signed');
   // A client that speaks plain SMTP there gets no banner in clear text.
   const plain = await RawClient.connect(subsPort);
   try {

@@ -741,9 +741,10 @@ export const configSchema = z.strictObject({
     if (l.mode === 'submissions' && c.tls === undefined) ctx.addIssue({ code: 'custom', path: ['listen', i], message: `"${l.address}" has mode submissions (implicit TLS): it needs tls (cert and key)` });
     if (l.mode !== 'mx' && !c.auth.enabled) ctx.addIssue({ code: 'custom', path: ['listen', i], message: `"${l.address}" has mode ${l.mode}, which needs AUTH: auth.enabled is false` });
   });
-  for (const [pattern, target] of Object.entries(c.routes)) {
+  const targets: Array<[(string | number)[], string]> = [...Object.entries(c.routes).map(([p, t]): [(string | number)[], string] => [['routes', p], t]), ...(c.deliver !== undefined ? [[['deliver'], c.deliver] as [(string | number)[], string]] : [])];
+  for (const [at, target] of targets) {
     const name = /^smarthost:(.+)$/.exec(target)?.[1];
-    if (name !== undefined && !Object.hasOwn(c.smarthosts, name)) ctx.addIssue({ code: 'custom', path: ['routes', pattern], message: `${target}: there is no smarthosts.${name}` });
+    if (name !== undefined && !Object.hasOwn(c.smarthosts, name)) ctx.addIssue({ code: 'custom', path: at, message: `${target}: there is no smarthosts.${name}` });
   }
   const callout = c.recipients.callout;
   if (callout !== undefined && callout.target === undefined && !/^(smtp|lmtp):\/\//.test(c.deliver ?? '')) {

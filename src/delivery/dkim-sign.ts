@@ -15,14 +15,18 @@ export interface SigningKey {
   readonly privateKey: string;
 }
 
-/** The addr-spec domain of a From: field value ("Ann <ann@Example.COM>" → example.com); undefined when there is none. */
-export function fromDomain(value: string): string | undefined {
+/** The addr-spec of a From: field value ("Ann <ann@Example.COM>" → ann@Example.COM); undefined when there is none. */
+export function fromAddress(value: string): string | undefined {
   const angle = /<([^<>]*)>\s*(?:\([^()]*\)\s*)?$/.exec(value);
-  const addr = (angle ? angle[1] : value)?.trim() ?? '';
+  const addr = ((angle ? angle[1] : value) ?? '').trim().replace(/\s.*$/, '');
   const at = addr.lastIndexOf('@');
-  if (at <= 0) return undefined;
-  const d = addr.slice(at + 1).toLowerCase().replace(/[>\s].*$/, '');
-  return d === '' ? undefined : d;
+  return at <= 0 || at === addr.length - 1 ? undefined : addr;
+}
+
+/** The domain of a From: field value's address, lower case; undefined when there is none. */
+export function fromDomain(value: string): string | undefined {
+  const addr = fromAddress(value);
+  return addr === undefined ? undefined : addr.slice(addr.lastIndexOf('@') + 1).toLowerCase();
 }
 
 /** The signing domain for a message whose From: domain is `from`: the domain itself, or the nearest parent that signs. */

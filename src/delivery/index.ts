@@ -28,37 +28,43 @@ export interface Delivery extends Transport {
 }
 
 export function createTransport(config: Config, log: Logger, dns: DnsResolver): Delivery {
-  // A transport is made on a route's first use, from the config of that moment (a smarthost a
-  // reload added is found); one already made keeps its settings until a restart.
+  // A transport is made on a route's first use, from the config of that moment; a reload that
+  // changes a transport's settings (queue's for mx, a smarthost's) has it made anew at its next use.
   let current = config;
+  let sts = mtaStsOf(config); // its CA file is read now: a bad one stops the start (or the reload)
   const router = createRouter(tableOf(config), (target) => {
     if (target.startsWith('maildir:')) return createMaildirTransport({ dir: target.slice('maildir:'.length) });
     if (target === 'mx') {
       return createMxTransport({
         dns,
-        heloName: config.hostname,
-        port: config.queue.mx_port,
-        tls: config.queue.mx_tls,
-        tlsPolicy: config.queue.tls_policy,
-        deadMs: config.queue.retry[0] ?? 60_000,
-        ...mtaStsOf(config),
-        maxConnections: config.queue.connections,
+        heloName: current.hostname,
+        port: current.queue.mx_port,
+        tls: current.queue.mx_tls,
+        tlsPolicy: current.queue.tls_policy,
+        deadMs: current.queue.retry[0] ?? 60_000,
+        ...sts,
+        maxConnections: current.queue.connections,
         connectTimeoutMs: 30_000,
         commandTimeoutMs: 300_000,
-        self: selfOf(config),
+        self: selfOf(current),
         log,
       });
     }
     const smarthost = /^smarthost:(.+)$/.exec(target)?.[1];
     if (smarthost !== undefined) return smarthostTransport(current, smarthost, log);
-    return createSmtpTransport({ url: target, heloName: config.hostname, maxConnections: config.queue.connections, connectTimeoutMs: 30_000, commandTimeoutMs: 300_000, log });
+    return createSmtpTransport({ url: target, heloName: current.hostname, maxConnections: current.queue.connections, connectTimeoutMs: 30_000, commandTimeoutMs: 300_000, log });
   });
   // Our users' mail is signed on its way out (dkim.sign; keys read now: a bad one stops the start).
   const keys = loadSigningKeys(config.dkim.sign);
   const out = keys.length > 0 ? createSigningTransport(router, keys) : router;
+  const same = (a: unknown, b: unknown): boolean => JSON.stringify(a) === JSON.stringify(b);
   return Object.assign(out, {
     reload: (next: Config) => {
+      const nextSts = mtaStsOf(next);
+      if (!same([current.queue, current.hostname, current.listen], [next.queue, next.hostname, next.listen]) || !same(sts, nextSts)) router.forget('mx');
+      for (const name of Object.keys(current.smarthosts)) if (!same(current.smarthosts[name], next.smarthosts[name])) router.forget(`smarthost:${name}`);
       current = next;
+      sts = nextSts;
       router.setTable(tableOf(next));
     },
   });

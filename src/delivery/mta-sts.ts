@@ -30,6 +30,8 @@ export const MAX_AGE_CAP = 31_557_600;
 /** The largest policy body we read (RFC 8461 3.3 suggests 64 KiB). */
 export const MAX_POLICY_BYTES = 64 * 1024;
 export const POLICY_PATH = '/.well-known/mta-sts.txt';
+/** Policies kept at most; the oldest cached goes first. */
+const MAX_CACHED = 10_000;
 
 /** The id of the one "v=STSv1" record among a name's TXT records; undefined when there is none, several, or it is malformed. */
 export function parseStsRecord(records: readonly string[]): string | undefined {
@@ -185,6 +187,8 @@ export class MtaSts {
       this.#opts.log?.warn({ domain, id, err: parsed.error }, 'MTA-STS: policy fetch failed');
       return fromCache(`policy fetch failed: ${parsed.error}`);
     }
+    // Bounded: mail to many domains (backscatter to made-up ones) must not grow it without end.
+    if (this.#cache.size >= MAX_CACHED && !this.#cache.has(domain)) this.#cache.delete(this.#cache.keys().next().value as string);
     this.#cache.set(domain, { id, policy: parsed.policy, expires: this.#now() + parsed.policy.maxAge * 1000 });
     this.#opts.log?.info({ domain, id, mode: parsed.policy.mode, mx: parsed.policy.mx, max_age: parsed.policy.maxAge }, 'MTA-STS: policy fetched');
     return { kind: 'policy', policy: parsed.policy, id, cached: false };

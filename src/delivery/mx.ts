@@ -55,6 +55,9 @@ export interface MxTransportOptions {
  */
 export const MAX_ADDRESSES = 10;
 
+/** SMTP clients (one per MX address and name) kept at most. */
+const MAX_CLIENTS = 1000;
+
 /** One address to try: the MX host it belongs to (the domain itself for an implicit MX) and its IP. */
 export interface MxTarget {
   readonly host: string;
@@ -359,8 +362,11 @@ class MxTransport implements Transport {
         log: this.#opts.log,
         tls: { mode, servername, ...(this.#opts.tlsCa !== undefined ? { ca: this.#opts.tlsCa } : {}) },
       });
-      this.#clients.set(key, c);
-    }
+      // Bounded: the client used longest ago is let go (not closed: a delivery may still be on
+      // it; its connections end at their idle timeout).
+      if (this.#clients.size >= MAX_CLIENTS) this.#clients.delete(this.#clients.keys().next().value as string);
+    } else this.#clients.delete(key); // re-inserted below: the Map's order is the order of use
+    this.#clients.set(key, c);
     return c;
   }
 }

@@ -9,11 +9,15 @@ import { domainOf } from './routes.ts';
 /** The router: a Transport whose route table a reload replaces (transports made stay, for targets still in use). */
 export interface Router extends Transport {
   setTable(table: RouteTable): void;
+  /** Makes the transport of `target` anew at its next use (its settings changed); the old one is closed with the router. */
+  forget(target: string): void;
 }
 
 export function createRouter(initial: RouteTable, make: (target: string) => Transport): Router {
   let table = initial;
   const made = new Map<string, Transport>();
+  /** Transports replaced by a reload: deliveries under way finish on them; closed with the router. */
+  const retired: Transport[] = [];
   const transportFor = (target: string): Transport => {
     let t = made.get(target);
     if (!t) {
@@ -27,6 +31,12 @@ export function createRouter(initial: RouteTable, make: (target: string) => Tran
     setTable(next) {
       table = next;
     },
+    forget(target) {
+      const t = made.get(target);
+      if (t === undefined) return;
+      made.delete(target);
+      retired.push(t);
+    },
     async deliver(msg: OutgoingMessage): Promise<RcptResult[]> {
       const groups = new Map<string, string[]>();
       for (const rcpt of msg.rcpts) {
@@ -37,13 +47,14 @@ export function createRouter(initial: RouteTable, make: (target: string) => Tran
       }
       const parts = await Promise.all(
         [...groups].map(async ([target, rcpts]) => {
-          const t = transportFor(target);
+          // A transport reports trouble as results; one that throws (or cannot be made) must not
+          // take the other routes' results with it: theirs would be retried, delivered again.
           try {
+            const t = transportFor(target);
             const results = await t.deliver({ ...msg, rcpts });
             return results.map((r) => (r.relay === undefined ? { ...r, relay: t.name } : r));
           } catch (err) {
-            // A transport reports trouble as results; one that throws must not take the others' results with it.
-            return rcpts.map((rcpt): RcptResult => ({ rcpt, status: 'temp', code: 451, text: `4.3.0 local error: ${(err as Error).message}`, relay: t.name }));
+            return rcpts.map((rcpt): RcptResult => ({ rcpt, status: 'temp', code: 451, text: `4.3.0 local error: ${(err as Error).message}`, relay: target }));
           }
         }),
       );
@@ -52,7 +63,7 @@ export function createRouter(initial: RouteTable, make: (target: string) => Tran
       return msg.rcpts.flatMap((rcpt) => byRcpt.get(rcpt) ?? []);
     },
     async close(): Promise<void> {
-      await Promise.all([...made.values()].map((t) => t.close()));
+      await Promise.all([...made.values(), ...retired].map((t) => t.close()));
     },
   };
 }

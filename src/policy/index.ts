@@ -109,13 +109,15 @@ function build(m: AnyCheckModule, config: Config, deps: CheckDeps, isRelayClient
  * On a submission listener (listen: mode submission, submissions), where every sender has
  * authenticated before MAIL, the checks that judge the network (afterAuth: DNSBLs, reverse DNS,
  * HELO) never run, and those waived for relay clients are waived once the user has
- * authenticated (the rates of MAIL and RCPT, greylisting, SPF, DMARC, the throttle); before AUTH
- * the connection rates and the AUTH checks still count.
+ * authenticated (greylisting, SPF, DMARC, the sender domain), but never the volume limits and
+ * the throttle; before AUTH the connection rates and the AUTH checks still count.
  */
 function withWaivers(check: AnyCheck, waives: Waivers, isRelayClient: (session: SessionInfo) => boolean): AnyCheck {
   const inner = check as Check;
+  // Volume limits and the throttle stay on for our users: a stolen password must not send without limit.
+  const forUsersToo = check.name.startsWith('rates_') || check.name === 'throttle';
   const waived = (session: SessionInfo): boolean =>
-    (waives.relayClients === true && (isRelayClient(session) || (isSubmission(session) && session.authUser !== undefined))) || (waives.afterAuth === true && isSubmission(session));
+    (waives.relayClients === true && (isRelayClient(session) || (!forUsersToo && isSubmission(session) && session.authUser !== undefined))) || (waives.afterAuth === true && isSubmission(session));
   const run = (ctx: PhaseContexts[Phase]): Verdict | Promise<Verdict> => (waived(ctx.session) ? CONTINUE : inner.run(ctx));
   // A waived client is not counted either (Check.observe).
   const observe = inner.observe && ((e: PolicyEvent) => (waived(e.session) ? undefined : inner.observe?.(e)));

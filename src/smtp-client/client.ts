@@ -710,6 +710,8 @@ class SmtpTransport implements Transport, RecipientProber {
     conn.transactions += 1;
     const reused = conn.transactions > 1;
     let gotReply = false;
+    /** The final dot went out: from here a lost connection may have delivered the message. */
+    let bodySent = false;
     let needRset = false;
     const t = this.#cmdTimeout;
     // A 421 means the server is closing this connection: everything still open is temp.
@@ -770,6 +772,7 @@ class SmtpTransport implements Transport, RecipientProber {
       }
 
       await this.#sendBody(conn, msg.id, msg.body);
+      bodySent = true;
 
       if (this.#lmtp) {
         for (const r of accepted) {
@@ -784,7 +787,10 @@ class SmtpTransport implements Transport, RecipientProber {
       }
       return await this.#finish(conn, needRset);
     } catch (err) {
-      const e = err instanceof DeliveryError ? err : new DeliveryError(451, `4.3.0 delivery to ${this.#label} failed: ${errText(err)}`);
+      let e = err instanceof DeliveryError ? err : new DeliveryError(451, `4.3.0 delivery to ${this.#label} failed: ${errText(err)}`);
+      // Lost after the final dot: the server may have taken the message. A 451, not a 421, so that
+      // delivery by MX defers it instead of sending it to the next MX at once (a duplicate).
+      if (bodySent && !e.fromServer && e.code === 421) e = new DeliveryError(451, `${e.text}, after the message was sent: deferred (it may have been delivered)`);
       conn.fail(e);
       for (const r of open) {
         if (results[r.index] === undefined) results[r.index] = { rcpt: r.addr, status: 'temp', code: e.code, text: e.text };

@@ -17,7 +17,7 @@ import type { Config } from '../config/schema.ts';
 import type { PolicyEngine, PhaseResult } from '../policy/engine.ts';
 import { isSubmission, type MessageView, type SessionInfo } from '../policy/context.ts';
 import { HeaderBlockReader, headerValues } from '../mail/header-block.ts';
-import { fromDomain, signingDomainFor } from '../delivery/dkim-sign.ts';
+import { fromAddress, fromDomain, signingDomainFor } from '../delivery/dkim-sign.ts';
 import type { PolicySession, PolicyTx } from '../policy/session.ts';
 import { traceLogFields, type TraceOutcome, type TransactionTrace } from '../policy/trace.ts';
 import { newQueueId, type CommittedMessage, type MessageWriter, type Spool } from '../queue/spool.ts';
@@ -703,7 +703,14 @@ export class Session {
     if (this.info.authUser === undefined && !addressListOf(this.config.relay.forward_from_ip).has(this.info.remoteIp)) return undefined;
     const from = headerValues(message.headers, 'from');
     if (from.length !== 1) return undefined; // RFC 5322: exactly one From
-    return signingDomainFor(fromDomain(from[0] as string), sign.map((s) => s.domain));
+    const domain = signingDomainFor(fromDomain(from[0] as string), sign.map((s) => s.domain));
+    // A user on a submission listener gets a signature only for a From: it may send as (submission.senders).
+    if (domain !== undefined && isSubmission(this.info) && this.info.authUser !== undefined) {
+      const addr = fromAddress(from[0] as string);
+      const parsed = addr === undefined ? undefined : parsePath(`FROM:<${addr}>`, 'FROM');
+      if (!parsed?.ok || !senderAllowed(this.config.submission.senders, this.info.authUser, parsed.address)) return undefined;
+    }
+    return domain;
   }
 
   private finishTransaction(tx: Transaction, id: string, reply: string, outcome?: TraceOutcome, size?: number): void {
