@@ -19,6 +19,7 @@ import { startLogWatcher, type LogWatcher } from './relayers/log-watcher.ts';
 import { DnsResolver } from './dns/resolver.ts';
 import type { Logger } from './util/log.ts';
 import { pidFile } from './queue/daemon-signal.ts';
+import { acquireInstanceLock } from './util/instance-lock.ts';
 
 export class App {
   readonly config: Config;
@@ -33,6 +34,8 @@ export class App {
   private admin: { port: number; close(): Promise<void> } | undefined;
   private popWatcher: LogWatcher | undefined;
   private dns: DnsResolver | undefined;
+  /** This daemon's hold on its data_dir (src/util/instance-lock.ts). */
+  private lock: { release(): void } | undefined;
   /** The transport behind the forwarder: routes by recipient domain (src/delivery/). */
   private delivery: Delivery | undefined;
   private current: Config;
@@ -60,6 +63,8 @@ export class App {
   async start(): Promise<Array<{ host: string; port: number }>> {
     const config = this.config;
     await fsp.mkdir(config.data_dir, { recursive: true });
+    // Before the spool is opened: a second daemon on this data_dir stops here, naming the first.
+    this.lock = acquireInstanceLock(config.data_dir);
     this.spool = await Spool.open(path.join(config.data_dir, 'spool'), { log: this.log.child({ component: 'spool' }) });
     this.store = await openStore(config, this.log, { batchWrites: true });
     this.popWatcher = this.watchPopLogs(config);
@@ -164,6 +169,7 @@ export class App {
     await this.store?.close();
     this.authenticator?.close();
     await fsp.rm(this.pidFile, { force: true });
+    this.lock?.release();
     this.log.info('stopped');
   }
 }

@@ -1,4 +1,5 @@
 // The mxguard command line: start | stdio | check | queue | relay | user | relaytest.
+import fs from 'node:fs';
 import { Command } from 'commander';
 import { ConfigError, checkConfigFile, defaultConfig, formatConfigMessage, loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
@@ -74,7 +75,8 @@ async function start(file: string | undefined): Promise<void> {
 }
 
 const program = new Command();
-program.name('mxguard').description('Anti-spam SMTP gateway').showHelpAfterError();
+const VERSION = (JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+program.name('mxguard').description('Anti-spam SMTP gateway').version(`mxguard ${VERSION}`, '-V, --version', 'print the version').showHelpAfterError();
 
 program
   .command('start')
