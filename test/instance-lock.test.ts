@@ -54,3 +54,23 @@ test('mxguard --version prints the package version', () => {
   const pkg = JSON.parse(fs.readFileSync(path.resolve(import.meta.dirname, '../package.json'), 'utf8')) as { version: string };
   assert.equal(execFileSync(process.execPath, [MAIN, '--version'], { encoding: 'utf8' }).trim(), `mxguard ${pkg.version}`);
 });
+
+test('without -c every command reads $MXGUARD_CONFIG: the state goes to that data_dir, not ./var', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-envconf-'));
+  const cwd = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-cwd-'));
+  try {
+    const file = path.join(dir, 'mxguard.yaml');
+    fs.writeFileSync(file, stringify({ data_dir: path.join(dir, 'var'), greylist: {} }));
+    const env = { ...process.env, MXGUARD_CONFIG: file };
+    execFileSync(process.execPath, [MAIN, 'greylist', 'allow', '192.0.2.7'], { cwd, env, encoding: 'utf8' });
+    assert.ok(fs.existsSync(path.join(dir, 'var', 'state.db')), 'the configured data_dir');
+    assert.equal(fs.existsSync(path.join(cwd, 'var')), false, 'nothing in ./var');
+    assert.match(execFileSync(process.execPath, [MAIN, 'check'], { cwd, env, encoding: 'utf8' }), new RegExp(`^${file.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}: OK`));
+    const missing = spawnSync(process.execPath, [MAIN, 'queue', 'list'], { cwd, env: { ...process.env, MXGUARD_CONFIG: path.join(dir, 'nope.yaml') }, encoding: 'utf8' });
+    assert.equal(missing.status, 1);
+    assert.match(missing.stderr, /nope\.yaml: cannot read the config file: no such file/);
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.rmSync(cwd, { recursive: true, force: true });
+  }
+});

@@ -11,9 +11,20 @@ import { runStdio, stdioLogger } from '../stdio.ts';
 // Spool fsyncs run in libuv's thread pool; the default 4 threads would serialise them.
 process.env.UV_THREADPOOL_SIZE ??= '16';
 
+/** The config file a command reads without -c: $MXGUARD_CONFIG, else this one when it exists; else the embedded defaults. */
+const DEFAULT_CONFIG = '/etc/mxguard/mxguard.yaml';
+
+/** -c FILE, else $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml if there is one: every command of one server reads the same file. */
+function configFile(file: string | undefined): string | undefined {
+  if (file) return file;
+  if (process.env.MXGUARD_CONFIG) return process.env.MXGUARD_CONFIG;
+  return fs.existsSync(DEFAULT_CONFIG) ? DEFAULT_CONFIG : undefined;
+}
+
 async function loadConfig(file: string | undefined): Promise<Config> {
-  if (!file) return defaultConfig();
-  return (await loadConfigFile(file)).config;
+  const chosen = configFile(file);
+  if (!chosen) return defaultConfig();
+  return (await loadConfigFile(chosen)).config;
 }
 
 async function start(file: string | undefined): Promise<void> {
@@ -81,15 +92,22 @@ program.name('mxguard').description('Anti-spam SMTP gateway').version(`mxguard $
 program
   .command('start')
   .description('run the SMTP server and the forwarder (embedded defaults without -c)')
-  .option('-c, --config <file>', 'YAML configuration file')
+  .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)')
   .action((opts: { config?: string }) => start(opts.config));
 
 program
   .command('check')
   .description('validate a configuration file without starting (exit 0 = valid); with --sample, run the message filters over known-good mail (exit 1 if any would be refused)')
-  .requiredOption('-c, --config <file>', 'YAML configuration file')
+  .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml)')
   .option('--sample <dir>', 'a Maildir or a folder of message files: list each message the filters would reject, drop or tag, and by which rule')
-  .action(async (opts: { config: string; sample?: string }) => {
+  .action(async (given: { config?: string; sample?: string }) => {
+    const file = configFile(given.config);
+    if (file === undefined) {
+      console.error(`mxguard check: which file? -c FILE, $MXGUARD_CONFIG, or ${DEFAULT_CONFIG}`);
+      process.exitCode = 1;
+      return;
+    }
+    const opts = { ...given, config: file };
     const { usersFileMessages } = await import('./user.ts');
     const { filterProblems, emptyMessageWarnings, sampleReport } = await import('./filters.ts');
     let loaded: { config: Config; filters: ReturnType<typeof filterProblems>['filters'] } | undefined;
@@ -118,7 +136,7 @@ program
 program
   .command('stdio')
   .description('one SMTP session on standard input/output, for inetd, systemd socket activation or tcpserver (honours TCPREMOTEIP, REMOTE_ADDR and RBLSMTPD); a running `mxguard start` delivers')
-  .option('-c, --config <file>', 'YAML configuration file')
+  .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)')
   .action(async (opts: { config?: string }) => {
     let config: Config;
     try {
@@ -140,7 +158,7 @@ program
     process.exit(code);
   });
 
-const queue = program.command('queue').description('inspect and manage the spool').option('-c, --config <file>', 'YAML configuration file');
+const queue = program.command('queue').description('inspect and manage the spool').option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)');
 const withQueueConfig = (fn: (config: Config, ...args: string[]) => Promise<string>) => {
   return async (...args: unknown[]) => {
     try {
@@ -166,7 +184,7 @@ function subcommands(name: string, description: string, args: string, fn: (confi
   program
     .command(name)
     .description(description)
-    .option('-c, --config <file>', 'YAML configuration file')
+    .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)')
     .argument('<command>')
     .argument('[args...]', args)
     .action(async (command: string, rest: string[], opts: { config?: string }) => {
