@@ -6,7 +6,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import { dkimSign } from 'mailauth';
-import type { MessageBody, OutgoingMessage, RcptResult, Transport } from '../mail/transport.ts';
+import { readAll, type MessageBody, type OutgoingMessage, type RcptResult, type Transport } from '../mail/transport.ts';
 
 export interface SigningKey {
   readonly domain: string;
@@ -52,12 +52,6 @@ export function loadSigningKeys(entries: readonly { domain: string; selector: st
     }
     return { domain: e.domain.toLowerCase(), selector: e.selector, privateKey: pem };
   });
-}
-
-async function readAll(body: MessageBody): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const c of body.chunks()) parts.push(c);
-  return Buffer.concat(parts);
 }
 
 /**

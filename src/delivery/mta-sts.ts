@@ -14,6 +14,7 @@ import tls from 'node:tls';
 import type { DnsResolver, DnsResult } from '../dns/resolver.ts';
 import { normalizeName } from '../dns/resolver.ts';
 import type { Logger } from '../util/log.ts';
+import { trustContext } from '../smtp-client/client.ts';
 
 export type StsMode = 'enforce' | 'testing' | 'none';
 
@@ -138,7 +139,6 @@ export class MtaSts {
   readonly #cache = new Map<string, CacheEntry>();
   /** One lookup per domain at a time: concurrent deliveries share it. */
   readonly #inflight = new Map<string, Promise<StsLookup>>();
-  #trust: tls.SecureContext | undefined;
 
   constructor(opts: MtaStsOptions) {
     this.#opts = opts;
@@ -234,7 +234,6 @@ export class MtaSts {
   }
 
   #get(host: string, addr: string, timeoutMs: number): Promise<string> {
-    this.#trust ??= trustContext(this.#opts.ca);
     const port = this.#opts.port ?? 443;
     return new Promise<string>((resolve, reject) => {
       let connected = false;
@@ -256,7 +255,7 @@ export class MtaSts {
         method: 'GET',
         servername: host,
         headers: { host: port === 443 ? host : `${host}:${port}`, accept: 'text/plain', 'user-agent': 'mxguard' },
-        secureContext: this.#trust,
+        secureContext: trustContext(this.#opts.ca),
         rejectUnauthorized: true,
         // checkServerIdentity gets servername (the policy host), not the address we connect to.
         agent: false,
@@ -293,16 +292,6 @@ export class MtaSts {
 /** A failure before any answer: the next address of the policy host may do better. */
 class ConnectError extends Error {}
 
-/** Node's CAs, the system's and `extra` (as src/smtp-client/client.ts trusts for verify). */
-function trustContext(extra: string | Buffer | undefined): tls.SecureContext {
-  const ca = new Set(tls.getCACertificates('default'));
-  try {
-    for (const c of tls.getCACertificates('system')) ca.add(c);
-  } catch {
-    // No system store readable: Node's own CAs and extra still count.
-  }
-  return tls.createSecureContext({ ca: extra === undefined ? [...ca] : [...ca, extra] });
-}
 
 function errText(err: unknown): string {
   return err instanceof Error ? err.message : String(err);

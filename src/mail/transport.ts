@@ -57,3 +57,10 @@ export interface Transport {
   /** Closes pooled connections (QUIT), for a graceful stop. */
   close(): Promise<void>;
 }
+
+/** The whole message of a body, in one buffer (a bounce's RET=FULL copy, a message to sign). */
+export async function readAll(body: MessageBody): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const chunk of body.chunks()) parts.push(chunk);
+  return Buffer.concat(parts);
+}

@@ -9,7 +9,7 @@ import type { Logger } from '../util/log.ts';
 import { DamagedSpoolFile, listQueue, messageBody, newQueueId, readQueueFile, type CommittedMessage, type DeliveryState, type Spool } from './spool.ts';
 import type { Envelope } from '../mail/envelope.ts';
 import { segmentPath, type JournalRef } from './journal.ts';
-import type { MessageBody, RcptResult, Transport } from '../mail/transport.ts';
+import { readAll, type MessageBody, type RcptResult, type Transport } from '../mail/transport.ts';
 import { buildBounce, buildSuccessReport, type Bounce } from './dsn.ts';
 
 interface Job {
@@ -430,12 +430,6 @@ export class Forwarder {
 
 /** RET=FULL returns messages up to this size whole (Postfix's bounce_size_limit is 50 kB). */
 const RET_FULL_LIMIT = 256 * 1024;
-
-async function readAll(body: MessageBody): Promise<Buffer> {
-  const parts: Buffer[] = [];
-  for await (const chunk of body.chunks()) parts.push(chunk);
-  return Buffer.concat(parts);
-}
 
 /** The header block of a whole message (through the CRLF before the empty line). */
 function headerPart(msg: Buffer): Buffer {

@@ -262,11 +262,17 @@ export function isLoopbackAddress(addr: string | undefined): boolean {
   return (net.isIPv4(a) && a.startsWith('127.')) || a === '::1' || a === '0:0:0:0:0:0:0:1';
 }
 
-let systemTrust: tls.SecureContext | undefined;
+/** Contexts built, by their extra CAs ('' for none): a handful at most (the system's, a lab's). */
+const trustContexts = new Map<string, tls.SecureContext>();
 
-/** A client context trusting Node's CAs (with NODE_EXTRA_CA_CERTS), the system's, and extra; built once without extra. */
-function trustContext(extra: string | Buffer | undefined): tls.SecureContext {
-  if (extra === undefined && systemTrust !== undefined) return systemTrust;
+/**
+ * A client context trusting Node's CAs (with NODE_EXTRA_CA_CERTS), the system's, and `extra`;
+ * built once per extra, for every client that verifies (SMTP, MX hosts, MTA-STS policy fetches).
+ */
+export function trustContext(extra: string | Buffer | undefined): tls.SecureContext {
+  const key = extra === undefined ? '' : extra.toString();
+  const known = trustContexts.get(key);
+  if (known !== undefined) return known;
   const ca = new Set(tls.getCACertificates('default'));
   try {
     for (const c of tls.getCACertificates('system')) ca.add(c);
@@ -274,7 +280,8 @@ function trustContext(extra: string | Buffer | undefined): tls.SecureContext {
     // No system store readable here: Node's own CAs and extra still count.
   }
   const ctx = tls.createSecureContext({ ca: extra === undefined ? [...ca] : [...ca, extra] });
-  if (extra === undefined) systemTrust = ctx;
+  if (trustContexts.size >= 8) trustContexts.clear();
+  trustContexts.set(key, ctx);
   return ctx;
 }
 
@@ -562,7 +569,6 @@ class SmtpTransport implements Transport, RecipientProber {
   readonly #tls: SmtpTlsOptions;
   /** The name the certificate is checked for. */
   readonly #tlsName: string;
-  #tlsContext: tls.SecureContext | undefined;
   readonly #auth: SmtpAuthOptions | undefined;
   #idle: Connection[] = [];
   /** Every connection not yet discarded, idle or busy: close() ends them all. */
@@ -970,10 +976,9 @@ class SmtpTransport implements Transport, RecipientProber {
       return;
     }
     const name = this.#tlsName;
-    this.#tlsContext ??= trustContext(this.#tls.ca);
     let secure: tls.TLSSocket;
     try {
-      secure = await conn.startTls({ secureContext: this.#tlsContext, host: name, servername: net.isIP(name) === 0 ? name : undefined }, this.#cmdTimeout);
+      secure = await conn.startTls({ secureContext: trustContext(this.#tls.ca), host: name, servername: net.isIP(name) === 0 ? name : undefined }, this.#cmdTimeout);
     } catch (err) {
       const why = err instanceof DeliveryError ? err.text : errText(err);
       if (required) throw new DeliveryError(421, `4.7.4 TLS is required, but the TLS handshake with ${this.#label} failed: ${why}`);

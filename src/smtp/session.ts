@@ -7,7 +7,7 @@ import tls from 'node:tls';
 import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { badUtf8, parseCommandLine, parseHeloArg, parsePath } from './command.ts';
-import type { Address, PathParams } from '../mail/address.ts';
+import { parseMailbox, type Address, type PathParams } from '../mail/address.ts';
 import { DataDecoder } from './data-decoder.ts';
 import { HeaderScan, messageDsnOf, parseEnvid, parseRcptParams, parseRet } from './dsn-params.ts';
 import type { RcptDsn } from '../mail/envelope.ts';
@@ -707,8 +707,8 @@ export class Session {
     // A user on a submission listener gets a signature only for a From: it may send as (submission.senders).
     if (domain !== undefined && isSubmission(this.info) && this.info.authUser !== undefined) {
       const addr = fromAddress(from[0] as string);
-      const parsed = addr === undefined ? undefined : parsePath(`FROM:<${addr}>`, 'FROM');
-      if (!parsed?.ok || !senderAllowed(this.config.submission.senders, this.info.authUser, parsed.address)) return undefined;
+      const mailbox = addr === undefined ? 'none' : parseMailbox(addr);
+      if (typeof mailbox === 'string' || !senderAllowed(this.config.submission.senders, this.info.authUser, mailbox)) return undefined;
     }
     return domain;
   }

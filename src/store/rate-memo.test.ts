@@ -38,3 +38,15 @@ test('forgetSettled keeps only rows with something pending', () => {
   assert.equal(m.get('a', 1000, 101), undefined);
   assert.equal(m.get('b', 1000, 101)?.cur, 4);
 });
+
+test('forgetStale keeps fresh rows and rows with something pending', () => {
+  const m = new RateMemo(10);
+  m.set('old', row, 100);
+  m.set('fresh', row, 108);
+  m.set('busy', row, 100);
+  m.add('busy', 1000, 5, 1, 105);
+  m.forgetStale(112);
+  assert.equal(m.get('fresh', 1000, 112)?.cur, 3);
+  assert.equal(m.get('old', 1000, 105), undefined, 'forgotten');
+  assert.deepEqual(m.drain(), [{ key: 'busy', win: 1000, bucket: 5, amount: 1 }]);
+});

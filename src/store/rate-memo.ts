@@ -108,4 +108,9 @@ export class RateMemo {
   forgetSettled(): void {
     for (const [key, e] of this.rows) if (e.pending === 0) this.rows.delete(key);
   }
+
+  /** Forgets the rows with nothing pending that are no longer fresh (they would be read anew anyway). */
+  forgetStale(realNow: number): void {
+    for (const [key, e] of this.rows) if (e.pending === 0 && !(realNow - e.readAt < this.freshMs && realNow >= e.readAt)) this.rows.delete(key);
+  }
 }

@@ -175,7 +175,8 @@ export class SqliteStore implements Store {
     } catch (err) {
       this.onCommitError?.(err as Error);
     }
-    memo.forgetSettled();
+    // The rows just written stay (fresh again); only the stale ones go.
+    memo.forgetStale(Date.now());
   }
 
   /** Amounts counted in memory reach the file with the open write batch, or within commitEveryMs when none is open. */
