@@ -174,5 +174,5 @@ test("clamd's StreamMaxLength: a larger message is a failure naming it (on_error
   const a = await app(t, [{ type: 'clamd', address: own.address, on_error: 'tempfail', timeout: '10s' }]);
   const r = await timedSend(a.port, message('big', ('y'.repeat(70) + '\r\n').repeat(100)));
   assert.match(r.reply, /^451 4\.7\.1 Message could not be scanned \(clamd\)/);
-  assert.ok(a.logs().some((l) => /StreamMaxLength/.test(String(l.err))), 'the log names the limit');
+  assert.ok(a.logs().some((l) => /StreamMaxLength/.test(String(l.err))), `the log names the limit: ${JSON.stringify(a.logs().filter((l) => l.err !== undefined).map((l) => l.err))}`);
 });

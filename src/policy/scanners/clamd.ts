@@ -39,6 +39,16 @@ export function clamdResult(reply: ClamdReply, name: string): ScanResult {
   return { kind: 'reject', code: 554, enhanced: '5.7.1', text: `Virus found: ${reply.virus}`, log: `${name}: ${reply.virus} FOUND` };
 }
 
+/**
+ * clamd answers "INSTREAM size limit exceeded" and closes at once; when that answer is lost to
+ * the reset of the connection (our writes were still on their way), a reset while sending is
+ * what is left: the error says what it almost always means.
+ */
+function overLimit(err: Error): Error {
+  if (!/EPIPE|ECONNRESET|connection closed while sending/.test(err.message)) return err;
+  return new Error(`${err.message}: clamd closed the connection before the whole message was sent, probably over its StreamMaxLength (INSTREAM size limit); raise StreamMaxLength or lower this scanner's max_size`, { cause: err });
+}
+
 export function create(spec: ClamdSpec): Scanner {
   const addr = parseAddress(spec.address, 'clamd');
   const name = spec.name ?? spec.type;
@@ -56,6 +66,8 @@ export function create(spec: ClamdSpec): Scanner {
           }
         }
         await write(sock, Buffer.alloc(4)); // the zero-length chunk: the end
+      }).catch((err: Error) => {
+        throw overLimit(err);
       });
       return clamdResult(parseClamdReply(raw), name);
     },
