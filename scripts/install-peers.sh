@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian peers the tests drive (swaks, Postfix's smtp-source/smtp-sink and a
 # private Postfix, Dovecot LMTP/POP3/IMAP, redis-server, rbldnsd, dnsmasq, openssl, ucspi-tcp's
-# tcpserver, HAProxy, oidentd, rspamd, spamd, clamd) when they are missing. Runs as `npm test`'s
+# tcpserver, HAProxy, oidentd, rspamd, spamd, clamd, chromium, systemd-analyze) when they are missing. Runs as `npm test`'s
 # pretest step, so a fresh Debian 12 machine needs nothing else. Quick when all is there already.
 #
 # Exim 4.96 (a sending MTA for test/exim.peers.test.ts) is not installed: exim4-daemon-light
@@ -35,6 +35,10 @@ command -v rspamd >/dev/null 2>&1 || need+=(rspamd)
 # the same holds for them; freshclam never runs (no internet: the tests' clamd reads a database
 # holding only an EICAR signature).
 { [ -x /usr/sbin/spamd ] && [ -x /usr/sbin/clamd ]; } || need+=(spamd clamav-daemon)
+# systemd-analyze checks the units in docs/systemd (test/systemd.test.ts); containers may lack systemd.
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# Chromium, the real browser test/dashboard.browser.test.ts drives (through playwright-core).
+[ -x /usr/bin/chromium ] || need+=(chromium)
 
 need_exim=0
 exim_ready || need_exim=1

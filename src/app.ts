@@ -3,7 +3,8 @@
 import fsp from 'node:fs/promises';
 import path from 'node:path';
 import type { Config } from './config/schema.ts';
-import { SmtpServer, loadTlsContext } from './smtp/server.ts';
+import type tls from 'node:tls';
+import { SmtpServer, bindListeners, loadTlsContext } from './smtp/server.ts';
 import type { SessionDeps } from './smtp/session.ts';
 import { PolicyEngine } from './policy/engine.ts';
 import { buildChecks } from './policy/index.ts';
@@ -20,6 +21,11 @@ import { DnsResolver } from './dns/resolver.ts';
 import type { Logger } from './util/log.ts';
 import { pidFile } from './queue/daemon-signal.ts';
 import { acquireInstanceLock } from './util/instance-lock.ts';
+import { metrics } from './util/metrics.ts';
+import { HistoryStore } from './admin/history/store.ts';
+import { GreyStore } from './policy/greylist/store.ts';
+import { becomeConfiguredUser } from './util/privileges.ts';
+import { RESTART_ONLY, restartOnlyChanges, withRunningRestartOnly } from './config/reload.ts';
 
 export class App {
   readonly config: Config;
@@ -32,14 +38,20 @@ export class App {
   private store: Store | undefined;
   private authenticator: Authenticator | undefined;
   private admin: { port: number; close(): Promise<void> } | undefined;
+  /** The Postfix policy delegation server (policy.listen), when set. */
+  private policyService: import('./policy-service/server.ts').PolicyService | undefined;
   private popWatcher: LogWatcher | undefined;
-  private dns: DnsResolver | undefined;
+  private dns: { settings: string; resolver: DnsResolver } | undefined;
   /** This daemon's hold on its data_dir (src/util/instance-lock.ts). */
   private lock: { release(): void } | undefined;
   /** The transport behind the forwarder: routes by recipient domain (src/delivery/). */
   private delivery: Delivery | undefined;
   private current: Config;
   private scanTimer: NodeJS.Timeout | undefined;
+  /** The transaction history on disk (data_dir/history.sqlite), while the admin API runs. */
+  private history: HistoryStore | undefined;
+  /** The TLS context and the settings it was read with. */
+  private tls: { settings: string; context: tls.SecureContext | undefined } | undefined;
 
   /** Checks run after the registry's (tests: a DATA check that never answers). */
   private readonly extraChecks: readonly AnyCheck[];
@@ -56,15 +68,33 @@ export class App {
     return this.admin?.port;
   }
 
+  /** The policy service's port (policy.listen may say port 0), when it runs. */
+  get policyPort(): number | undefined {
+    return this.policyService?.port;
+  }
+
   get pidFile(): string {
     return pidFile(this.current.data_dir);
   }
 
   async start(): Promise<Array<{ host: string; port: number }>> {
     const config = this.config;
-    await fsp.mkdir(config.data_dir, { recursive: true });
-    // Before the spool is opened: a second daemon on this data_dir stops here, naming the first.
-    this.lock = acquireInstanceLock(config.data_dir);
+    // Port 25 needs root: with a `user` to become, bind first, read the TLS key (often root's
+    // only), then become that user before anything in data_dir is opened, so all the daemon writes
+    // is theirs. Without, the listeners are bound once the daemon is ready to serve.
+    const listeners = config.user !== undefined ? await bindListeners(config) : undefined;
+    try {
+      this.tls = { settings: JSON.stringify(config.tls), context: loadTlsContext(config) };
+      const runAs = becomeConfiguredUser(config, config.log.file !== undefined ? [config.log.file] : []);
+      if (runAs) this.log.info({ user: runAs.user, uid: runAs.uid, gid: runAs.gid, setting: 'user' }, 'running as an unprivileged user');
+      else if (process.getuid?.() === 0) this.log.warn({ setting: 'user' }, 'running as root: set user (and group) to run as an unprivileged user');
+      await fsp.mkdir(config.data_dir, { recursive: true });
+      // Before the spool is opened: a second daemon on this data_dir stops here, naming the first.
+      this.lock = acquireInstanceLock(config.data_dir);
+    } catch (err) {
+      for (const l of listeners ?? []) l.close();
+      throw err;
+    }
     this.spool = await Spool.open(path.join(config.data_dir, 'spool'), { log: this.log.child({ component: 'spool' }) });
     this.store = await openStore(config, this.log, { batchWrites: true });
     this.popWatcher = this.watchPopLogs(config);
@@ -73,18 +103,38 @@ export class App {
     this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });
     for (const m of this.spool.takeRecovered()) this.forwarder.enqueue(m);
     await this.forwarder.rescan();
-    this.log.info({ queued: this.forwarder.queued, deliver: transport.name }, 'queue loaded');
+    this.log.info({ queued: this.forwarder.queued, deliver: transport.name, data_dir: path.resolve(config.data_dir) }, 'queue loaded');
     this.server = new SmtpServer(this.sessionDeps(config));
-    const bound = await this.server.listen();
-    this.admin = await startAdmin(config, this.store, this.log);
+    const bound = await this.server.listen(listeners);
+    if (config.admin.listen !== undefined) this.history = this.openHistory(config);
+    this.watchMetrics(config);
+    this.admin = await this.startAdmin(config);
+    if (config.policy.listen !== undefined) {
+      const { startPolicyService } = await import('./policy-service/server.ts');
+      this.policyService = await startPolicyService({
+        config,
+        log: this.log,
+        store: this.store,
+        dns: this.resolverFor(config),
+        onTrace: (t) => {
+          this.traces.add(t);
+          this.history?.add(t);
+        },
+      });
+    }
     // Without a PID file, `mxguard queue` cannot signal us, but mail still flows (a full disk).
     await fsp.writeFile(this.pidFile, `${process.pid}\n`).catch((err: Error) => this.log.error({ file: this.pidFile, err: err.message }, 'could not write the PID file'));
+    this.armScanTimer(config.queue.scan_interval);
+    return bound;
+  }
+
+  private armScanTimer(everyMs: number): void {
+    clearInterval(this.scanTimer);
     this.scanTimer = setInterval(() => {
       void this.adoptNewMessages();
       this.spool?.removeStaleNew(); // once per interval, not per SIGUSR2: a day-old file can wait
-    }, config.queue.scan_interval);
+    }, everyMs);
     this.scanTimer.unref();
-    return bound;
   }
 
   /** SIGUSR2 from `mxguard stdio`, and every queue.scan_interval: deliver what other processes queued. */
@@ -92,28 +142,69 @@ export class App {
     await this.forwarder?.rescan({ newOnly: true });
   }
 
-  private sessionDeps(config: Config): SessionDeps {
+  private sessionDeps(config: Config, rereadTls = false): SessionDeps {
     const forwarder = this.forwarder as Forwarder;
     return {
       config,
       policy: new PolicyEngine([...buildChecks(config, this.store, this.resolverFor(config), this.log), ...this.extraChecks], this.log),
       spool: this.spool as Spool,
       log: this.log,
-      tls: loadTlsContext(config),
+      tls: this.tlsFor(config, rereadTls),
       enqueue: (msg) => forwarder.enqueue(msg),
       store: this.store,
       dns: this.resolverFor(config),
       authenticator: this.authenticatorFor(config),
-      onTrace: (t) => this.traces.add(t),
+      onTrace: (t) => {
+        this.traces.add(t);
+        this.history?.add(t);
+        metrics.transaction(t.outcome);
+      },
     };
+  }
+
+  /**
+   * The TLS context: the one read at start (as root, before dropping privileges) while the tls
+   * settings are unchanged; read anew when they change or a reload asks (a renewed certificate).
+   */
+  private tlsFor(config: Config, reread = false): tls.SecureContext | undefined {
+    const settings = JSON.stringify(config.tls);
+    if (this.tls && this.tls.settings === settings && !reread) return this.tls.context;
+    try {
+      this.tls = { settings, context: loadTlsContext(config) };
+    } catch (err) {
+      // Unchanged paths that only root may read (the daemon dropped root): keep what start read.
+      if (!this.tls || this.tls.settings !== settings) throw err;
+      this.log.warn({ err: (err as Error).message, setting: 'tls' }, 'could not read the TLS certificate or key again: keeping the ones read at start (make them readable by the user mxguard runs as)');
+    }
+    return this.tls.context;
+  }
+
+  /** The transaction history; one that cannot be opened (a damaged file) is logged, and mail flows without it. */
+  private openHistory(config: Config): HistoryStore | undefined {
+    const file = path.join(config.data_dir, 'history.sqlite');
+    try {
+      return new HistoryStore(file, { keep: config.history.keep, log: this.log });
+    } catch (err) {
+      this.log.error({ file, err: (err as Error).message }, 'could not open the transaction history: /api/history is off');
+      return undefined;
+    }
+  }
+
+  /** The gauges read at scrape (src/util/metrics.ts): this daemon's queue, and the greylisting store's waiting triplets. */
+  private watchMetrics(config: Config): void {
+    metrics.setQueueSource(() => this.forwarder?.stats());
+    const store = this.store;
+    metrics.setGreylistSource(config.greylist && store ? async () => (await new GreyStore(store).stats()).grey : undefined);
   }
 
   /** The DNS resolver (with its cache); a new one when dns settings change. */
   private resolverFor(config: Config): DnsResolver {
-    if (!this.dns || JSON.stringify(config.dns) !== JSON.stringify(this.current.dns)) {
-      this.dns = new DnsResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeout, log: this.log });
+    // Compared with the settings it was made with: a reload asks several times before it is applied.
+    const settings = JSON.stringify(config.dns);
+    if (!this.dns || this.dns.settings !== settings) {
+      this.dns = { settings, resolver: new DnsResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeout, log: this.log }) };
     }
-    return this.dns;
+    return this.dns.resolver;
   }
 
   /** Follows relay.pop_logs: each POP/IMAP login lets its IP relay (POP-before-SMTP). */
@@ -136,14 +227,20 @@ export class App {
    * Applies a new config to new sessions, the routes and the forwarder. Listen addresses,
    * data_dir and the store need a restart; a reload that changes them says so and keeps the old ones.
    */
-  reload(next: Config): void {
-    const deps = this.sessionDeps(next); // throws (e.g. unreadable TLS key) before anything changes
+  reload(wanted: Config): void {
+    // Settings read once at start keep their running values (src/config/reload.ts), and say so.
+    const restart = restartOnlyChanges(this.current, wanted);
+    const next = withRunningRestartOnly(this.current, wanted);
+    const deps = this.sessionDeps(next, true); // throws (e.g. unreadable TLS key) before anything changes
     this.delivery?.reload(next); // throws (an unreadable MTA-STS CA file) before it changes anything
-    for (const key of ['listen', 'data_dir', 'store', 'dkim'] as const) {
-      if (JSON.stringify(next[key]) !== JSON.stringify(this.current[key])) this.log.warn({ key }, 'setting changes on restart only');
-    }
+    for (const key of restart) this.log.warn({ key, why: RESTART_ONLY[key] }, 'setting changes on restart only');
+    if (next.queue.scan_interval !== this.current.queue.scan_interval) this.armScanTimer(next.queue.scan_interval);
     this.server?.reload(deps);
+    this.policyService?.reload(next, this.resolverFor(next));
     this.forwarder?.reload(next);
+    this.history?.setKeep(next.history.keep);
+    if (JSON.stringify(next.admin) !== JSON.stringify(this.current.admin)) void this.restartAdmin(next);
+    this.watchMetrics(next);
     const watched = (c: Config) => JSON.stringify([c.relay.pop_logs, c.relay.pop_log_pattern, c.relay.relayers_keep]);
     if (watched(next) !== watched(this.current)) {
       void this.popWatcher?.stop();
@@ -151,6 +248,24 @@ export class App {
     }
     this.current = next;
     this.log.info('configuration reloaded');
+  }
+
+  private startAdmin(config: Config): ReturnType<typeof startAdmin> {
+    return startAdmin(config, this.store as Store, this.log, { ...(this.history ? { history: this.history } : {}), queue: () => this.forwarder?.stats() });
+  }
+
+  /** A reload changed admin.*: the admin listener is closed and started with the new address and token. */
+  private async restartAdmin(next: Config): Promise<void> {
+    const old = this.admin;
+    this.admin = undefined;
+    await old?.close();
+    try {
+      if (next.admin.listen !== undefined && !this.history) this.history = this.openHistory(next);
+      this.admin = await this.startAdmin(next);
+      this.log.info({ setting: 'admin', listen: next.admin.listen }, this.admin ? 'admin API restarted with the new settings' : 'admin API stopped');
+    } catch (err) {
+      this.log.error({ setting: 'admin.listen', err: (err as Error).message }, 'admin API could not be started with the new settings');
+    }
   }
 
   /** SIGUSR1, sent by `mxguard queue flush|delete`: pick up what they changed in the spool. */
@@ -163,6 +278,10 @@ export class App {
     clearInterval(this.scanTimer);
     await this.server?.close(graceMs);
     await this.admin?.close();
+    this.history?.close();
+    metrics.setQueueSource(undefined);
+    metrics.setGreylistSource(undefined);
+    await this.policyService?.close();
     await this.forwarder?.stop(graceMs);
     this.spool?.close();
     await this.popWatcher?.stop();

@@ -29,7 +29,7 @@ import { createLogger, type Logger } from './util/log.ts';
  */
 export function stdioLogger(config: Config): Logger {
   const file = config.log.file ?? (sameFile(0, 2) ? path.join(config.data_dir, 'stdio.log') : undefined);
-  return createLogger(config.log.level, file, { fd: 2, sync: true, fields: { mode: 'stdio' } });
+  return createLogger(config.log.level, file, { fd: 2, sync: true, fields: { mode: 'stdio' }, format: config.log.format });
 }
 
 /** Runs the session to its end; resolves with the exit code. */

@@ -5,7 +5,7 @@
 // full disk, space comes back, the downstream (a real smtp-sink) comes up, and every message
 // that got a 250 must arrive once space is back, byte for byte (SHA-256), and a further restart
 // must find nothing left. Needs root (it mounts the tmpfs); fails, never skips, without.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
@@ -16,17 +16,8 @@ import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts'
 import { RawClient } from './harness/smtp-talk.ts';
 import { fill, mountTmpfs } from './harness/tmpfs.ts';
 import { prng } from './harness/prng.ts';
+import { atEnd } from './harness/cleanups.ts';
 
-const cleanups: Array<() => Promise<unknown> | void> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) {
-    try {
-      await c();
-    } catch (err) {
-      console.error(`cleanup: ${(err as Error).message}`);
-    }
-  }
-});
 
 const MB = 1024 * 1024;
 
@@ -102,11 +93,11 @@ async function client(port: number, rand: () => number, tag: string, count: numb
 
 test('disk full: 220 messages of mixed sizes, every refusal 452 4.3.1, every 250 delivered intact after kill -9, a restart on the full disk and space coming back', { timeout: 240_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-diskfull-'));
-  cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+  atEnd(() => fs.rmSync(dir, { recursive: true, force: true }));
   fs.chmodSync(dir, 0o755); // smtp-sink writes its dumps as nobody
   const spoolFs = path.join(dir, 'var');
   fs.mkdirSync(spoolFs);
-  cleanups.push(mountTmpfs(spoolFs, '24m'));
+  atEnd(mountTmpfs(spoolFs, '24m'));
   const filler = path.join(spoolFs, 'filler');
   const rand = prng(220);
 
@@ -121,7 +112,7 @@ test('disk full: 220 messages of mixed sizes, every refusal 452 4.3.1, every 250
     limits: { max_message_size: 2 * MB },
   };
   let mx: MxguardProcess = await startMxguard(dir, config, port);
-  cleanups.push(() => mx.crash());
+  atEnd(() => mx.crash());
 
   const out: Outcome = { acked: new Map(), refused: 0, unexpected: [] };
   const round = (tag: string, perClient: number) => Promise.all([0, 1, 2, 3].map((c) => client(port, rand, `${tag}${c}`, perClient, out)));
@@ -151,7 +142,7 @@ test('disk full: 220 messages of mixed sizes, every refusal 452 4.3.1, every 250
   // 4. Space returns and the downstream comes up: every acknowledged message arrives, intact.
   fs.rmSync(filler);
   const sink = await startSmtpSink({ dumpDir: path.join(dir, 'sink'), port: sinkPort });
-  cleanups.push(() => sink.stop());
+  atEnd(() => sink.stop());
   await waitUntil(() => {
     const got = sinkMessageHashes(sink);
     return [...out.acked.keys()].every((id) => got.has(id));

@@ -14,7 +14,7 @@ import ts from 'typescript';
 const LAYERS: readonly (readonly string[])[] = [
   ['cli'], // mxguard's commands
   ['app'], // src/app.ts and src/stdio.ts: one running mxguard, wired together
-  ['smtp', 'admin', 'relayers'], // the front doors: SMTP engine, admin HTTP, the POP-log watcher
+  ['smtp', 'admin', 'relayers', 'policy-service'], // the front doors: SMTP engine, admin HTTP, the POP-log watcher, Postfix's policy delegation
   ['policy'], // the checks and the policy engine
   ['store', 'queue', 'auth'], // shared state, the spool + queue manager (forwarder, DSN), AUTH
   ['delivery'], // the transports: Maildir, and the SMTP / LMTP one built on smtp-client

@@ -3,7 +3,7 @@
 // 250 and delivered to a real smtp-sink; when space comes back, one warning line says how many
 // log lines were dropped and logging goes on; with the disk full again, SIGTERM ends the process
 // with its usual graceful stop. Needs root (it mounts the tmpfs); fails, never skips, without.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -12,17 +12,8 @@ import { freePort, startSmtpSink, waitUntil, type SmtpSinkPeer } from './harness
 import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts';
 import { RawClient } from './harness/smtp-talk.ts';
 import { fill, mountTmpfs } from './harness/tmpfs.ts';
+import { atEnd } from './harness/cleanups.ts';
 
-const cleanups: Array<() => Promise<unknown> | void> = [];
-after(async () => {
-  for (const c of cleanups.reverse()) {
-    try {
-      await c();
-    } catch (err) {
-      console.error(`cleanup: ${(err as Error).message}`);
-    }
-  }
-});
 
 interface LogLine {
   level: number;
@@ -94,16 +85,16 @@ async function assertDelivered(sink: SmtpSinkPeer, ids: readonly string[], what:
 
 test('log file on a full file system: mail keeps flowing, dropped lines are counted, SIGTERM stops the process', { timeout: 180_000 }, async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-logfull-'));
-  cleanups.push(() => fs.rmSync(dir, { recursive: true, force: true }));
+  atEnd(() => fs.rmSync(dir, { recursive: true, force: true }));
   fs.chmodSync(dir, 0o755); // smtp-sink writes its dumps as nobody
   const logDir = path.join(dir, 'logfs');
   fs.mkdirSync(logDir);
-  cleanups.push(mountTmpfs(logDir, '256k'));
+  atEnd(mountTmpfs(logDir, '256k'));
   const logFile = path.join(logDir, 'mxguard.log');
   const filler = path.join(logDir, 'filler');
 
   const sink = await startSmtpSink({ dumpDir: path.join(dir, 'sink') });
-  cleanups.push(() => sink.stop());
+  atEnd(() => sink.stop());
   const port = await freePort();
   const config = {
     hostname: 'mx.example.test',
@@ -115,7 +106,7 @@ test('log file on a full file system: mail keeps flowing, dropped lines are coun
   };
   const mx: MxguardProcess = await startMxguard(dir, config, port);
   // Pushed after the unmount, so it runs first: nothing may hold the tmpfs open then.
-  cleanups.push(() => mx.crash());
+  atEnd(() => mx.crash());
   const processLog = () => fs.readFileSync(mx.logFile, 'utf8');
   let exitCode: number | null | undefined;
   void mx.exited.then((c) => (exitCode = c));

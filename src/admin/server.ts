@@ -9,6 +9,9 @@
 //   POST   /api/greylist/allow?net=<ip or cidr>    allow the client network(s) for greylist.expire
 //   POST   /api/greylist/release?key=<key>         let a waiting triplet through now
 //   DELETE /api/greylist?key=<key>
+//   GET    /metrics                 Prometheus text format (src/util/metrics.ts), token too
+//   /api/history…, /api/stats       the transaction history and per-minute counts (src/admin/history/api.ts)
+//   GET    /dashboard/<file>        the web dashboard's static files, no token (src/admin/static.ts)
 // Every /api call carries `Authorization: Bearer <admin.token>`; the comparison is constant-time.
 // <ip> is stored as the SMTP side sees clients (IPv4-mapped IPv6 as IPv4, IPv6 canonical); one
 // that is not an IP address (or a bad %-escape) is 400.
@@ -21,6 +24,16 @@ import type { Logger } from '../util/log.ts';
 import { canonicalIp } from '../util/cidr.ts';
 import { clock } from '../util/clock.ts';
 import { GreyStore, networksToAllow } from '../policy/greylist/store.ts';
+import { metrics, type QueueStats } from '../util/metrics.ts';
+import { historyApi } from './history/api.ts';
+import type { HistoryStore } from './history/store.ts';
+
+/** What the running daemon adds to the admin API: the transaction history, the queue for /api/stats. */
+export interface AdminExtras {
+  readonly history?: HistoryStore;
+  readonly queue?: () => QueueStats | undefined;
+}
+import { serveDashboard } from './static.ts';
 
 function send(res: http.ServerResponse, status: number, body: unknown): void {
   const text = typeof body === 'string' ? body + '\n' : JSON.stringify(body) + '\n';
@@ -34,7 +47,7 @@ function authorized(req: http.IncomingMessage, token: string): boolean {
   return given.length === want.length && crypto.timingSafeEqual(given, want);
 }
 
-export async function startAdmin(config: Config, store: Store, log: Logger): Promise<{ port: number; close(): Promise<void> } | undefined> {
+export async function startAdmin(config: Config, store: Store, log: Logger, extras: AdminExtras = {}): Promise<{ port: number; close(): Promise<void> } | undefined> {
   const { listen, token } = config.admin;
   if (listen === undefined || token === undefined) return undefined;
   const hp = parseHostPort(listen) as { host: string; port: number };
@@ -47,8 +60,19 @@ export async function startAdmin(config: Config, store: Store, log: Logger): Pro
   async function handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     const url = new URL(req.url ?? '/', 'http://admin');
     if (url.pathname === '/healthz' && req.method === 'GET') return send(res, 200, 'ok');
+    // The dashboard's static files (no data in them, so no token): src/admin/static.ts.
+    if (await serveDashboard(url.pathname, req.method ?? 'GET', res)) return;
+    if (url.pathname === '/metrics') {
+      if (!authorized(req, token as string)) return send(res, 401, { error: 'missing or wrong bearer token' });
+      if (req.method !== 'GET') return send(res, 405, { error: 'method not allowed' });
+      const m = await metrics.text();
+      res.writeHead(200, { 'content-type': m.contentType });
+      return void res.end(m.body);
+    }
     if (!url.pathname.startsWith('/api/')) return send(res, 404, { error: 'not found' });
     if (!authorized(req, token as string)) return send(res, 401, { error: 'missing or wrong bearer token' });
+    const h = extras.history ? await historyApi(url, req.method ?? 'GET', { history: extras.history, store, config, log, ...(extras.queue ? { queue: extras.queue } : {}) }) : undefined;
+    if (h) return send(res, h.status, h.body);
     if (url.pathname === '/api/relayers' && req.method === 'GET') return send(res, 200, await store.relayerList());
     if (url.pathname.startsWith('/api/greylist')) return greylistApi(url, req.method ?? 'GET', res);
     const m = /^\/api\/relayers\/([^/]+)$/.exec(url.pathname);

@@ -3,8 +3,9 @@ import fs from 'node:fs';
 import { Command } from 'commander';
 import { ConfigError, checkConfigFile, defaultConfig, formatConfigMessage, loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
-import { createLogger } from '../util/log.ts';
+import { openLog } from '../util/log.ts';
 import { runStdio, stdioLogger } from '../stdio.ts';
+import { becomeConfiguredUser } from '../util/privileges.ts';
 // Each command loads what it needs when it runs (dynamic imports below): `mxguard stdio` starts
 // once per connection and must not pay for the daemon, the forwarder or the other commands.
 
@@ -27,15 +28,26 @@ async function loadConfig(file: string | undefined): Promise<Config> {
   return (await loadConfigFile(chosen)).config;
 }
 
-async function start(file: string | undefined): Promise<void> {
+/** The config, and then, started as root with `user` configured, that user (before data_dir is touched: nothing in it may become root's). */
+async function loadConfigAsUser(file: string | undefined): Promise<Config> {
+  const config = await loadConfig(file);
+  becomeConfiguredUser(config);
+  return config;
+}
+
+async function start(file: string | undefined, runAs: { user?: string; group?: string } = {}): Promise<void> {
   let config: Config;
   try {
     config = await loadConfig(file);
+    if (runAs.user !== undefined) config = { ...config, user: runAs.user };
+    if (runAs.group !== undefined) config = { ...config, group: runAs.group };
   } catch (err) {
     console.error(err instanceof ConfigError ? err.message : `mxguard: ${(err as Error).message}`);
     process.exit(1);
   }
-  const log = createLogger(config.log.level, config.log.file);
+  // SIGHUP and SIGUSR1 reopen the log file (logrotate); SIGHUP also applies new log.* settings.
+  const logOutput = openLog(config.log);
+  const log = logOutput.log;
   const { App } = await import('../app.ts');
   const app = new App(config, log);
   try {
@@ -47,6 +59,7 @@ async function start(file: string | undefined): Promise<void> {
     process.exit(1);
   }
   process.on('SIGHUP', () => {
+    logOutput.reopen();
     if (!file) {
       log.info('SIGHUP: no config file to reload');
       return;
@@ -56,6 +69,7 @@ async function start(file: string | undefined): Promise<void> {
         for (const w of warnings) log.warn({ file: w.file, line: w.line, key: w.key }, w.message);
         try {
           app.reload(next);
+          logOutput.apply(next.log);
         } catch (err) {
           log.error({ err: (err as Error).message }, 'reload failed; keeping the running configuration');
         }
@@ -63,7 +77,10 @@ async function start(file: string | undefined): Promise<void> {
       (err: Error) => log.error({ err: err.message }, 'reload failed; keeping the running configuration'),
     );
   });
-  process.on('SIGUSR1', () => void app.rescanQueue());
+  process.on('SIGUSR1', () => {
+    logOutput.reopen();
+    void app.rescanQueue();
+  });
   process.on('SIGUSR2', () => void app.adoptNewMessages());
   let stopping = false;
   const stop = (signal: string) => {
@@ -93,7 +110,9 @@ program
   .command('start')
   .description('run the SMTP server and the forwarder (embedded defaults without -c)')
   .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)')
-  .action((opts: { config?: string }) => start(opts.config));
+  .option('-u, --user <user>', 'run as this user once the listeners are bound (overrides user:)')
+  .option('-g, --group <group>', 'and this group (overrides group:)')
+  .action((opts: { config?: string; user?: string; group?: string }) => start(opts.config, opts));
 
 program
   .command('check')
@@ -140,7 +159,7 @@ program
   .action(async (opts: { config?: string }) => {
     let config: Config;
     try {
-      config = await loadConfig(opts.config);
+      config = await loadConfigAsUser(opts.config);
     } catch (err) {
       // Standard output is the client: a broken config is a temporary failure there.
       console.error(err instanceof ConfigError ? err.message : `mxguard: ${(err as Error).message}`);
@@ -162,7 +181,7 @@ const queue = program.command('queue').description('inspect and manage the spool
 const withQueueConfig = (fn: (config: Config, ...args: string[]) => Promise<string>) => {
   return async (...args: unknown[]) => {
     try {
-      const config = await loadConfig(queue.opts<{ config?: string }>().config);
+      const config = await loadConfigAsUser(queue.opts<{ config?: string }>().config);
       console.log(await fn(config, ...(args.filter((a) => typeof a === 'string') as string[])));
     } catch (err) {
       console.error(`mxguard: ${(err as Error).message}`);
@@ -189,7 +208,7 @@ function subcommands(name: string, description: string, args: string, fn: (confi
     .argument('[args...]', args)
     .action(async (command: string, rest: string[], opts: { config?: string }) => {
       try {
-        const out = await fn(await loadConfig(opts.config), command, rest);
+        const out = await fn(await loadConfigAsUser(opts.config), command, rest);
         if (out !== '') console.log(out);
       } catch (err) {
         console.error(`mxguard ${name}: ${(err as Error).message}`);
@@ -201,6 +220,59 @@ function subcommands(name: string, description: string, args: string, fn: (confi
 subcommands('relay', 'POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]', 'IP addresses, ticks (epoch seconds) or minutes', async (c, cmd, args) => (await import('./relay.ts')).relayCommand(c, cmd, args));
 subcommands('greylist', 'greylisting records: list | allow IP|CIDR... | release KEY (or IP SENDER RCPT) | delete KEY... | stats', 'keys as list shows them, addresses', async (c, cmd, args) => (await import('./greylist.ts')).greylistCommand(c, cmd, args));
 subcommands('user', 'SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list', 'user names', async (c, cmd, args) => (await import('./user.ts')).userCommand(c, cmd, args));
+
+program
+  .command('report')
+  .description("a pflogsumm-style summary of mxguard's log (JSON or text lines; other lines ignored): received, delivered, deferred, bounced, refused by check and reason, top refused clients and senders, greylisted, per hour")
+  .argument('[logfiles...]', 'log files (.gz too); standard input when none')
+  .option('--json', 'print the summary as JSON')
+  .action(async (files: string[], opts: { json?: boolean }) => {
+    try {
+      console.log(await (await import('./report.ts')).reportCommand(files, opts));
+    } catch (err) {
+      console.error(`mxguard report: ${(err as Error).message}`);
+      process.exitCode = 1;
+    }
+  });
+
+program
+  .command('explain')
+  .description('run the whole policy for these facts (real DNS, the store read-only: nothing is written) and print each check, the replies, the score and the outcome; sends no mail')
+  .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)')
+  .requiredOption('--ip <address>', 'the client address')
+  .requiredOption('--helo <name>', 'the HELO/EHLO name')
+  .requiredOption('--from <address>', 'the sender ("" for the null sender)')
+  .requiredOption('--to <address>', 'a recipient (repeat for more)', (v: string, prev: string[] | undefined) => [...(prev ?? []), v])
+  .option('--auth <user>', 'the client authenticated as this user')
+  .option('--message <file>', 'a message file: the DATA checks judge it')
+  .option('--json', 'print the report as JSON')
+  .action(async (opts: { config?: string; ip: string; helo: string; from: string; to: string[]; auth?: string; message?: string; json?: boolean }) => {
+    try {
+      const { explain, formatExplain } = await import('./explain.ts');
+      const result = await explain(await loadConfig(opts.config), opts);
+      console.log(opts.json ? JSON.stringify(result, null, 2) : formatExplain(result));
+    } catch (err) {
+      console.error(`mxguard explain: ${(err as Error).message}`);
+      process.exitCode = 1;
+    }
+  });
+
+program
+  .command('policy')
+  .description('run only the Postfix policy delegation server (check_policy_service) on policy.listen, with the config, store and DNS of the daemon; no SMTP listener')
+  .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)')
+  .option('--listen <host:port>', 'listen here instead of policy.listen')
+  .action(async (opts: { config?: string; listen?: string }) => {
+    let config: Config;
+    try {
+      config = await loadConfig(opts.config);
+    } catch (err) {
+      console.error(err instanceof ConfigError ? err.message : `mxguard policy: ${(err as Error).message}`);
+      process.exit(1);
+    }
+    const { runPolicyCommand } = await import('./policy.ts');
+    process.exitCode = await runPolicyCommand(config, opts.listen, configFile(opts.config));
+  });
 
 program
   .command('dkim')

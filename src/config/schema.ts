@@ -244,7 +244,12 @@ export const configSchema = z.strictObject({
     .prefault({}),
   /** Mail for these domains is ours to accept; everything else is relaying. */
   local_domains: z.array(domain).default(['localhost']),
+  /** Where the spool and the state live; a relative path is taken from the config file's directory (embedded defaults: the directory mxguard is started in). */
   data_dir: z.string().min(1).default('./var'),
+  /** Started as root, run as this user once the listeners are bound (seed 004's smtpd -u); data_dir is given to it. */
+  user: z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$/, 'a user name or number').optional(),
+  /** The group to run as (smtpd -g); default: the user's primary group. */
+  group: z.string().regex(/^[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}$/, 'a group name or number').optional(),
   /** Where mail for the local domains goes. Default: maildir:<data_dir>/maildir. */
   deliver: deliver.optional(),
   /** Where mail for other domains goes, by recipient domain (src/delivery/routes.ts); relayed mail without a route goes by MX. */
@@ -712,6 +717,16 @@ export const configSchema = z.strictObject({
       timeout: duration.default(5000),
     })
     .prefault({}),
+  policy: z
+    .strictObject({
+      /** A Postfix policy delegation server here (host:port; Postfix: check_policy_service inet:host:port), run by `mxguard start` and `mxguard policy`. Off unless set. */
+      listen: hostPort.optional(),
+      /** Longest a reply is held (the tarpit): keep it under Postfix's smtpd_policy_service_timeout (100s). */
+      max_delay: duration.default(90_000),
+      /** A policy connection silent this long is closed (Postfix closes its own after smtpd_policy_service_max_idle, 300s). */
+      idle_timeout: duration.refine((ms) => ms > 0, 'must be longer than 0').default(360_000),
+    })
+    .prefault({}),
   admin: z
     .strictObject({
       /** The admin HTTP API (host:port): loopback only, please. Off unless set. */
@@ -723,11 +738,20 @@ export const configSchema = z.strictObject({
     .superRefine((a, ctx) => {
       if (a.listen !== undefined && a.token === undefined) ctx.addIssue({ code: 'custom', path: ['token'], message: 'admin.listen needs admin.token' });
     }),
+  /** The transaction history the admin API searches (/api/history): data_dir/history.sqlite, kept while the admin API runs. */
+  history: z
+    .strictObject({
+      /** Transactions kept: the oldest beyond this are deleted (a ring on disk). */
+      keep: z.number().int().min(1).max(100_000_000).default(100_000),
+    })
+    .prefault({}),
   log: z
     .strictObject({
       level: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
-      /** Log to this file instead of standard output. */
+      /** Log to this file instead of standard output. Reopened on SIGHUP and SIGUSR1 (logrotate). */
       file: z.string().optional(),
+      /** json: one JSON object a line (pino); text: Postfix-like lines, the queue ID first (`grep QUEUEID` follows a message). */
+      format: z.enum(['json', 'text']).default('json'),
     })
     .prefault({}),
 }).superRefine((c, ctx) => {

@@ -25,6 +25,7 @@ import net from 'node:net';
 import { domainToASCII } from 'node:url';
 import type { Logger } from '../util/log.ts';
 import { clock } from '../util/clock.ts';
+import { metrics } from '../util/metrics.ts';
 
 // --- result types ---------------------------------------------------------------------------
 
@@ -501,6 +502,7 @@ export class DnsResolver {
       const hit = this.cache.get(key);
       if (hit !== undefined) {
         const v = hit.value;
+        metrics.dnsCacheHit(type);
         this.log?.debug({ dns: type, name, kind: v.kind, cached: true }, 'dns lookup');
         return (v.kind === 'ok' ? { ...v, ttl: Math.ceil(hit.remainingMs / 1000) } : v) as DnsResult<RecordTypes[T]>;
       }
@@ -535,6 +537,7 @@ export class DnsResolver {
     if (res.kind === 'ok') this.cache.set(`${type} ${name}`, res, res.ttl * 1000);
     else if (res.kind === 'nxdomain') this.cache.set(`${type} ${name}`, res, this.negativeTtlSec * 1000);
     const ms = Date.now() - started;
+    metrics.dnsLookup(type, res.kind === 'error' ? res.code : res.kind === 'nxdomain' && (res as DnsNegative).nodata ? 'nodata' : res.kind);
     if (res.kind === 'error') this.log?.warn({ dns: type, name, code: res.code, ms }, `dns lookup failed: ${res.reason}`);
     else this.log?.debug({ dns: type, name, kind: res.kind, ms }, 'dns lookup');
     return res;

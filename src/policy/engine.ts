@@ -9,12 +9,13 @@
 // when every check ahead of it said continue or tag. The checks before the first concurrent one
 // (ban.ip, say) still decide before any query is sent.
 import type { AnyCheck, Check, PolicyEvent } from './check.ts';
-import type { DataContext, PhaseContexts } from './context.ts';
+import type { DataContext, PhaseContexts, SessionInfo } from './context.ts';
 import type { FinalVerdict, Phase, TestHit, Verdict } from './verdict.ts';
 import { refusalReply } from './verdict.ts';
 import type { TraceEntry } from './trace.ts';
 import type { Logger } from '../util/log.ts';
 import { PolicySession, type PolicySessionOptions } from './session.ts';
+import { metrics } from '../util/metrics.ts';
 
 export interface PhaseResult {
   /** The verdict that ended the phase, or undefined when every check said continue/tag. */
@@ -63,7 +64,7 @@ export class PolicyEngine {
         try {
           await c.observe?.(event);
         } catch (err) {
-          this.log.warn({ check: c.name, event: event.kind, err: errText(err) }, 'could not count (store unreachable?)');
+          this.log.warn({ sid: event.session.sid, ip: event.session.remoteIp, check: c.name, event: event.kind, err: errText(err) }, 'could not count (store unreachable?)');
         }
       }),
     );
@@ -96,7 +97,7 @@ export class PolicyEngine {
       const pending = started?.get(check);
       const outcome = pending ?? runNow(check, ctx);
       const out = outcome instanceof Promise ? await outcome : outcome;
-      if (this.take(result, phase, check, out)) return result;
+      if (this.take(result, phase, check, out, ctx.session)) return result;
     }
     return result;
   }
@@ -128,7 +129,7 @@ export class PolicyEngine {
         const out = await Promise.race([started[i] as Promise<Outcome>, deadline]);
         const outcome: Outcome = out === 'timeout' ? { err: new DataCheckTimeout(timeoutMs), ms: performance.now() - t0 } : out;
         taken++;
-        if (this.take(result, 'data', check, outcome)) return result;
+        if (this.take(result, 'data', check, outcome, ctx.session)) return result;
       }
       return result;
     } finally {
@@ -138,26 +139,28 @@ export class PolicyEngine {
     }
   }
 
-  /** Adds one check's outcome to the phase's result; true when it ended the phase. */
-  private take<P extends Phase>(result: PhaseResult, phase: P, check: Check<P>, out: Outcome): boolean {
+  /** Adds one check's outcome to the phase's result; true when it ended the phase. Its lines carry the session's ID. */
+  private take<P extends Phase>(result: PhaseResult, phase: P, check: Check<P>, out: Outcome, session: SessionInfo): boolean {
+    const { sid, remoteIp: ip } = session;
     let verdict: Verdict;
     if ('verdict' in out) verdict = out.verdict;
     else if (phase === 'data' && check.onError === 'accept') {
       const why = out.err instanceof DataCheckTimeout ? 'timeout' : 'error';
-      this.log.warn({ check: check.name, phase, err: errText(out.err), onError: 'accept' }, `DATA check ${why === 'timeout' ? 'missed scoring.data_timeout' : 'failed'}: message goes on without its verdict (on_error: accept)`);
+      this.log.warn({ sid, ip, check: check.name, phase, err: errText(out.err), onError: 'accept' }, `DATA check ${why === 'timeout' ? 'missed scoring.data_timeout' : 'failed'}: message goes on without its verdict (on_error: accept)`);
       verdict = { kind: 'continue', check: check.name };
     } else {
-      if (phase === 'data') this.log.error({ check: check.name, phase, err: errText(out.err), onError: 'tempfail' }, `DATA check ${out.err instanceof DataCheckTimeout ? 'missed scoring.data_timeout' : 'failed'}: message refused for now (on_error: tempfail)`);
-      else this.log.error({ check: check.name, phase, err: out.err }, 'check failed');
+      if (phase === 'data') this.log.error({ sid, ip, check: check.name, phase, err: errText(out.err), onError: 'tempfail' }, `DATA check ${out.err instanceof DataCheckTimeout ? 'missed scoring.data_timeout' : 'failed'}: message refused for now (on_error: tempfail)`);
+      else this.log.error({ sid, ip, check: check.name, phase, err: out.err }, 'check failed');
       verdict = { kind: 'tempfail', check: check.name, code: 451, enhanced: '4.3.0', text: 'Temporary local problem, try again later' };
     }
     result.ran.push(traceEntry(phase, check.name, verdict, out.ms));
+    metrics.verdict(verdict.check ?? check.name, verdict.kind);
     if (verdict.delayMs) {
       result.delayMs += verdict.delayMs;
-      this.log.info({ phase, check: verdict.check ?? check.name, delayMs: verdict.delayMs }, verdict.log ?? 'reply delayed');
+      this.log.info({ sid, ip, phase, check: verdict.check ?? check.name, delayMs: verdict.delayMs }, verdict.log ?? 'reply delayed');
     }
     if (verdict.kind === 'continue') {
-      if (verdict.log && !verdict.delayMs) this.log.info({ phase, check: verdict.check ?? check.name }, verdict.log);
+      if (verdict.log && !verdict.delayMs) this.log.info({ sid, ip, phase, check: verdict.check ?? check.name }, verdict.log);
       return false;
     }
     if (verdict.kind === 'tag') {
@@ -166,7 +169,7 @@ export class PolicyEngine {
       if (verdict.removeHeaders) result.removeHeaders.push(...verdict.removeHeaders);
       result.tests.push(...(verdict.tests ?? [{ name: verdict.check, score: verdict.score }]));
       result.tags.push(verdict.check);
-      if (verdict.log) this.log.info({ phase, check: verdict.check, score: verdict.score }, verdict.log);
+      if (verdict.log) this.log.info({ sid, ip, phase, check: verdict.check, score: verdict.score }, verdict.log);
       return false;
     }
     result.final = verdict;

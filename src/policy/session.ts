@@ -19,6 +19,7 @@ import { greetPassKey, greetPlan, type GreetFacts } from './greet.ts';
 import { protocolVerdict, type ProtocolSettings } from './protocol.ts';
 import type { TraceEntry } from './trace.ts';
 import { authResultsHeader, authservIdOf, type AuthResults } from './auth/results.ts';
+import { metrics } from '../util/metrics.ts';
 
 export interface PolicySessionOptions {
   /** The connection's facts; the SMTP session keeps them current (HELO, TLS, AUTH, recipients). */
@@ -336,7 +337,7 @@ export class PolicySession {
     const sessionRefusal = waived ? undefined : this.delayed;
     const delayed = sessionRefusal ?? tx.delayed;
     if (delayed) {
-      tx.trace.refused(refusalReply(delayed));
+      tx.trace.rcptRefused(rcpt.address, refusalReply(delayed), delayed.check);
       this.logDecision('rcpt', delayed, tx.mailFrom, rcpt);
       return { kind: 'reply', reply: refusalReply(delayed) };
     }
@@ -351,6 +352,7 @@ export class PolicySession {
       // Answered to DATA (greylisting the null sender): the recipient itself is accepted.
       tx.dataRefusal ??= final;
     } else if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
+      tx.trace.rcptRefused(rcpt.address, refusalReply(final), final.check);
       // The counting checks (limits.rates bad_rcpts) hear of it; `rcpt` is the object they saw.
       await this.engine.notify({ kind: 'rcpt_refused', session: this.info, mailFrom: tx.mailFrom, rcpt, verdict: final });
       if (final.closeSession) {
@@ -404,6 +406,7 @@ export class PolicySession {
     if (refusal) {
       const verdict = refusal.startsWith('5') ? 'reject' : 'tempfail';
       tx.trace.phase({ ran: [{ phase: 'data', check: 'scoring', verdict, ms: 0, reply: refusal }] });
+      metrics.verdict('scoring', verdict);
       this.log.info({ phase: 'data', check: 'scoring', verdict, score, setting: `scoring.${verdict}_at`, reply: refusal }, 'message refused by its score');
       return { kind: 'reply', reply: refusal };
     }

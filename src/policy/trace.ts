@@ -18,6 +18,14 @@ export interface TraceEntry {
   readonly reply?: string;
 }
 
+/** A recipient the policy refused (RCPT answered 4xx or 5xx): greylisted ones are among them. */
+export interface RefusedRcpt {
+  readonly rcpt: string;
+  readonly reply: string;
+  /** The check whose verdict it was (greylist, relay, ban_rcptto…). */
+  readonly check: string;
+}
+
 /** accepted (250 at end of DATA), refused (5xx), tempfailed (4xx), discarded, aborted (RSET, QUIT, disconnect, a new HELO). */
 export type TraceOutcome = 'accepted' | 'refused' | 'tempfailed' | 'discarded' | 'aborted';
 
@@ -28,6 +36,8 @@ export interface TransactionTrace {
   readonly mailFrom: string;
   /** Recipients accepted. */
   readonly rcpts: readonly string[];
+  /** Recipients refused, in the order they came (always set by TxTrace; optional for records made by hand). */
+  readonly refused?: readonly RefusedRcpt[];
   /** The queue ID, once DATA gave the message one. */
   readonly id?: string;
   /** Octets queued (accepted messages). */
@@ -68,9 +78,13 @@ export class SessionTrace {
   }
 }
 
+/** Refused recipients kept per transaction: a dictionary attack's thousand RCPTs are not all worth keeping. */
+const MAX_REFUSED = 100;
+
 /** One transaction's trace, from MAIL to its end; end() emits it once. */
 export class TxTrace {
   private readonly rcpts: string[] = [];
+  private readonly refusedRcpts: RefusedRcpt[] = [];
   private lastRefusal: string | undefined;
   private score: number | undefined;
   private ended = false;
@@ -100,6 +114,12 @@ export class TxTrace {
     this.score = score;
   }
 
+  /** A recipient the policy refused: the reply it got and the check that refused it. */
+  rcptRefused(rcpt: string, reply: string, check: string): void {
+    this.lastRefusal = reply;
+    if (this.refusedRcpts.length < MAX_REFUSED) this.refusedRcpts.push({ rcpt, reply, check });
+  }
+
   rcpt(address: string): void {
     if (!this.rcpts.includes(address)) this.rcpts.push(address);
   }
@@ -118,6 +138,7 @@ export class TxTrace {
     const trace: TransactionTrace = {
       ...this.head,
       rcpts: this.rcpts,
+      refused: this.refusedRcpts,
       ...(id !== undefined ? { id } : {}),
       ...(size !== undefined ? { size } : {}),
       entries: this.entries,

@@ -11,6 +11,7 @@ import type { Envelope } from '../mail/envelope.ts';
 import { segmentPath, type JournalRef } from './journal.ts';
 import { readAll, type MessageBody, type RcptResult, type Transport } from '../mail/transport.ts';
 import { buildBounce, buildSuccessReport, type Bounce } from './dsn.ts';
+import { metrics, type QueueStats } from '../util/metrics.ts';
 
 interface Job {
   readonly envelope: Envelope;
@@ -62,6 +63,25 @@ export class Forwarder {
 
   get queued(): number {
     return this.jobs.size;
+  }
+
+  /** The queue by state for the metrics: deferred (waiting for a retry timer) or active (ready or being delivered). */
+  stats(): QueueStats {
+    let active = 0;
+    let deferred = 0;
+    let activeOldest: number | undefined;
+    let deferredOldest: number | undefined;
+    for (const job of this.jobs.values()) {
+      const at = job.envelope.receivedAt;
+      if (job.timer !== undefined) {
+        deferred++;
+        if (deferredOldest === undefined || at < deferredOldest) deferredOldest = at;
+      } else {
+        active++;
+        if (activeOldest === undefined || at < activeOldest) activeOldest = at;
+      }
+    }
+    return { active: { count: active, oldestAt: activeOldest }, deferred: { count: deferred, oldestAt: deferredOldest } };
   }
 
   /** A freshly committed message: deliver as soon as a connection is free. */
@@ -268,6 +288,7 @@ export class Forwarder {
     const deferred: RcptResult[] = [];
     for (const r of results) {
       const fields = { id: env.id, rcpt: r.rcpt, relay: r.relay ?? this.transport.name, status: r.status, reply: `${r.code} ${r.text}`, attempt: job.attempts, delay: (now - env.receivedAt) / 1000, took: now - started };
+      metrics.delivery(r.status === 'ok' ? 'delivered' : r.status === 'perm' ? 'bounced' : 'deferred');
       if (r.status === 'ok') this.log.info(fields, 'delivered');
       else if (r.status === 'perm') {
         this.log.info(fields, 'bounced');

@@ -10,7 +10,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import fs from 'node:fs';
 import crypto from 'node:crypto';
-import { Session, socketConnection, type Connection, type SessionDeps } from './session.ts';
+import { Session, newSessionId, socketConnection, type Connection, type SessionDeps } from './session.ts';
 import { parseProxyHeader } from './proxy-protocol.ts';
 import { parseHostPort, type Config } from '../config/schema.ts';
 import { addressListOf, plainIp } from '../util/cidr.ts';
@@ -47,6 +47,62 @@ export function loadTlsContext(config: Config): tls.SecureContext | undefined {
   });
 }
 
+/** A listen address bound by bindListeners(): connections wait in a queue until serve() takes them. */
+export interface BoundListener {
+  readonly entry: string;
+  readonly mode: Config['listen'][number]['mode'];
+  readonly server: net.Server;
+  /** Hands this and every later connection to `handler`. */
+  serve(handler: (socket: net.Socket) => void): void;
+  close(): void;
+}
+
+/**
+ * Binds every listen address without serving yet: a daemon started as root binds port 25 first,
+ * then gives root up, then opens its spool and serves. A client that connects in between waits
+ * (its socket is kept, unread) and is served once the daemon is ready.
+ */
+export async function bindListeners(config: Config): Promise<BoundListener[]> {
+  const bound: BoundListener[] = [];
+  try {
+    for (const { address: entry, mode } of config.listen) {
+      const hp = parseHostPort(entry);
+      if (!hp) throw new Error(`bad listen address ${entry}`);
+      const early: net.Socket[] = [];
+      let handler: ((socket: net.Socket) => void) | undefined;
+      const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => {
+        if (handler) return handler(socket);
+        socket.on('error', () => undefined); // a client gone before we served it
+        early.push(socket);
+      });
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen({ host: hp.host, port: hp.port, backlog: 511 }, () => {
+          server.off('error', reject);
+          resolve();
+        });
+      });
+      bound.push({
+        entry,
+        mode,
+        server,
+        serve(h) {
+          handler = h;
+          for (const socket of early.splice(0)) if (!socket.destroyed) h(socket);
+        },
+        close() {
+          for (const socket of early.splice(0)) socket.destroy();
+          server.close();
+        },
+      });
+    }
+  } catch (err) {
+    for (const l of bound) l.close();
+    throw err;
+  }
+  return bound;
+}
+
 export class SmtpServer {
   private deps: SessionDeps;
   private readonly servers: net.Server[] = [];
@@ -73,82 +129,81 @@ export class SmtpServer {
     this.deps = this.withStress(deps);
   }
 
-  /** Binds every listen address; resolves with the bound addresses (port 0 → the real port). */
-  async listen(): Promise<Array<{ host: string; port: number }>> {
-    const bound: Array<{ host: string; port: number }> = [];
-    for (const { address: entry, mode } of this.deps.config.listen) {
-      const hp = parseHostPort(entry);
-      if (!hp) throw new Error(`bad listen address ${entry}`);
-      if (mode === 'submissions' && !this.deps.tls) throw new Error(`listen ${entry}: mode submissions needs tls`);
-      const proxied = this.deps.config.proxy_protocol.listen.includes(entry);
-      const listener = mode === 'mx' ? undefined : mode;
-      const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) =>
-        proxied ? this.acceptProxied(socket, listener) : this.accept(socket, { ...socketConnection(socket), ...(listener ? { listener } : {}) }),
-      );
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen({ host: hp.host, port: hp.port, backlog: 511 }, () => {
-          server.off('error', reject);
-          resolve();
-        });
-      });
-      server.on('error', (err) => this.log.error({ err }, 'listener error'));
-      const addr = server.address() as net.AddressInfo;
-      bound.push({ host: addr.address, port: addr.port });
-      this.log.info({ listen: `${addr.address}:${addr.port}`, mode }, 'listening');
-      this.servers.push(server);
+  /**
+   * Serves every listen address; resolves with the bound addresses (port 0 → the real port).
+   * `bound`: the listeners bindListeners() made (before the daemon gave root up); without, binds now.
+   */
+  async listen(bound?: readonly BoundListener[]): Promise<Array<{ host: string; port: number }>> {
+    const listeners = bound ?? (await bindListeners(this.deps.config));
+    const addresses: Array<{ host: string; port: number }> = [];
+    for (const l of listeners) {
+      if (l.mode === 'submissions' && !this.deps.tls) throw new Error(`listen ${l.entry}: mode submissions needs tls`);
+      const proxied = this.deps.config.proxy_protocol.listen.includes(l.entry);
+      const listener = l.mode === 'mx' ? undefined : l.mode;
+      const serve = (socket: net.Socket) => (proxied ? this.acceptProxied(socket, listener) : this.accept(socket, { ...socketConnection(socket), ...(listener ? { listener } : {}) }));
+      l.serve(serve);
+      l.server.on('error', (err) => this.log.error({ err }, 'listener error'));
+      const addr = l.server.address() as net.AddressInfo;
+      addresses.push({ host: addr.address, port: addr.port });
+      this.log.info({ listen: `${addr.address}:${addr.port}`, mode: l.mode }, 'listening');
+      this.servers.push(l.server);
     }
-    return bound;
+    return addresses;
   }
 
   /** A proxy listener: only trusted proxies, and only after a valid PROXY header. */
   private acceptProxied(socket: net.Socket, listener: Connection['listener']): void {
     const pp = this.deps.config.proxy_protocol;
     const proxy = plainIp(socket.remoteAddress ?? '');
+    // Every line about this connection carries the session ID it will have.
+    const sid = newSessionId();
     socket.on('error', () => undefined);
     if (!addressListOf(pp.trusted).has(proxy)) {
-      this.log.warn({ ip: proxy, check: 'proxy_protocol', setting: 'proxy_protocol.trusted' }, 'connection refused: not a trusted proxy');
+      this.log.warn({ sid, ip: proxy, check: 'proxy_protocol', setting: 'proxy_protocol.trusted' }, 'connection refused: not a trusted proxy');
       socket.destroy();
       return;
     }
     void readProxyHeader(socket, pp.timeout).then((result) => {
       if (typeof result === 'string') {
-        this.log.warn({ ip: proxy, check: 'proxy_protocol', reason: result }, 'connection dropped: no valid PROXY header');
+        this.log.warn({ sid, ip: proxy, check: 'proxy_protocol', reason: result }, 'connection dropped: no valid PROXY header');
         socket.destroy();
         return;
       }
       if ('unknown' in result) {
         // The proxy is not the client: taking it for one would make every such connection a
         // loopback (relay-trusted) client.
-        this.log.warn({ ip: proxy, check: 'proxy_protocol', reason: result.unknown }, 'connection dropped: the PROXY header names no client');
+        this.log.warn({ sid, ip: proxy, check: 'proxy_protocol', reason: result.unknown }, 'connection dropped: the PROXY header names no client');
         socket.destroy();
         return;
       }
-      if (result.proxyLocal) this.log.info({ ip: proxy, check: 'proxy_protocol' }, 'PROXY LOCAL (proxy health check): a session that may not send mail');
-      if ('udp' in result) this.log.warn({ ip: proxy, client: result.remoteIp, check: 'proxy_protocol' }, 'PROXY header names a UDP client: taken as that client');
-      this.accept(socket, listener ? { ...result, listener } : result, proxy);
+      if (result.proxyLocal) this.log.info({ sid, ip: proxy, check: 'proxy_protocol' }, 'PROXY LOCAL (proxy health check): a session that may not send mail');
+      if ('udp' in result) this.log.warn({ sid, ip: proxy, client: result.remoteIp, check: 'proxy_protocol' }, 'PROXY header names a UDP client: taken as that client');
+      this.accept(socket, listener ? { ...result, listener, sid } : { ...result, sid }, proxy);
     });
   }
 
-  private accept(raw: net.Socket, connection: Connection, proxy?: string): void {
+  private accept(raw: net.Socket, given: Connection, proxy?: string): void {
     const config = this.deps.config;
+    // The session ID is made here: the lines about refusing or wrapping the connection carry it too.
+    const sid = given.sid ?? newSessionId();
+    const connection = given.sid === undefined ? { ...given, sid } : given;
     const ip = connection.remoteIp;
     raw.on('error', () => undefined);
     // submissions (RFC 8314): the TLS handshake comes first, and everything after it, refusals
     // included, goes through TLS; what is written before the handshake ends waits for it.
-    const socket = connection.listener === 'submissions' ? this.implicitTls(raw, ip) : raw;
+    const socket = connection.listener === 'submissions' ? this.implicitTls(raw, ip, sid) : raw;
     if (this.stopping) return refuse(socket, `421 4.3.2 ${config.hostname} Service shutting down`);
     const fromIp = this.perIp.get(ip) ?? 0;
     if (this.sessions.size >= config.limits.max_connections) {
-      this.log.warn({ ip, check: 'max_connections', setting: 'limits.max_connections' }, 'connection refused: too many connections');
+      this.log.warn({ sid, ip, check: 'max_connections', setting: 'limits.max_connections' }, 'connection refused: too many connections');
       return refuse(socket, `421 4.7.0 ${config.hostname} Error: too many connections`);
     }
     if (fromIp >= config.limits.max_connections_per_ip) {
-      this.log.warn({ ip, check: 'max_connections_per_ip', setting: 'limits.max_connections_per_ip' }, 'connection refused: too many connections from this IP');
+      this.log.warn({ sid, ip, check: 'max_connections_per_ip', setting: 'limits.max_connections_per_ip' }, 'connection refused: too many connections from this IP');
       return refuse(socket, `421 4.7.0 ${config.hostname} Error: too many connections from ${ip}`);
     }
     this.perIp.set(ip, fromIp + 1);
-    if (proxy !== undefined) this.log.debug({ ip, proxy }, 'proxied connection');
+    if (proxy !== undefined) this.log.debug({ sid, ip, proxy }, 'proxied connection');
     // The per-IP count holds a session from accept to its end (our 221 or 421, or the client
     // gone), not until the socket is fully closed: a client that keeps exactly
     // max_connections_per_ip sessions open is never refused (issue 9, item 16).
@@ -179,10 +234,10 @@ export class SmtpServer {
   }
 
   /** Wraps a connection to a submissions listener in TLS, server side, with the current certificate. */
-  private implicitTls(raw: net.Socket, ip: string): tls.TLSSocket {
+  private implicitTls(raw: net.Socket, ip: string, sid: string): tls.TLSSocket {
     const secure = new tls.TLSSocket(raw, { isServer: true, secureContext: this.deps.tls });
-    secure.on('error', (err) => this.log.debug({ ip, err: err.message }, 'TLS handshake failed'));
-    secure.once('secure', () => this.log.info({ ip, protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'TLS established (implicit)'));
+    secure.on('error', (err) => this.log.debug({ sid, ip, err: err.message }, 'TLS handshake failed'));
+    secure.once('secure', () => this.log.info({ sid, ip, protocol: secure.getProtocol(), cipher: secure.getCipher().name }, 'TLS established (implicit)'));
     return secure;
   }
 

@@ -31,6 +31,7 @@ import { AuthBusyError, HashRefusedError, type Authenticator } from '../auth/ind
 import type { DnsResolver } from '../dns/resolver.ts';
 import { barePipelining, nonSmtpVerb } from './protocol-findings.ts';
 import type { AuthResults } from '../policy/auth/results.ts';
+import { metrics, type SessionEnd } from '../util/metrics.ts';
 
 /** What a session needs from the server around it. */
 export interface SessionDeps {
@@ -77,6 +78,8 @@ export interface Connection {
   readonly proxyLocal?: boolean;
   /** The listener's role (listen: mode); undefined is mx. submissions: the socket is TLS from the start. */
   readonly listener?: 'mx' | 'submission' | 'submissions';
+  /** The session ID, when the server made one first (it logged about the connection before the session began). */
+  readonly sid?: string;
 }
 
 /** The connection facts of a plain TCP socket. */
@@ -119,6 +122,11 @@ type Mode = 'greeting' | 'command' | 'data' | 'closed';
 
 let sessionCounter = 0;
 
+/** A session ID for the log; the server makes one before the session when it refuses a connection. */
+export function newSessionId(): string {
+  return (Date.now() % 1e8).toString(36) + (++sessionCounter).toString(36);
+}
+
 export class Session {
   readonly info: SessionInfo;
   private socket: SessionSocket;
@@ -150,8 +158,17 @@ export class Session {
   /** Octets received since 354 (they extend the DATA deadline at limits.data_min_rate). */
   private dataOctets = 0;
   private readonly healthCheck: boolean;
+  /** When the client connected, for the transaction line (text logs repeat the connect under the queue ID). */
+  private readonly connectedAt = Date.now();
+  /** The Message-ID of the message whose DATA is being decided, for its transaction line. */
+  private messageId: string | undefined;
   /** The policy side of this connection: decisions per phase, delayed refusals, score, trace. */
   private readonly policy: PolicySession;
+  /** What our replies answer, for mxguard_smtp_replies_total: the verb, or connect, command (unparsed), data_end. */
+  private replyPhase = 'connect';
+  /** How the session ended, for mxguard_sessions_total (unset: the client went away). */
+  private endedHow: SessionEnd | undefined;
+  private endCounted = false;
 
   constructor(socket: SessionSocket, connection: Connection, deps: SessionDeps, onClosed: () => void, onEnded?: () => void) {
     this.socket = socket;
@@ -161,7 +178,7 @@ export class Session {
     this.onEnded = onEnded;
     this.healthCheck = connection.proxyLocal === true;
     this.info = {
-      sid: (Date.now() % 1e8).toString(36) + (++sessionCounter).toString(36),
+      sid: newSessionId(),
       ...connection,
       tls: connection.listener === 'submissions', // implicit TLS (RFC 8314): the server wrapped the socket
       esmtp: false,
@@ -184,7 +201,14 @@ export class Session {
       ...(deps.store ? { store: deps.store } : {}),
       ...(deps.dns ? { dns: deps.dns } : {}),
       onTrace: (t) => {
-        this.log.info(traceLogFields(t), 'transaction');
+        const fields = traceLogFields(t);
+        // What the connect line said, so that a queued message's lines all carry its queue ID (log.format text), and the Message-ID.
+        fields.helo = t.helo;
+        fields.port = this.info.remotePort;
+        fields.connectedAt = new Date(this.connectedAt).toISOString();
+        if (this.messageId !== undefined) fields.msgid = this.messageId;
+        this.messageId = undefined;
+        this.log.info(fields, 'transaction');
         deps.onTrace?.(t);
       },
     });
@@ -216,6 +240,7 @@ export class Session {
     const decision = await this.policy.connect();
     if (this.closed) return;
     if (decision.kind === 'reply') {
+      this.endedHow ??= 'refused';
       this.reply(decision.reply);
       return this.close();
     }
@@ -244,6 +269,7 @@ export class Session {
   }
 
   private sayGoodbye(): void {
+    this.endedHow ??= 'shutdown';
     this.reply(`421 4.3.2 ${this.config.hostname} Service shutting down, closing transmission channel`);
     this.close();
   }
@@ -274,6 +300,7 @@ export class Session {
    * (never acknowledged), an unterminated last line is ignored, and our side is closed.
    */
   private endOfInput(): void {
+    this.endedHow ??= 'input_ended';
     if (this.mode === 'data') {
       this.log.info({ id: this.writer?.id, check: 'data' }, 'client ended its input inside DATA: message dropped');
       this.dropMessage();
@@ -366,6 +393,7 @@ export class Session {
   // --- replies -------------------------------------------------------------------------
 
   private reply(text: string): void {
+    metrics.reply(this.replyPhase, text);
     this.out.push(text.endsWith('\n') ? text : text + '\r\n');
   }
 
@@ -381,6 +409,7 @@ export class Session {
     this.reply(text);
     if (++this.errors >= this.config.limits.max_errors) {
       this.log.info({ check: 'max_errors', setting: 'limits.max_errors' }, 'too many errors');
+      this.endedHow ??= 'too_many_errors';
       this.reply(`421 4.7.0 ${this.config.hostname} Error: too many errors`);
       this.close();
     }
@@ -389,6 +418,7 @@ export class Session {
   // --- commands ------------------------------------------------------------------------
 
   private handleLine(line: { text: string; bareLf: boolean; tooLong: boolean; badUtf8?: boolean }): Promise<void> | void {
+    if (!this.sasl) this.replyPhase = 'command';
     if (line.tooLong) {
       this.sasl = undefined;
       return this.error('500 5.5.2 Error: line too long');
@@ -416,6 +446,7 @@ export class Session {
       return this.error('500 5.5.2 Error: command not recognized');
     }
     const { verb, arg } = parsed.command;
+    this.replyPhase = verb;
     switch (verb) {
       case 'EHLO':
       case 'HELO':
@@ -432,6 +463,7 @@ export class Session {
       case 'NOOP':
         return this.reply('250 2.0.0 Ok');
       case 'QUIT':
+        this.endedHow ??= 'quit';
         this.reply(`221 2.0.0 ${this.config.hostname} Bye`);
         return this.close();
       case 'VRFY':
@@ -526,6 +558,7 @@ export class Session {
     if (decision.kind === 'reply') {
       if (decision.close) {
         // smtpd's deny: the refusal, then 421 and the end of the session; pipelined input is dropped.
+        this.endedHow ??= 'refused';
         this.reply(decision.reply);
         this.reply(`421 4.7.0 ${this.config.hostname} Service not available, closing transmission channel`);
         this.buf = Buffer.alloc(0);
@@ -615,6 +648,7 @@ export class Session {
   }
 
   private async endOfData(tx: Transaction, decoder: DataDecoder, writer: MessageWriter): Promise<void> {
+    this.replyPhase = 'data_end';
     const refused = dataProblemReply(decoder, this.config);
     if (refused) {
       this.log.info({ id: writer.id, check: 'data', reply: refused, from: tx.mailFrom.address }, 'message refused');
@@ -640,6 +674,7 @@ export class Session {
       read: (start) => writer.read(start),
     };
     const decision = await this.policy.data(tx.policy, tx, message);
+    this.messageId = messageIdOf(message.headers);
     if (this.closed) {
       // The client went away (or its deadline ran out) while the DATA checks ran or the throttle
       // held the reply: nothing was acknowledged, and a queued copy would arrive twice once it
@@ -821,6 +856,7 @@ export class Session {
   private protocolFinding(name: 'non_smtp_command' | 'bare_pipelining', detail: string): boolean {
     const decision = this.policy.finding(name, detail, this.tx?.policy);
     if (decision.kind !== 'reply') return false;
+    this.endedHow ??= 'refused';
     this.reply(decision.reply);
     this.buf = Buffer.alloc(0); // what else it sent is not read
     if (this.mode === 'data') this.dropMessage();
@@ -861,6 +897,10 @@ export class Session {
   }
 
   private ended(): void {
+    if (!this.endCounted) {
+      this.endCounted = true;
+      metrics.session(this.endedHow ?? 'disconnect');
+    }
     const f = this.onEnded;
     this.onEnded = undefined;
     f?.();
@@ -912,6 +952,7 @@ export class Session {
     const d = this.deadline;
     this.clearDeadline();
     if (!d || this.closed) return;
+    this.endedHow ??= 'deadline';
     const setting = `limits.${stressed ? 'stress_' : ''}${d.mode}_deadline`;
     this.log.info({ mode: d.mode, check: 'deadline', setting, seconds: Math.round((Date.now() - d.since) / 1000), octets: d.mode === 'data' ? this.dataOctets : undefined }, 'deadline exceeded');
     this.reply(`421 4.4.2 ${this.config.hostname} Error: timeout exceeded`);
@@ -919,6 +960,7 @@ export class Session {
   }
 
   private readonly onTimeout = (): void => {
+    this.endedHow ??= 'timeout';
     this.log.info({ mode: this.mode }, 'timeout');
     this.reply(`421 4.4.2 ${this.config.hostname} Error: timeout exceeded`);
     this.close();
@@ -965,4 +1007,12 @@ function dataProblemReply(decoder: DataDecoder, config: Config): string | undefi
   }
   if (p.longLine) return `550 5.6.0 Error: message line longer than ${config.limits.max_line_length} octets`;
   return undefined;
+}
+
+/** The Message-ID field's value for the log: unfolded, at most 250 characters (the log escapes the rest). */
+function messageIdOf(headers: MessageView['headers']): string | undefined {
+  const v = headerValues(headers, 'message-id')[0];
+  if (v === undefined) return undefined;
+  const id = v.replace(/\s+/g, ' ').trim();
+  return id.length > 250 ? `${id.slice(0, 250)}…` : id;
 }

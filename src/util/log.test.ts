@@ -8,7 +8,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createLogger, logDropped, type Logger } from './log.ts';
+import { createLogger, logDropped, openLog, type Logger } from './log.ts';
 
 const LOG_TS = path.join(import.meta.dirname, 'log.ts');
 const cleanups: Array<() => void> = [];
@@ -174,3 +174,67 @@ for (const sync of [false, true]) {
     assert.match(warning?.msg ?? '', new RegExp(`${dropped} log lines dropped`));
   });
 }
+
+test('reopen (logrotate): lines before the move stay in the moved file, lines after go to the new one; none lost, none cut; the old descriptor is closed', async () => {
+  const dir = tempDir();
+  const file = path.join(dir, 'mxguard.log');
+  const out = openLog({ level: 'info', file, format: 'json' });
+  const oldFd = out.destination.fd;
+  for (let i = 0; i < 3000; i++) out.log.info({ i }, 'before');
+  // Moved while writes are still in flight; what was logged but not yet written goes to the new file.
+  fs.renameSync(file, `${file}.1`);
+  out.reopen();
+  assert.notEqual(out.destination.fd, oldFd);
+  for (let i = 3000; i < 6000; i++) out.log.info({ i }, 'after');
+  await flushed(out.log);
+  await flushed(out.log);
+  const read = (f: string) =>
+    fs
+      .readFileSync(f, 'utf8')
+      .trimEnd()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { i: number; msg: string }));
+  const moved = read(`${file}.1`);
+  const fresh = read(file);
+  assert.deepEqual([...moved, ...fresh].map((l) => l.i), Array.from({ length: 6000 }, (_, i) => i), 'every line once, in order');
+  assert.ok(fresh.every((l) => l.i >= moved.length) && !fresh.some((l) => l.msg === 'before' && l.i < moved.length));
+  assert.ok(moved.every((l) => l.msg === 'before'), 'nothing logged after the reopen went to the moved file');
+  assert.throws(() => fs.fstatSync(oldFd), { code: 'EBADF' }, 'the moved file is closed once its last write ended');
+});
+
+test('a reopen that fails keeps the old file and says so there; apply() changes level, format and file', async () => {
+  const dir = tempDir();
+  const file = path.join(dir, 'a.log');
+  const out = openLog({ level: 'info', file, format: 'json' });
+  fs.writeFileSync(path.join(dir, 'plain-file'), '');
+  out.apply({ level: 'info', file: path.join(dir, 'plain-file', 'b.log'), format: 'json' });
+  out.log.info('still here');
+  await flushed(out.log);
+  const lines = fs
+    .readFileSync(file, 'utf8')
+    .trimEnd()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { level: number; msg: string; kept?: string });
+  assert.equal(lines[0]?.level, 50);
+  assert.match(lines[0]?.msg ?? '', /cannot open the log file/);
+  assert.equal(lines[0]?.kept, file);
+  assert.equal(lines[1]?.msg, 'still here');
+  assert.equal(out.destination.file, file);
+
+  const child = out.log.child({ sid: 's1', ip: '192.0.2.1' });
+  const next = path.join(dir, 'sub', 'c.log');
+  out.apply({ level: 'debug', file: next, format: 'text' });
+  child.debug({ helo: 'x\r\ny' }, 'debug from a child made before the change');
+  await flushed(out.log);
+  const text = fs.readFileSync(next, 'utf8');
+  assert.match(text, /mxguard\[\d+\]: logging to a new file file=\S+c\.log\n/);
+  assert.match(text, /: sid=s1 debug: debug from a child made before the change ip=192\.0\.2\.1 helo="x\\r\\ny"\n$/);
+  assert.equal(fs.readFileSync(file, 'utf8').split('\n').length, 3, 'the old file has nothing new');
+});
+
+test('text format on /dev/full: a queued transaction counts as the lines it would have been', () => {
+  const out = openLog({ level: 'info', file: '/dev/full', format: 'text' }, { sync: true });
+  const before = logDropped();
+  out.log.info({ sid: 's', id: 'MX67AUIL01PBCY', checks: 'a:continue,b:accept', outcome: 'accepted', msgid: '<m@x>' }, 'transaction');
+  assert.equal(logDropped() - before, 3, 'client, check b, queued');
+});

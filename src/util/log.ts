@@ -7,9 +7,14 @@
 // below drops what it cannot write instead, counts it (logDropped(), for the metrics), and logs
 // one warning with the count once a write succeeds again. Only EAGAIN/EBUSY (a full pipe) is
 // waited out, and then with a bounded buffer: what does not fit is dropped and counted too.
+//
+// log.format text renders each JSON line as Postfix-like text in the destination (log-text.ts).
+// reopen() (SIGHUP, SIGUSR1: logrotate) opens the file anew; a batch already under way finishes
+// on the old descriptor, which is closed after it, so no line is cut or lost between the two.
 import fs from 'node:fs';
 import path from 'node:path';
 import { pino, type DestinationStream, type Logger } from 'pino';
+import { jsonToText } from './log-text.ts';
 
 export type { Logger };
 
@@ -33,6 +38,8 @@ const sleepBuf = new Int32Array(new SharedArrayBuffer(4));
 
 /** A buffer of whole lines to write, after a separating newline if `start` is 1. */
 interface Batch {
+  /** The descriptor it goes to: all of it to the same one, even if the file is reopened meanwhile. */
+  fd: number;
   buf: Buffer;
   start: number;
   lines: number;
@@ -66,16 +73,67 @@ export class LogDestination implements DestinationStream {
   private drained: Array<() => void> = [];
   /** A batch waiting out EAGAIN/EBUSY, from `offset` on (written by flushSync if the process exits). */
   private waiting: { batch: Batch; offset: number } | undefined;
+  /** Descriptors replaced by reopen(), closed once no batch writes to them. */
+  private retired: number[] = [];
+  /** The file, when the destination opened one (reopen() opens it again). */
+  private path: string | undefined;
+  /** log.format text: turns pino's JSON line into text line(s); undefined writes the JSON as it is. */
+  format: ((json: string) => string) | undefined;
 
-  readonly fd: number;
+  private currentFd: number;
   readonly sync: boolean;
 
-  constructor(fd: number, sync: boolean) {
-    this.fd = fd;
+  constructor(fd: number, sync: boolean, file?: string) {
+    this.currentFd = fd;
     this.sync = sync;
+    this.path = file;
   }
 
-  write(line: string): void {
+  get fd(): number {
+    return this.currentFd;
+  }
+
+  /** The log file written to (undefined: a descriptor given at start, standard output). */
+  get file(): string | undefined {
+    return this.path;
+  }
+
+  /**
+   * Opens `file` (default: the file already in use) again and writes there from now on: after
+   * logrotate moved it, or when log.file changed. Throws if it cannot be opened, and then keeps
+   * writing to the old descriptor. `undefined` with no file in use does nothing; `null` goes back to `fd`.
+   */
+  reopen(file: string | null | undefined = this.path, fallbackFd = 1): void {
+    if (file === undefined) return;
+    const next = file === null ? fallbackFd : openLogFile(file);
+    const old = this.currentFd;
+    const owned = this.path !== undefined;
+    this.currentFd = next;
+    this.path = file ?? undefined;
+    this.midLine = false;
+    if (owned && old !== next) this.retired.push(old);
+    if (!this.writing) this.closeRetired();
+  }
+
+  private closeRetired(): void {
+    for (const fd of this.retired.splice(0)) {
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // already gone: nothing to do
+      }
+    }
+  }
+
+  write(json: string): void {
+    let line = json;
+    if (this.format) {
+      try {
+        line = this.format(json);
+      } catch {
+        // the formatter never throws; if it did, the JSON line is still a line
+      }
+    }
     if (this.sync) {
       this.writeSync([line]);
       return;
@@ -132,16 +190,20 @@ export class LogDestination implements DestinationStream {
   /** The next batch: `lines` in one buffer (after a newline if a line was cut). */
   private batch(lines: readonly string[]): Batch {
     const start = this.midLine ? 1 : 0;
-    return { buf: Buffer.from((start ? '\n' : '') + lines.join('')), start, lines: lines.length };
+    const buf = Buffer.from((start ? '\n' : '') + lines.join(''));
+    // Text lines: one event may be several lines (a queued transaction).
+    return { fd: this.currentFd, buf, start, lines: this.format ? countLines(buf, start, buf.length) : lines.length };
   }
 
   /** Writing `b` failed at `offset`: the lines not written are dropped. */
   private failed(err: NodeJS.ErrnoException, b: Batch, offset: number): void {
-    if (offset > 0) this.midLine = b.buf[offset - 1] !== NL;
+    if (offset > 0 && b.fd === this.currentFd) this.midLine = b.buf[offset - 1] !== NL;
     this.drop(b.lines - countLines(b.buf, b.start, offset), err.code ?? err.message);
   }
 
   private next(): void {
+    // No batch is in flight here: an old descriptor reopen() replaced can go.
+    if (this.retired.length > 0) this.closeRetired();
     if (this.pending.length === 0) {
       this.writing = false;
       for (const cb of this.drained.splice(0)) cb();
@@ -158,7 +220,7 @@ export class LogDestination implements DestinationStream {
         this.next();
         return;
       }
-      fs.write(this.fd, buf, offset, buf.length - offset, null, (err, n) => {
+      fs.write(b.fd, buf, offset, buf.length - offset, null, (err, n) => {
         if (err && isBusy(err)) {
           // Unref'd: a process about to exit writes it in flushSync instead of waiting here.
           this.waiting = { batch: b, offset };
@@ -171,7 +233,7 @@ export class LogDestination implements DestinationStream {
           writeFrom(offset + n);
           return;
         } else {
-          this.midLine = false;
+          if (b.fd === this.currentFd) this.midLine = false;
           this.recovered();
         }
         this.next();
@@ -196,7 +258,7 @@ export class LogDestination implements DestinationStream {
     let waited = 0;
     while (offset < buf.length) {
       try {
-        const n = fs.writeSync(this.fd, buf, offset, buf.length - offset);
+        const n = fs.writeSync(b.fd, buf, offset, buf.length - offset);
         if (n === 0) throw wroteNothing();
         offset += n;
       } catch (err) {
@@ -209,8 +271,9 @@ export class LogDestination implements DestinationStream {
         return;
       }
     }
-    this.midLine = false;
+    if (b.fd === this.currentFd) this.midLine = false;
     this.recovered();
+    if (!this.writing) this.closeRetired();
   }
 }
 
@@ -228,18 +291,19 @@ function flushOnExit(dest: LogDestination): void {
   });
 }
 
+/** Opens `file` to append to, its directory made. */
+function openLogFile(file: string): number {
+  try {
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    return fs.openSync(file, 'a');
+  } catch (err) {
+    throw new Error(`cannot open the log file ${file}: ${(err as Error).message}`, { cause: err });
+  }
+}
+
 /** Opens the log destination: `file` (appended to, its directory made), else descriptor `fd`. */
 export function logDestination(file: string | undefined, fd: number, sync: boolean): LogDestination {
-  let target = fd;
-  if (file) {
-    try {
-      fs.mkdirSync(path.dirname(file), { recursive: true });
-      target = fs.openSync(file, 'a');
-    } catch (err) {
-      throw new Error(`cannot open the log file ${file}: ${(err as Error).message}`, { cause: err });
-    }
-  }
-  const dest = new LogDestination(target, sync);
+  const dest = file ? new LogDestination(openLogFile(file), sync, file) : new LogDestination(fd, sync);
   if (!sync) flushOnExit(dest);
   return dest;
 }
@@ -250,11 +314,64 @@ export function logDestination(file: string | undefined, fd: number, sync: boole
  * written are dropped and counted (logDropped()); a warning with their number follows once
  * writing works again.
  */
-export function createLogger(level: string, file?: string, opts: { fd?: number; sync?: boolean; fields?: Record<string, unknown> } = {}): Logger {
-  const destination = logDestination(file, opts.fd ?? 1, opts.sync ?? false);
-  const logger = pino({ level, base: { pid: process.pid, ...opts.fields }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
+export function createLogger(level: string, file?: string, opts: { fd?: number; sync?: boolean; fields?: Record<string, unknown>; format?: LogFormat } = {}): Logger {
+  return openLog({ level, file, format: opts.format ?? 'json' }, opts).log;
+}
+
+export type LogFormat = 'json' | 'text';
+
+/** log: in the config. */
+export interface LogSettings {
+  readonly level: string;
+  readonly file?: string | undefined;
+  readonly format: LogFormat;
+}
+
+/** The daemon's logger and what SIGHUP / SIGUSR1 do to it. */
+export interface LogOutput {
+  readonly log: Logger;
+  readonly destination: LogDestination;
+  /** Opens the log file again (logrotate moved it); a failure keeps the old file and is logged. */
+  reopen(): void;
+  /** New log settings (SIGHUP): level, format, and file (opened anew; a failure keeps the old one and is logged). */
+  apply(next: LogSettings): void;
+}
+
+function formatterOf(format: LogFormat): ((json: string) => string) | undefined {
+  return format === 'text' ? jsonToText : undefined;
+}
+
+/**
+ * The process's logger on `settings` (file, else descriptor `fd`, standard output by default),
+ * with the handles to reopen the file and apply new settings. `sync` writes each line at once;
+ * `fields` go into every line.
+ */
+export function openLog(settings: LogSettings, opts: { fd?: number; sync?: boolean; fields?: Record<string, unknown> } = {}): LogOutput {
+  const fd = opts.fd ?? 1;
+  const destination = logDestination(settings.file, fd, opts.sync ?? false);
+  destination.format = formatterOf(settings.format);
+  const logger = pino({ level: settings.level, base: { pid: process.pid, ...opts.fields }, timestamp: pino.stdTimeFunctions.isoTime }, destination);
   destination.onRecovered = (dropped, error) => logger.warn({ dropped, error, droppedTotal }, `logging failed (${error}): ${dropped} log lines dropped`);
-  return logger;
+  const reopenTo = (file: string | null | undefined, why: string): boolean => {
+    try {
+      destination.reopen(file, fd);
+      return true;
+    } catch (err) {
+      logger.error({ file, err: (err as Error).message, kept: destination.file ?? `descriptor ${destination.fd}` }, `${why}: cannot open the log file; logging goes on to the old one`);
+      return false;
+    }
+  };
+  return {
+    log: logger,
+    destination,
+    reopen: () => void reopenTo(destination.file, 'log reopen'),
+    apply(next) {
+      // Children made without a level of their own (every child() here) follow the root's level.
+      if (logger.level !== next.level) logger.level = next.level;
+      destination.format = formatterOf(next.format);
+      if (next.file !== destination.file && reopenTo(next.file ?? null, 'log.file changed')) logger.info({ file: next.file ?? `descriptor ${fd}` }, 'logging to a new file');
+    },
+  };
 }
 
 /** A logger that writes nothing, for unit tests. */

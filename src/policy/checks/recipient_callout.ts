@@ -177,7 +177,7 @@ export function recipientCalloutCheck(config: CalloutConfig, opts: CalloutOption
       if (!isLocalDomain(rcpt.domain, local) || rcpt.local.toLowerCase() === 'postmaster') return CONTINUE;
       const r = await lookup(rcpt.address);
       if ('trouble' in r) {
-        log?.warn({ check: CHECK, setting: SETTING, rcpt: rcpt.address, err: r.trouble }, 'recipient callout failed; answering 451');
+        log?.warn({ sid: ctx.session.sid, ip: ctx.session.remoteIp, check: CHECK, setting: SETTING, rcpt: rcpt.address, err: r.trouble }, 'recipient callout failed; answering 451');
         return { kind: 'tempfail', check: CHECK, code: 451, enhanced: '4.4.3', text: `<${rcpt.address}>: Recipient address rejected: unverified address, try again later`, setting: SETTING, log: `recipient callout failed: ${r.trouble}` };
       }
       const how = r.cached ? 'cached answer' : `${prober.name} said`;

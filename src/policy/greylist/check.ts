@@ -28,6 +28,7 @@ import { decide, type GreySettings } from './decide.ts';
 import { normaliseSender, spellsAddress } from './key.ts';
 import { GreyStore, nowSec } from './store.ts';
 import { clock } from '../../util/clock.ts';
+import { metrics, type GreylistResult } from '../../util/metrics.ts';
 
 interface Settings {
   readonly greylist: NonNullable<Config['greylist']>;
@@ -112,23 +113,30 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
 
   const retriesFor = (score: number): number => (g.retry_per_points > 0 ? 1 + Math.floor(Math.max(0, score - g.min_score) / g.retry_per_points) : 1);
 
+  /** Goes on, counted (mxguard_greylist_results_total). */
+  const counted = (result: GreylistResult): Verdict => {
+    metrics.greylist(result);
+    return CONTINUE;
+  };
+
   async function run(ctx: RcptContext): Promise<Verdict> {
     // Only mail we would take: a relay attempt is left to the relay check's 554, not delayed.
     if (!isLocalDomain(ctx.rcpt.domain, local) && !relayTo.has(ctx.rcpt.domain)) return CONTINUE;
-    if (g.when === 'suspicious' && ctx.score < g.min_score) return CONTINUE;
-    if ((await waived(ctx)) !== undefined) return CONTINUE;
+    if (g.when === 'suspicious' && ctx.score < g.min_score) return counted('not_suspicious');
+    if ((await waived(ctx)) !== undefined) return counted('allowed');
     const name = await confirmedName(ctx.session.remoteIp);
-    if (name !== undefined && allowNames.some((p) => globMatches(p, name))) return CONTINUE;
+    if (name !== undefined && allowNames.some((p) => globMatches(p, name))) return counted('allowed');
     const net = clientNetwork(ctx.session.remoteIp);
     if (net === undefined) return CONTINUE; // not an IP address (mxguard stdio without one): nothing to key on
     const client = clientKey(ctx, name, net);
     // Allowed networks are networks, whatever keys the triplets (an administrator's allow, auto_allow).
-    if (await allowedNet(net)) return CONTINUE;
+    if (await allowedNet(net)) return counted('allowed');
     const key = g.mode === 'ip' ? client : `${client}|${normaliseSender(ctx.tx.mailFrom.address)}|${ctx.rcpt.address.toLowerCase()}`;
     const now = nowSec();
     const decision = decide(await grey.get(key), now, secs, retriesFor(ctx.score));
     await grey.put(key, decision.record, decision.kind === 'pass' ? g.expire : g.retry_window);
     if (decision.kind === 'defer') {
+      metrics.greylist('greylisted');
       const text = `Greylisted, please try again in ${decision.retryIn} seconds`;
       return {
         kind: 'tempfail',
@@ -141,10 +149,11 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
         ...(ctx.tx.mailFrom.address === '' ? { atData: true as const } : {}),
       };
     }
-    if (decision.delayed === 0) return CONTINUE;
+    if (decision.delayed === 0) return counted('known');
+    metrics.greylist('passed');
     if (g.auto_allow > 0 && (await grey.countPass(net, g.auto_allow_window)) >= g.auto_allow) {
       await grey.allow(net, 'auto', g.expire);
-      log?.info({ check: 'greylist', net, setting: 'greylist.auto_allow' }, 'client network allowed: passed greylisting often enough');
+      log?.info({ sid: ctx.session.sid, ip: ctx.session.remoteIp, check: 'greylist', net, setting: 'greylist.auto_allow' }, 'client network allowed: passed greylisting often enough');
     }
     return { kind: 'tag', check: 'greylist', score: 0, tests: [], headers: [greylistHeader(decision.delayed)], log: `greylisting passed ${key} after ${decision.delayed} s` };
   }
@@ -156,9 +165,10 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
       try {
         return await run(ctx);
       } catch (err) {
+        metrics.greylist('error');
         // The store is unreachable: store.fail_open lets the recipient pass ungreylisted; else 451 4.3.0 (the engine).
         if (!s.failOpen) throw err;
-        log?.warn({ check: 'greylist', err: (err as Error).message }, 'greylisting skipped: store unreachable (store.fail_open)');
+        log?.warn({ sid: ctx.session.sid, ip: ctx.session.remoteIp, check: 'greylist', err: (err as Error).message }, 'greylisting skipped: store unreachable (store.fail_open)');
         return CONTINUE;
       }
     },

@@ -20,6 +20,7 @@ import type { SessionInfo } from '../context.ts';
 import type { Address } from '../../mail/address.ts';
 import type { Config } from '../../config/schema.ts';
 import { CONTINUE } from '../verdict.ts';
+import { metrics } from '../../util/metrics.ts';
 import { AddressList } from '../../util/cidr.ts';
 import { limitText, rateKey, rateRules, type KeyFacts, type RateRule } from './rules.ts';
 import { FROMIP_MAX, type RateCount } from '../../config/rates.ts';
@@ -59,6 +60,7 @@ function applicable(rules: readonly Rule[], f: KeyFacts): Array<[Rule, string]> 
  * score points add up. `over` lists the rules over the limit, in rule order.
  */
 function verdictOf(check: string, phase: Phase, over: readonly Rule[]): Verdict {
+  for (const r of over) metrics.rateHit(r.name);
   let delayMs = 0;
   let score = 0;
   const scored: Rule[] = [];

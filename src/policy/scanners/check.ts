@@ -15,6 +15,7 @@ import type { DataContext } from '../context.ts';
 import { CONTINUE, type TestHit, type Verdict } from '../verdict.ts';
 import type { Scanner, ScanResult } from './types.ts';
 import type { Logger } from '../../util/log.ts';
+import { metrics } from '../../util/metrics.ts';
 
 export type ScannerSpec = Config['filters']['scanners'][number];
 
@@ -52,6 +53,8 @@ async function runOne(spec: ScannerSpec, scanner: Scanner, ctx: DataContext): Pr
   const timeout = new AbortController();
   const signal = AbortSignal.any([ctx.signal, timeout.signal]);
   let timer: NodeJS.Timeout | undefined;
+  const t0 = performance.now();
+  let failed: 'timeout' | 'error' | undefined;
   const late = new Promise<never>((_, reject) => {
     timer = setTimeout(() => {
       timeout.abort();
@@ -62,8 +65,10 @@ async function runOne(spec: ScannerSpec, scanner: Scanner, ctx: DataContext): Pr
     const result = await Promise.race([scanner.scan({ message: ctx.message, session: ctx.session, tx: ctx.tx, signal }), late]);
     return { name, onError, result };
   } catch (err) {
+    failed = err instanceof ScannerTimeout ? 'timeout' : 'error';
     return { name, onError, error: err instanceof Error ? err.message : String(err) };
   } finally {
+    metrics.scanner(name, (performance.now() - t0) / 1000, failed);
     clearTimeout(timer);
     timeout.abort(); // a scanner still holding a socket or a child lets go of it
   }
@@ -117,7 +122,7 @@ export function scannersCheck(specs: readonly ScannerSpec[], deps: CheckDeps): C
     onError: 'tempfail',
     async run(ctx) {
       const outcomes = await Promise.all(scanners.map(({ spec, scanner }) => runOne(spec, scanner, ctx)));
-      return combine(outcomes, deps.log);
+      return combine(outcomes, deps.log?.child({ sid: ctx.session.sid, ip: ctx.session.remoteIp }));
     },
   };
 }
