@@ -276,12 +276,13 @@ export class App {
   async stop(graceMs = 30_000): Promise<void> {
     this.log.info('stopping');
     clearInterval(this.scanTimer);
-    await this.server?.close(graceMs);
+    // The SMTP sessions and the policy service end first: their last transactions still reach
+    // the history and the store, which close after them.
+    await Promise.all([this.server?.close(graceMs), this.policyService?.close()]);
     await this.admin?.close();
     this.history?.close();
     metrics.setQueueSource(undefined);
     metrics.setGreylistSource(undefined);
-    await this.policyService?.close();
     await this.forwarder?.stop(graceMs);
     this.spool?.close();
     await this.popWatcher?.stop();

@@ -6,6 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { startMxguard, type MxguardProcess } from './harness/mxguard-process.ts';
 import { startDnsZoneServer } from './harness/dns-zone-server.ts';
@@ -75,6 +76,8 @@ test('metrics count the scripted mix exactly; the history finds the refused send
       relay: { forward_from_ip: ['192.0.2.0/24'] },
       greylist: { when: 'always', allow_recipients: ['ok*@example.test'] },
       ban: { mailfrom: ['*@spam.test'] },
+      // One session per address: the refusal below comes from 127.0.0.3, swaks from 127.0.0.1.
+      limits: { max_connections_per_ip: 1 },
       admin: { listen: `127.0.0.1:${adminPort}`, token: TOKEN },
       history: { keep: 1000 },
       dns: { servers: [zone.server] },
@@ -177,6 +180,29 @@ test('metrics count the scripted mix exactly; the history finds the refused send
   assert.ok(s.some((x) => x.name === 'process_cpu_user_seconds_total'), 'the process metrics too');
   // Low cardinality: no client address, no mail address in any label.
   for (const x of s) for (const v of Object.values(x.labels)) assert.doesNotMatch(v, /@|127\.0\.0\.1|example\.|sender\.test/, `${x.name} ${JSON.stringify(x.labels)}`);
+
+  // --- a connection refused before any session (limits.max_connections_per_ip) is counted too ---
+  const rawClient = (): Promise<{ socket: net.Socket; text: () => string }> =>
+    new Promise((resolve, reject) => {
+      let text = '';
+      const socket = net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.3' }, () => resolve({ socket, text: () => text }));
+      socket.setEncoding('latin1');
+      socket.on('data', (d: string) => (text += d));
+      socket.once('error', reject);
+    });
+  const held = await rawClient();
+  t.after(() => held.socket.destroy());
+  assert.ok(await waitUntil(() => /^220 /.test(held.text()), 5000), held.text());
+  const extra = await rawClient();
+  t.after(() => extra.socket.destroy());
+  assert.ok(await waitUntil(() => /^421 /.test(extra.text()), 5000), extra.text());
+  assert.match(extra.text(), /^421 4\.7\.0 mx\.example\.test Error: too many connections from 127\.0\.0\.3\r\n$/);
+  const r421 = await scrape();
+  assert.equal(valueOf(r421, 'mxguard_sessions_total', { end: 'refused' }) - valueOf(s, 'mxguard_sessions_total', { end: 'refused' }), 1);
+  assert.equal(valueOf(r421, 'mxguard_smtp_replies_total', { phase: 'connect', class: '4xx', code: '421' }) - valueOf(s, 'mxguard_smtp_replies_total', { phase: 'connect', class: '4xx', code: '421' }), 1);
+  assert.equal(sumOf(r421, 'mxguard_smtp_replies_total') - sumOf(s, 'mxguard_smtp_replies_total'), 2, 'the 421, and the held session\'s 220');
+  held.socket.write('QUIT\r\n');
+  assert.ok(await waitUntil(() => /221 /.test(held.text()), 5000), held.text());
 
   // --- /api/history ------------------------------------------------------------------------------
   interface Item {

@@ -79,6 +79,45 @@ test('a clean message is delivered into Postfix\'s mailbox, tagged with X-Spam-S
   assert.match(text, /hello through the policy service/);
 });
 
+test('asked at DATA and END-OF-MESSAGE too: a permit_mynetworks client\'s mail goes through (no "no valid recipients" from mxguard); greylisting the null sender defers at DATA, or at the end of the message when DATA is not asked', LIMIT, async (t) => {
+  const dir = await makeTempDir('policy-data');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // CLIENT_NO_DATA skips the DATA question (as a Postfix without smtpd_data_restrictions would): END-OF-MESSAGE answers for it.
+  const CLIENT_NO_DATA = '192.0.2.57';
+  const skipData = path.join(dir, 'skip-data');
+  fs.writeFileSync(skipData, `${CLIENT_NO_DATA} OK\n`);
+  const policy = `check_policy_service inet:127.0.0.1:${policyPort}`;
+  const pf = await startPostfix({
+    domains: ['example.test'],
+    mainCf: [
+      `smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination, ${policy}`,
+      `smtpd_data_restrictions = check_client_access texthash:${skipData}, ${policy}`,
+      `smtpd_end_of_data_restrictions = ${policy}`,
+      'smtpd_authorized_xclient_hosts = 127.0.0.0/8',
+    ],
+  });
+  t.after(() => pf.stop());
+  const sendVia = async (args: string[]): Promise<string> => {
+    const r = await runSwaks(['--server', `127.0.0.1:${pf.port}`, '--helo', 'mail.sender.example', '--body', 'hello at DATA', ...args], { timeoutMs: 30_000 });
+    return r.stdout + r.stderr;
+  };
+  // From 127.0.0.1, in mynetworks: the policy service is first asked at DATA, with no recipient of its own.
+  const local = await sendVia(['--from', 'local@sender.example', '--to', 'dave@example.test']);
+  assert.match(local, /<- {2}250 2\.0\.0 Ok: queued/, local);
+  assert.ok(await waitUntil(() => maildirFiles(pf.maildirFor('dave@example.test')).length === 1, 15_000), pf.log());
+  // The null sender, greylisted: answered to DATA (smtpd_data_restrictions).
+  const bounce = await sendVia(['--xclient-addr', CLIENT, '--xclient-name', '[UNAVAILABLE]', '--from', '<>', '--to', 'bob@example.test']);
+  assert.match(bounce, / -> DATA\s+<\*\* 450 4\.7\.1 .*Greylisted, please try again in \d+ seconds/, bounce);
+  // Without the DATA question: answered at the end of the message, which Postfix then does not queue.
+  const late = await sendVia(['--xclient-addr', CLIENT_NO_DATA, '--xclient-name', '[UNAVAILABLE]', '--from', '<>', '--to', 'alice@example.test']);
+  assert.match(late, /<\*\* 4\d\d 4\.7\.1 .*Greylisted, please try again in \d+ seconds/, late);
+  assert.doesNotMatch(late, /queued as/, late);
+  const eom = app.logs().find((l) => l.msg === 'policy answer' && l.state === 'END-OF-MESSAGE' && l.client === CLIENT_NO_DATA);
+  assert.equal(eom?.check, 'greylist');
+  await sleep(1000);
+  assert.equal(maildirFiles(pf.maildirFor('bob@example.test')).length + maildirFiles(pf.maildirFor('alice@example.test')).length, 0, 'nothing greylisted was delivered');
+});
+
 /** A raw policy connection: what it answers to `text`, until it closes or `replies` answers came. */
 function raw(text: string, replies: number, timeoutMs = 10_000, port = policyPort): Promise<{ out: string; closed: boolean }> {
   return new Promise((resolve) => {
@@ -161,4 +200,36 @@ test('`mxguard policy` runs the policy service alone (no SMTP listener), reloads
   child.kill('SIGTERM');
   assert.equal(await exited, 0, output);
   assert.match(output, /"check":"ban_mailfrom".*"msg":"policy answer"/);
+});
+
+test('`mxguard policy` logs as `mxguard start` does (log.format text, log.file) and reopens its log file on SIGUSR1 and SIGHUP (logrotate)', LIMIT, async (t) => {
+  const dir = await makeTempDir('policy-log');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const port = await freePort();
+  const file = path.join(dir, 'mxguard.yaml');
+  const logFile = path.join(dir, 'policy.log');
+  fs.writeFileSync(file, stringify({ hostname: 'mx.example.test', local_domains: ['example.test'], data_dir: path.join(dir, 'var'), mail_from: { require_domain: false }, policy: { listen: `127.0.0.1:${port}` }, log: { file: logFile, format: 'text' } }));
+  const root = path.resolve(import.meta.dirname, '..');
+  const child = spawn(path.join(root, 'node_modules/.bin/node'), [path.join(root, 'bin/mxguard.js'), 'policy', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  child.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
+  child.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  t.after(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
+  const logText = (f: string): string => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '');
+  assert.ok(await waitUntil(() => logText(logFile).includes('policy service listening'), 15_000), output + logText(logFile));
+  assert.ok(!logText(logFile).startsWith('{'), `log.format text: ${logText(logFile).slice(0, 200)}`);
+  const ask = (instance: string) => raw(req({ protocol_state: 'RCPT', client_address: CLIENT, helo_name: 'h.example.org', sender: 'x@sender.example', recipient: 'bob@example.test', instance }), 1, 10_000, port);
+  for (const [signal, n] of [['SIGUSR1', 1], ['SIGHUP', 2]] as const) {
+    fs.renameSync(logFile, `${logFile}.${n}`);
+    child.kill(signal);
+    assert.ok(await waitUntil(() => fs.existsSync(logFile), 10_000), `${signal}: the log file opened again`);
+    assert.match((await ask(`log.${n}`)).out, /^action=/);
+    assert.ok(await waitUntil(() => logText(logFile).includes('policy answer'), 10_000), `${signal}: ${logText(logFile)}`);
+  }
+  child.kill('SIGTERM');
+  assert.equal(await exited, 0, output);
+  assert.match(logText(logFile), /stopped/);
 });

@@ -2,13 +2,16 @@
 // restart and keeps the running value (src/config/reload.ts places every key).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { startMxguard } from './harness/mxguard-process.ts';
 import { freePort, probeFirstLine, waitUntil } from './harness/peers.ts';
 
+const MAIN = path.resolve(import.meta.dirname, '../src/cli/main.ts');
 const read = (file: string, from: number): string => fs.readFileSync(file, 'utf8').slice(from);
 
 test('SIGHUP: hostname applies to the next session; listen and data_dir changes are named as restart-only and the running ones stay', { timeout: 60_000 }, async (t) => {
@@ -58,4 +61,38 @@ test('SIGHUP with a new admin.token: the old token is refused and the new one wo
   assert.equal(await status('the-first-token-0123'), 401);
   assert.doesNotMatch(read(mx.logFile, from), /setting changes on restart only/);
   assert.match(read(mx.logFile, from), /"msg":"admin API restarted with the new settings"/);
+});
+
+test('a SIGHUP and a SIGUSR1 during start-up neither end mxguard nor are lost: the reload follows once it is started', { timeout: 60_000 }, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-reload-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  // A "Redis" that takes connections and never answers: start-up waits for it (2 s) — the window.
+  let asked = false;
+  const silent = net.createServer((s) => {
+    asked = true;
+    s.on('error', () => undefined);
+  });
+  await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+  t.after(() => silent.close());
+  const port = await freePort();
+  const file = path.join(dir, 'mxguard.yaml');
+  fs.writeFileSync(file, stringify({ listen: [`127.0.0.1:${port}`], data_dir: path.join(dir, 'var'), store: { backend: 'redis', redis_url: `redis://127.0.0.1:${(silent.address() as net.AddressInfo).port}` } }));
+  const logFile = path.join(dir, 'out.log');
+  const out = fs.openSync(logFile, 'a');
+  const child = spawn(process.execPath, [MAIN, 'start', '-c', file], { stdio: ['ignore', out, out] });
+  fs.closeSync(out);
+  const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  t.after(async () => {
+    child.kill('SIGKILL');
+    await exited;
+  });
+  assert.ok(await waitUntil(() => asked, 15_000), 'start-up reached the store');
+  child.kill('SIGHUP');
+  child.kill('SIGUSR1');
+  assert.ok(await waitUntil(() => probeFirstLine(port, (l) => l.startsWith('220')), 15_000), fs.readFileSync(logFile, 'utf8'));
+  assert.ok(await waitUntil(() => fs.readFileSync(logFile, 'utf8').includes('"msg":"configuration reloaded"'), 10_000), fs.readFileSync(logFile, 'utf8'));
+  assert.match(fs.readFileSync(logFile, 'utf8'), /"msg":"SIGHUP during start-up: the configuration is read again once started"/);
+  assert.equal(child.exitCode, null, 'still running');
+  child.kill('SIGTERM');
+  assert.deepEqual(await exited, { code: 0, signal: null });
 });

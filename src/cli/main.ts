@@ -29,18 +29,18 @@ async function loadConfig(file: string | undefined): Promise<Config> {
 }
 
 /** The config, and then, started as root with `user` configured, that user (before data_dir is touched: nothing in it may become root's). */
-async function loadConfigAsUser(file: string | undefined): Promise<Config> {
+async function loadConfigAsUser(file: string | undefined, opts: { ownsLog?: boolean } = {}): Promise<Config> {
   const config = await loadConfig(file);
-  becomeConfiguredUser(config);
+  becomeConfiguredUser(config, opts.ownsLog && config.log.file !== undefined ? [config.log.file] : []);
   return config;
 }
 
 async function start(file: string | undefined, runAs: { user?: string; group?: string } = {}): Promise<void> {
+  /** -u and -g win over the file, at start and at every reload. */
+  const withRunAs = (c: Config): Config => ({ ...c, ...(runAs.user !== undefined ? { user: runAs.user } : {}), ...(runAs.group !== undefined ? { group: runAs.group } : {}) });
   let config: Config;
   try {
-    config = await loadConfig(file);
-    if (runAs.user !== undefined) config = { ...config, user: runAs.user };
-    if (runAs.group !== undefined) config = { ...config, group: runAs.group };
+    config = withRunAs(await loadConfig(file));
   } catch (err) {
     console.error(err instanceof ConfigError ? err.message : `mxguard: ${(err as Error).message}`);
     process.exit(1);
@@ -48,18 +48,14 @@ async function start(file: string | undefined, runAs: { user?: string; group?: s
   // SIGHUP and SIGUSR1 reopen the log file (logrotate); SIGHUP also applies new log.* settings.
   const logOutput = openLog(config.log);
   const log = logOutput.log;
-  const { App } = await import('../app.ts');
-  const app = new App(config, log);
-  try {
-    await app.start();
-  } catch (err) {
-    log.fatal({ err }, 'start-up failed');
-    log.flush();
-    console.error(`mxguard: start-up failed: ${(err as Error).message}`);
-    process.exit(1);
-  }
-  process.on('SIGHUP', () => {
-    logOutput.reopen();
+  // The handlers go in before start-up, which may take a while on a big queue: without them a
+  // SIGHUP (systemctl reload, logrotate) would end the process and a SIGUSR1 start the debugger.
+  // Assigned once the App's code is loaded; the signal handlers below come first.
+  // eslint-disable-next-line prefer-const
+  let app: import('../app.ts').App | undefined;
+  let started = false;
+  let reloadWhenStarted = false;
+  const reload = (): void => {
     if (!file) {
       log.info('SIGHUP: no config file to reload');
       return;
@@ -68,7 +64,7 @@ async function start(file: string | undefined, runAs: { user?: string; group?: s
       ({ config: next, warnings }) => {
         for (const w of warnings) log.warn({ file: w.file, line: w.line, key: w.key }, w.message);
         try {
-          app.reload(next);
+          app?.reload(withRunAs(next));
           logOutput.apply(next.log);
         } catch (err) {
           log.error({ err: (err as Error).message }, 'reload failed; keeping the running configuration');
@@ -76,12 +72,32 @@ async function start(file: string | undefined, runAs: { user?: string; group?: s
       },
       (err: Error) => log.error({ err: err.message }, 'reload failed; keeping the running configuration'),
     );
+  };
+  process.on('SIGHUP', () => {
+    logOutput.reopen();
+    if (started) return reload();
+    reloadWhenStarted = true;
+    log.info('SIGHUP during start-up: the configuration is read again once started');
   });
   process.on('SIGUSR1', () => {
     logOutput.reopen();
-    void app.rescanQueue();
+    if (started) void app?.rescanQueue(); // start-up scans the queue anyway
   });
-  process.on('SIGUSR2', () => void app.adoptNewMessages());
+  process.on('SIGUSR2', () => {
+    if (started) void app?.adoptNewMessages();
+  });
+  const { App } = await import('../app.ts');
+  app = new App(config, log);
+  try {
+    await app.start();
+  } catch (err) {
+    log.fatal({ err }, 'start-up failed');
+    log.flush();
+    console.error(`mxguard: start-up failed: ${(err as Error).message}`);
+    process.exit(1);
+  }
+  started = true;
+  if (reloadWhenStarted) reload();
   let stopping = false;
   const stop = (signal: string) => {
     if (stopping) return;
@@ -249,7 +265,7 @@ program
   .action(async (opts: { config?: string; ip: string; helo: string; from: string; to: string[]; auth?: string; message?: string; json?: boolean }) => {
     try {
       const { explain, formatExplain } = await import('./explain.ts');
-      const result = await explain(await loadConfig(opts.config), opts);
+      const result = await explain(await loadConfigAsUser(opts.config), opts);
       console.log(opts.json ? JSON.stringify(result, null, 2) : formatExplain(result));
     } catch (err) {
       console.error(`mxguard explain: ${(err as Error).message}`);
@@ -265,7 +281,7 @@ program
   .action(async (opts: { config?: string; listen?: string }) => {
     let config: Config;
     try {
-      config = await loadConfig(opts.config);
+      config = await loadConfigAsUser(opts.config, { ownsLog: true });
     } catch (err) {
       console.error(err instanceof ConfigError ? err.message : `mxguard policy: ${(err as Error).message}`);
       process.exit(1);

@@ -2,7 +2,11 @@
 // programs' lines and broken lines are ignored.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { Readable } from 'node:stream';
+import zlib from 'node:zlib';
 import { jsonToText } from '../util/log-text.ts';
 import { formatReport, reasonOf, refusingCheck, reportCommand, summarize } from './report.ts';
 
@@ -100,4 +104,56 @@ test('reportCommand reads standard input; --json is the same numbers', async () 
 
 test('a missing file is an error naming it', async () => {
   await assert.rejects(reportCommand(['/nonexistent/mxguard.log'], {}), /\/nonexistent\/mxguard\.log: ENOENT/);
+});
+
+test('gzip is recognised by its magic octets (1f 8b), not the name: files and standard input', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-report-'));
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const text = `${sample().join('\n')}\n`;
+  const gz = zlib.gzipSync(text);
+  fs.writeFileSync(path.join(dir, 'mail.log.1'), gz); // logrotate's compress without the .gz suffix
+  fs.writeFileSync(path.join(dir, 'plain.gz'), text); // named .gz, never compressed
+  const received = async (files: string[], stdin?: Readable): Promise<number> => (JSON.parse(await reportCommand(files, { json: true }, stdin)) as { received: number }).received;
+  assert.equal(await received([path.join(dir, 'mail.log.1')]), 2);
+  assert.equal(await received([path.join(dir, 'plain.gz')]), 2);
+  // Standard input in small pieces: the magic split over two chunks.
+  const pieces = [gz.subarray(0, 1), gz.subarray(1, 7), gz.subarray(7)];
+  assert.equal(await received([], Readable.from(pieces)), 2, 'gzip on standard input');
+  assert.equal(await received([], Readable.from([Buffer.from(text)])), 2, 'plain standard input');
+  assert.equal(await received([], Readable.from([])), 0, 'empty standard input');
+  assert.equal(await received([], Readable.from([Buffer.from('x')])), 0, 'one octet');
+});
+
+test("the policy service's transactions (Postfix's mail) are counted apart, not in the SMTP totals", () => {
+  t = Date.parse('2026-12-02T15:00:00.000Z');
+  const pf = (o: Record<string, unknown>) => tx({ component: 'policy-service', sid: 'pf-1A2B3C', ip: '203.0.113.50', ...o });
+  const policyLines = [
+    pf({ from: 'a@good.test', rcpts: ['x@example.test'], size: 500, checks: 'helo:continue', reply: '250 2.0.0 Ok', outcome: 'accepted' }),
+    pf({ from: 'spam@bad.test', checks: 'ban_mailfrom:reject', reply: '550 5.7.1 <spam@bad.test>: Sender address rejected: matches *@bad.test', outcome: 'refused' }),
+    pf({ from: 'g@good.test', checks: 'greylist:tempfail', reply: '451 4.7.1 Greylisted, please try again in 300 seconds', outcome: 'tempfailed' }),
+    pf({ from: 'r@good.test', checks: '', outcome: 'aborted' }),
+  ];
+  const smtpOnly = summarize(sample());
+  const both = summarize([...sample(), ...policyLines]);
+  const { policyService, perHour, ...smtp } = both;
+  const { policyService: noPolicy, perHour: _, ...smtpWithout } = smtpOnly;
+  assert.deepEqual({ ...smtp, lines: 0, ours: 0, last: '' }, { ...smtpWithout, lines: 0, ours: 0, last: '' }, 'the SMTP totals are unchanged');
+  assert.deepEqual(perHour, smtpOnly.perHour);
+  assert.deepEqual(policyService, {
+    accepted: 1,
+    refused: 1,
+    tempfailed: 1,
+    greylisted: 1,
+    discarded: 0,
+    aborted: 1,
+    refusedBy: [{ count: 1, check: 'ban_mailfrom', reason: '<…>: Sender address rejected: matches *@bad.test' }],
+    tempfailedBy: [{ count: 1, check: 'greylist', reason: 'Greylisted, please try again in N seconds' }],
+  });
+  assert.deepEqual(noPolicy, { accepted: 0, refused: 0, tempfailed: 0, greylisted: 0, discarded: 0, aborted: 0, refusedBy: [], tempfailedBy: [] });
+  // The text form says the same.
+  const asText = [...sample(), ...policyLines].flatMap((l) => jsonToText(`${l}\n`, 'mx1').trimEnd().split('\n'));
+  assert.deepEqual(summarize(asText).policyService, policyService);
+  const out = formatReport(both);
+  assert.match(out, /^Policy service \(Postfix's transactions; not in the totals above\)\n\s+1 {2}accepted\n\s+1 {2}refused\n\s+1 {2}tempfailed/m);
+  assert.doesNotMatch(formatReport(smtpOnly), /Policy service/, 'no section without policy service lines');
 });

@@ -1,10 +1,13 @@
 // mxguard report [LOGFILE ...]: a pflogsumm-style summary of mxguard's own log lines, JSON or text
-// (log.format), read from the files (.gz too) or standard input. Other lines are ignored.
+// (log.format), read from the files or standard input, gunzipped when they start with gzip's
+// magic (1f 8b), whatever their name. Other lines are ignored.
 //
 // What is counted, from which line:
 //   received / refused / tempfailed / greylisted / discarded — the `transaction` line (text: the
 //     `queued` or `transaction` line), one per transaction; the refusing check is the first entry
 //     of its `checks` with the verdict of its outcome (reject, tempfail);
+//   the policy service's — the `transaction` lines of component=policy-service (Postfix's mail,
+//     judged by `policy.listen`): counted apart, never in the SMTP totals;
 //   delivered / bounced / deferred / expired — the forwarder's lines, one per recipient (deferred:
 //     one per attempt, and the messages they belong to);
 //   connections — `connect`; connections refused — the server's "connection refused/dropped" lines.
@@ -33,6 +36,19 @@ export interface Counted {
   count: number;
   check: string;
   reason: string;
+}
+
+/** Postfix's transactions judged by mxguard's policy service (component=policy-service). */
+export interface PolicyServiceCounts {
+  /** With a recipient accepted (Postfix went on with it). */
+  accepted: number;
+  refused: number;
+  tempfailed: number;
+  greylisted: number;
+  discarded: number;
+  aborted: number;
+  refusedBy: Counted[];
+  tempfailedBy: Counted[];
 }
 
 export interface Report {
@@ -65,6 +81,8 @@ export interface Report {
   topRefusedClients: { client: string; count: number }[];
   topRefusedSenders: { sender: string; count: number }[];
   perHour: HourRow[];
+  /** The policy service's transactions: not in received, refused, tempfailed… above (those are mxguard's SMTP). */
+  policyService: PolicyServiceCounts;
 }
 
 const str = (v: unknown): string => (typeof v === 'string' ? v : typeof v === 'number' || typeof v === 'boolean' ? String(v) : '');
@@ -106,6 +124,9 @@ export class Summary {
   private readonly clients = new Map<string, number>();
   private readonly senders = new Map<string, number>();
   private readonly hours = new Map<string, HourRow>();
+  private readonly policy = { accepted: 0, refused: 0, tempfailed: 0, greylisted: 0, discarded: 0, aborted: 0 };
+  private readonly policyRefusedBy = new Map<string, Counted>();
+  private readonly policyTempfailedBy = new Map<string, Counted>();
 
   /** One line of a log: ours (either format) is counted, any other only as read. */
   addLine(line: string): void {
@@ -149,10 +170,36 @@ export class Summary {
     }
   }
 
+  /** One more row of a "by check and reason" table; the check. */
+  private static countRefusal(table: Map<string, Counted>, f: LogEvent['fields'], verdict: 'reject' | 'tempfail'): string {
+    const check = refusingCheck(str(f.checks), verdict);
+    const reason = reasonOf(str(f.reply));
+    const key = `${check}\u0000${reason}`;
+    const row = table.get(key) ?? { count: 0, check, reason };
+    row.count++;
+    table.set(key, row);
+    return check;
+  }
+
+  /** Postfix's transaction as the policy service judged it: its own counts. */
+  private policyTransaction(ev: LogEvent): void {
+    const outcome = str(ev.fields.outcome);
+    const p = this.policy;
+    if (outcome === 'accepted') p.accepted++;
+    else if (outcome === 'discarded') p.discarded++;
+    else if (outcome === 'refused') {
+      p.refused++;
+      Summary.countRefusal(this.policyRefusedBy, ev.fields, 'reject');
+    } else if (outcome === 'tempfailed') {
+      p.tempfailed++;
+      if (Summary.countRefusal(this.policyTempfailedBy, ev.fields, 'tempfail') === 'greylist') p.greylisted++;
+    } else p.aborted++;
+  }
+
   private transaction(ev: LogEvent): void {
     const f = ev.fields;
+    if (f.component === 'policy-service') return this.policyTransaction(ev);
     const outcome = str(f.outcome);
-    const checks = str(f.checks);
     if (outcome === 'accepted') {
       this.n.received++;
       this.n.receivedBytes += num(f.size);
@@ -168,13 +215,7 @@ export class Summary {
       return;
     }
     const refused = outcome === 'refused';
-    const check = refusingCheck(checks, refused ? 'reject' : 'tempfail');
-    const reason = reasonOf(str(f.reply));
-    const table = refused ? this.refusedBy : this.tempfailedBy;
-    const key = `${check}\u0000${reason}`;
-    const row = table.get(key) ?? { count: 0, check, reason };
-    row.count++;
-    table.set(key, row);
+    const check = Summary.countRefusal(refused ? this.refusedBy : this.tempfailedBy, f, refused ? 'reject' : 'tempfail');
     if (refused) {
       this.n.refused++;
       this.hour(ev).refused++;
@@ -216,6 +257,7 @@ export class Summary {
       topRefusedClients: top(this.clients, 'client'),
       topRefusedSenders: top(this.senders, 'sender'),
       perHour: [...this.hours.values()].sort((a, b) => (a.hour < b.hour ? -1 : 1)),
+      policyService: { ...this.policy, refusedBy: [...this.policyRefusedBy.values()].sort(byCount), tempfailedBy: [...this.policyTempfailedBy.values()].sort(byCount) },
     };
   }
 }
@@ -265,24 +307,72 @@ export function formatReport(r: Report): string {
     `  ${'hour'.padEnd(16)} ${['received', 'delivered', 'deferred', 'bounced', 'refused', 'tempfailed'].map((h) => h.padStart(11)).join('')}`,
     ...r.perHour.map((h) => `  ${h.hour.padEnd(16)} ${[h.received, h.delivered, h.deferred, h.bounced, h.refused, h.tempfailed].map((n) => pad(n, 11)).join('')}`),
   ]);
+  const p = r.policyService;
+  if (p.accepted + p.refused + p.tempfailed + p.discarded + p.aborted > 0) {
+    out.push('', "Policy service (Postfix's transactions; not in the totals above)");
+    const policyTotals: [string, number][] = [
+      ['accepted', p.accepted],
+      ['refused', p.refused],
+      ['tempfailed', p.tempfailed],
+      ['greylisted', p.greylisted],
+      ['discarded', p.discarded],
+      ['aborted', p.aborted],
+    ];
+    for (const [name, n] of policyTotals) out.push(`  ${pad(n)}  ${name}`);
+    if (p.refusedBy.length > 0) table('Policy service: refused (5xx) by check and reason', p.refusedBy.map((c) => `  ${pad(c.count)}  ${c.check.padEnd(16)} ${c.reason}`));
+    if (p.tempfailedBy.length > 0) table('Policy service: tempfailed (4xx) by check and reason', p.tempfailedBy.map((c) => `  ${pad(c.count)}  ${c.check.padEnd(16)} ${c.reason}`));
+  }
   return out.join('\n');
+}
+
+/** gzip's magic number, the first two octets of every gzip file (RFC 1952 2.3.1). */
+const GZIP_MAGIC = [0x1f, 0x8b];
+
+/**
+ * `input` as it reads, gunzipped when it starts with gzip's magic (a rotated log, whatever its
+ * name, or `cat mail.log.2.gz |`). Reads the first octets to decide; errors of `input` come
+ * through the stream returned.
+ */
+export async function decompressed(input: Readable): Promise<Readable> {
+  const chunks = input[Symbol.asyncIterator]() as AsyncIterator<Buffer | string>;
+  let head = Buffer.alloc(0);
+  let ended = false;
+  while (head.length < GZIP_MAGIC.length) {
+    const next = await chunks.next();
+    if (next.done === true) {
+      ended = true;
+      break;
+    }
+    head = Buffer.concat([head, Buffer.from(next.value)]);
+  }
+  async function* all(): AsyncGenerator<Buffer> {
+    if (head.length > 0) yield head;
+    if (ended) return;
+    for (;;) {
+      const next = await chunks.next();
+      if (next.done === true) return;
+      yield Buffer.from(next.value);
+    }
+  }
+  const raw = Readable.from(all(), { objectMode: false });
+  if (head[0] !== GZIP_MAGIC[0] || head[1] !== GZIP_MAGIC[1]) return raw;
+  const gunzip = zlib.createGunzip();
+  raw.on('error', (err) => gunzip.destroy(err));
+  return raw.pipe(gunzip);
 }
 
 /** Feeds every line of `input` (gunzipped when it starts with gzip's magic) to `summary`. */
 async function readInto(summary: Summary, input: Readable): Promise<void> {
   // Log lines are bounded by us, but a foreign file need not be: a line is cut at 1 MiB.
-  const rl = readline.createInterface({ input, crlfDelay: Infinity });
+  const rl = readline.createInterface({ input: await decompressed(input), crlfDelay: Infinity });
   for await (const line of rl) summary.addLine(line.length > 1 << 20 ? line.slice(0, 1 << 20) : line);
 }
 
-/** The file's lines as a stream (gunzipped for .gz); throws here if it cannot be opened. */
+/** The file as a stream; throws here if it cannot be opened. */
 async function openInput(file: string): Promise<Readable> {
   const stream = fs.createReadStream(file);
   await once(stream, 'open');
-  if (!file.endsWith('.gz')) return stream;
-  const gunzip = zlib.createGunzip();
-  stream.on('error', (err) => gunzip.destroy(err));
-  return stream.pipe(gunzip);
+  return stream;
 }
 
 /** `mxguard report [LOGFILE ...] [--json]`: standard input when no file is given. */

@@ -726,6 +726,10 @@ export const configSchema = z.strictObject({
       /** A policy connection silent this long is closed (Postfix closes its own after smtpd_policy_service_max_idle, 300s). */
       idle_timeout: duration.refine((ms) => ms > 0, 'must be longer than 0').default(360_000),
     })
+    .superRefine((p, ctx) => {
+      // A connection held in the tarpit is silent: shorter, the idle timer would close it mid-wait.
+      if (p.idle_timeout <= p.max_delay) ctx.addIssue({ code: 'custom', path: ['idle_timeout'], message: `must be longer than policy.max_delay (${p.max_delay / 1000}s)` });
+    })
     .prefault({}),
   admin: z
     .strictObject({

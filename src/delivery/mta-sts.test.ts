@@ -2,7 +2,9 @@
 // and the cache rules of RFC 8461 5.1 (a fake resolver and a fake policy fetch).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
+import { pino } from 'pino';
 import type { DnsResult } from '../dns/resolver.ts';
+import { jsonToText } from '../util/log-text.ts';
 import { MAX_AGE_CAP, MtaSts, mxMatches, parsePolicy, parseStsRecord, type StsLookup } from './mta-sts.ts';
 
 test('parseStsRecord: the id of exactly one v=STSv1 record', () => {
@@ -135,4 +137,33 @@ test('MtaSts: an unexpired cached policy outlives a failed refetch, a DNS error 
   assert.equal(brief(await sts.lookup('example.com')), 'enforce mx.example.com id=1 cached');
   state.now += 3600_000;
   assert.equal(brief(await sts.lookup('example.com')), 'none: no MTA-STS record', 'expired: gone');
+});
+
+test('MtaSts: the remote policy id is logged as sts_id, never as id (a queue-ID-shaped id must not lead a text line)', async () => {
+  const forged = '0MIQ1ABC01ZZZZ'; // a valid STS id (1-32 alphanumerics) shaped like one of our queue IDs
+  const lines: string[] = [];
+  const log = pino({ level: 'info' }, { write: (s: string) => void lines.push(s) });
+  const state = { txt: txt(`v=STSv1; id=${forged}`), body: policy('enforce', 'mx.example.com') as string | Error, now: 0 };
+  const sts = new MtaSts({
+    dns: { txt: async () => state.txt, a: async () => ({ kind: 'nxdomain', nodata: false }), aaaa: async () => ({ kind: 'nxdomain', nodata: false }) },
+    fetchPolicy: async () => {
+      if (state.body instanceof Error) throw state.body;
+      return state.body;
+    },
+    now: () => state.now,
+    log,
+  });
+  await sts.lookup('example.com'); // policy fetched
+  state.txt = txt('v=STSv1; id=1ABCDEFGHIJKLM');
+  state.body = new Error('HTTP 500');
+  await sts.lookup('example.com'); // policy fetch failed, then the cached policy
+  assert.equal(lines.length, 3, lines.join(''));
+  for (const line of lines) {
+    const o = JSON.parse(line) as Record<string, unknown>;
+    assert.equal(o.id, undefined, line);
+    assert.match(String(o.sts_id), /^(0MIQ1ABC01ZZZZ|1ABCDEFGHIJKLM)$/);
+    const text = jsonToText(line, 'mx');
+    assert.doesNotMatch(text, /mxguard\[\d+\]: [0-9A-Z]{14}:/, text);
+    assert.match(text, /sts_id=(0MIQ1ABC01ZZZZ|1ABCDEFGHIJKLM)/);
+  }
 });

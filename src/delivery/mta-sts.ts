@@ -163,7 +163,7 @@ export class MtaSts {
     if (entry !== undefined && cached === undefined) this.#cache.delete(domain);
     const fromCache = (why: string): StsLookup => {
       if (cached === undefined) return { kind: 'none', reason: why };
-      this.#opts.log?.info({ domain, id: cached.id, err: why }, 'MTA-STS: using the cached policy');
+      this.#opts.log?.info({ domain, sts_id: cached.id, err: why }, 'MTA-STS: using the cached policy');
       return { kind: 'policy', policy: cached.policy, id: cached.id, cached: true };
     };
 
@@ -184,13 +184,13 @@ export class MtaSts {
       parsed = { ok: false, error: errText(err) };
     }
     if (!parsed.ok) {
-      this.#opts.log?.warn({ domain, id, err: parsed.error }, 'MTA-STS: policy fetch failed');
+      this.#opts.log?.warn({ domain, sts_id: id, err: parsed.error }, 'MTA-STS: policy fetch failed');
       return fromCache(`policy fetch failed: ${parsed.error}`);
     }
     // Bounded: mail to many domains (backscatter to made-up ones) must not grow it without end.
     if (this.#cache.size >= MAX_CACHED && !this.#cache.has(domain)) this.#cache.delete(this.#cache.keys().next().value as string);
     this.#cache.set(domain, { id, policy: parsed.policy, expires: this.#now() + parsed.policy.maxAge * 1000 });
-    this.#opts.log?.info({ domain, id, mode: parsed.policy.mode, mx: parsed.policy.mx, max_age: parsed.policy.maxAge }, 'MTA-STS: policy fetched');
+    this.#opts.log?.info({ domain, sts_id: id, mode: parsed.policy.mode, mx: parsed.policy.mx, max_age: parsed.policy.maxAge }, 'MTA-STS: policy fetched');
     return { kind: 'policy', policy: parsed.policy, id, cached: false };
   }
 

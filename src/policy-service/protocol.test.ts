@@ -1,7 +1,7 @@
 // The policy delegation protocol's parser and replies (src/policy-service/protocol.ts).
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { MAX_ATTRIBUTES, MAX_LINE, PolicyRequestReader, actionReply, prependAction, refusalAction } from './protocol.ts';
+import { MAX_ATTRIBUTES, MAX_LINE, MAX_REQUEST, PolicyRequestReader, actionReply, prependAction, refusalAction, tarpitWait } from './protocol.ts';
 
 const requestOf = (r: ReturnType<PolicyRequestReader['feed']>[number] | undefined): Record<string, string> => {
   assert.equal(r?.kind, 'request');
@@ -59,4 +59,26 @@ test('replies: one action line and the empty line; greylisting as DEFER_IF_PERMI
   assert.equal(refusalAction('451 4.7.1 Rate limit', false), '451 4.7.1 Rate limit');
   assert.equal(refusalAction('554 5.7.1 Banned', true), '554 5.7.1 Banned');
   assert.equal(prependAction('X-Spam-Status: Yes, score=7.0\r\n\ttests=A,B\r\n'), 'PREPEND X-Spam-Status: Yes, score=7.0 tests=A,B');
+});
+
+test('one request is bounded in all, not only per line', () => {
+  const r = new PolicyRequestReader();
+  let out: ReturnType<PolicyRequestReader['feed']> = [];
+  for (let i = 0; i < 10 && out.length === 0; i++) out = r.feed(Buffer.from(`a${i}=${'x'.repeat(8000)}\n`));
+  assert.equal(out[0]?.kind, 'error');
+  assert.match((out[0] as { error: string }).error, /request longer than 65536/);
+  // Many requests of Postfix's size in one stream are fine: the bound is per request.
+  const ok = new PolicyRequestReader();
+  const many = ok.feed(Buffer.from(`a=${'x'.repeat(2000)}\n\n`.repeat(100)));
+  assert.equal(many.length, 100);
+  assert.ok(many.every((m) => m.kind === 'request'));
+  assert.ok(MAX_REQUEST >= 16 * 1024);
+});
+
+test('the tarpit wait: what the checks asked, within max_delay less the time judging took', () => {
+  assert.equal(tarpitWait(10_000, 3000, 0), 3000);
+  assert.equal(tarpitWait(10_000, 3000, 2500), 500);
+  assert.equal(tarpitWait(1000, 3000, 500), 1000);
+  assert.equal(tarpitWait(10_000, 3000, 4000), 0);
+  assert.equal(tarpitWait(0, 3000, 0), 0);
 });

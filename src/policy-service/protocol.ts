@@ -7,6 +7,8 @@
 export const MAX_LINE = 8192;
 /** Attributes in one request at most (Postfix 3.x sends about 40). */
 export const MAX_ATTRIBUTES = 128;
+/** Octets in one request at most, its lines together (Postfix sends about 2 KiB). */
+export const MAX_REQUEST = 64 * 1024;
 
 /** One request: its attributes by name (a name given twice keeps its last value). */
 export type PolicyRequest = ReadonlyMap<string, string>;
@@ -23,6 +25,8 @@ export class PolicyRequestReader {
   private partial: Buffer[] = [];
   private partialLength = 0;
   private attrs = new Map<string, string>();
+  /** Octets of the request being read so far. */
+  private requestLength = 0;
   private failed = false;
 
   feed(chunk: Buffer): ReadResult[] {
@@ -35,6 +39,7 @@ export class PolicyRequestReader {
         const rest = chunk.subarray(start);
         this.partialLength += rest.length;
         if (this.partialLength > MAX_LINE) return this.fail(out, `line longer than ${MAX_LINE} octets`);
+        if (this.requestLength + this.partialLength > MAX_REQUEST) return this.fail(out, `request longer than ${MAX_REQUEST} octets`);
         if (rest.length > 0) this.partial.push(Buffer.from(rest));
         return out;
       }
@@ -46,6 +51,8 @@ export class PolicyRequestReader {
       }
       this.partialLength = 0;
       if (line.length > MAX_LINE) return this.fail(out, `line longer than ${MAX_LINE} octets`);
+      this.requestLength += line.length + 1;
+      if (this.requestLength > MAX_REQUEST) return this.fail(out, `request longer than ${MAX_REQUEST} octets`);
       const text = line.toString('utf8').replace(/\r$/, '');
       if (text === '') {
         // An empty line before any attribute is a stray newline, not a request.
@@ -53,6 +60,7 @@ export class PolicyRequestReader {
           out.push({ kind: 'request', request: this.attrs });
           this.attrs = new Map();
         }
+        this.requestLength = 0;
         continue;
       }
       const eq = text.indexOf('=');
@@ -89,6 +97,14 @@ export function actionReply(action: string): string {
 export function refusalAction(reply: string, greylisted: boolean): string {
   if (greylisted && reply.startsWith('4')) return `DEFER_IF_PERMIT ${reply.replace(/^\d{3} (\d\.\d{1,3}\.\d{1,3} )?/, '')}`;
   return reply;
+}
+
+/**
+ * How long to hold a reply the checks asked to hold `delayMs` (the tarpit) when judging took
+ * `elapsedMs` already: the whole answer stays within `maxDelayMs` (under Postfix's timeout).
+ */
+export function tarpitWait(delayMs: number, maxDelayMs: number, elapsedMs: number): number {
+  return Math.max(0, Math.min(delayMs, maxDelayMs - elapsedMs));
 }
 
 /** A header field to PREPEND: one line, folded lines joined (Postfix takes "Name: value"). */

@@ -8,11 +8,20 @@
 // recipient, so several recipients of one message count as one transaction (rates, tarpit,
 // score). Replies: a refusal is its SMTP reply ("action=550 5.7.1 …"), greylisting postgrey's
 // DEFER_IF_PERMIT, a tag a PREPEND of one header not yet prepended in the transaction, else
-// DUNNO. The tarpit holds the reply, at most policy.max_delay (under Postfix's
-// smtpd_policy_service_timeout). END-OF-MESSAGE (smtpd_end_of_data_restrictions) counts the
-// message as queued; a transaction never heard of again is taken as queued when a recipient was
-// accepted (Postfix asks no more after RCPT unless told to).
+// DUNNO. Only the checks' verdicts become actions: the offline session's own SMTP replies (bad
+// sequence, an address its parser refuses, no recipients at DATA) are Postfix's business and
+// answered DUNNO, since Postfix asks at DATA a transaction it never asked at RCPT (a
+// permit_mynetworks client). At DATA and END-OF-MESSAGE the only refusal answered is one a check
+// held for DATA (greylisting the null sender). The tarpit holds the reply so that the whole
+// answer takes at most policy.max_delay (under Postfix's smtpd_policy_service_timeout).
+// END-OF-MESSAGE (smtpd_end_of_data_restrictions) counts the message as queued; a transaction
+// never heard of again is taken as queued when a recipient was accepted (Postfix asks no more
+// after RCPT unless told to).
+//
+// Each connection has at most one request being answered: reading pauses until its reply is
+// written and the socket's buffer drained, so a client that never reads holds a bounded amount.
 import net from 'node:net';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { Config } from '../config/schema.ts';
 import { parseHostPort } from '../config/schema.ts';
 import type { Store } from '../store/store.ts';
@@ -21,7 +30,7 @@ import type { Logger } from '../util/log.ts';
 import { buildChecks } from '../policy/index.ts';
 import { OfflineSession, type OfflineStep } from '../policy/offline.ts';
 import { traceLogFields, type TransactionTrace } from '../policy/trace.ts';
-import { PolicyRequestReader, TEMPORARY_FAILURE, actionReply, prependAction, refusalAction, type PolicyRequest } from './protocol.ts';
+import { PolicyRequestReader, TEMPORARY_FAILURE, actionReply, prependAction, refusalAction, tarpitWait, type PolicyRequest } from './protocol.ts';
 
 /** Connections at once (Postfix keeps one per smtpd process; default_process_limit is 100). */
 const MAX_CONNECTIONS = 512;
@@ -31,6 +40,10 @@ const MAX_INSTANCES = 10_000;
 const MAX_PENDING = 64;
 /** A transaction not heard of for this long is over. */
 const INSTANCE_IDLE_MS = 10 * 60_000;
+/** After the answer to a broken request, the connection is dropped this soon if the client does not close it. */
+const ERROR_LINGER_MS = 2000;
+/** close() waits this long at most for the answers being judged, then as long for the transactions' ends. */
+const CLOSE_WAIT_MS = 5000;
 
 interface Instance {
   readonly session: OfflineSession;
@@ -39,6 +52,8 @@ interface Instance {
   connected: boolean;
   helo?: string;
   sender?: string;
+  /** mxguard's parser refused `sender` (Postfix took it): no MAIL again until it changes. */
+  senderUnparsed?: boolean;
   /** A reply that ended the whole transaction (a refusal at connect without delay_reject). */
   final?: string;
   /** Which check gave each refusal seen in the transaction (a held one is answered later). */
@@ -53,6 +68,8 @@ interface Instance {
 export interface PolicyService {
   readonly port: number;
   readonly host: string;
+  /** Open policy connections now. */
+  readonly connections: number;
   /** A new config (SIGHUP) for the transactions that begin from now on; the listen address needs a restart. */
   reload(next: Config, dns?: DnsResolver): void;
   close(): Promise<void>;
@@ -67,6 +84,17 @@ export interface PolicyServiceDeps {
   readonly listen?: string;
   /** Each transaction's trace when it ends (the daemon's history), besides its `transaction` log line. */
   readonly onTrace?: (t: TransactionTrace) => void;
+  /** Connections at once (512; a test sets fewer). */
+  readonly maxConnections?: number;
+}
+
+/** One connection's state. */
+interface Connection {
+  readonly socket: net.Socket;
+  /** Requests read and not yet answered. */
+  pending: number;
+  /** The answers, one after another. */
+  chain: Promise<void>;
 }
 
 /** One decision: the action and the check behind it (for the log). */
@@ -83,14 +111,22 @@ export async function startPolicyService(deps: PolicyServiceDeps): Promise<Polic
   if (!hp) throw new Error(`policy service: no valid listen address (policy.listen: ${listen ?? 'not set'})`);
   const log = deps.log.child({ component: 'policy-service' });
   const instances = new Map<string, Instance>();
-  const sockets = new Set<net.Socket>();
+  /** Open connections, the least recently active first (re-inserted at each request). */
+  const connections = new Map<net.Socket, Connection>();
+  const maxConnections = deps.maxConnections ?? MAX_CONNECTIONS;
+  /** Transactions being ended (their counts and traces written): close() waits for them. */
+  const ending = new Set<Promise<void>>();
+  /** Aborts the tarpit waits when the service closes. */
+  const stopping = new AbortController();
 
   const endInstance = (key: string, inst: Instance): void => {
     instances.delete(key);
     if (!inst.session.inTransaction) return;
     // Postfix does not say whether the message was queued: with a recipient accepted, take it as queued.
     const queued = inst.session.recipients.length > 0;
-    void inst.session.end(queued ? { size: inst.size } : undefined).catch((err: unknown) => log.warn({ err: (err as Error).message }, 'could not end a transaction'));
+    const done = inst.session.end(queued ? { size: inst.size } : undefined).catch((err: unknown) => log.warn({ err: (err as Error).message }, 'could not end a transaction'));
+    ending.add(done);
+    void done.finally(() => ending.delete(done));
   };
 
   const sweep = setInterval(() => {
@@ -145,7 +181,9 @@ export async function startPolicyService(deps: PolicyServiceDeps): Promise<Polic
   };
 
   const judgeIn = async (key: string, inst: Instance, req: PolicyRequest, state: string): Promise<Answer> => {
-    if (inst.final !== undefined) return { action: refusalAction(inst.final, false), delayMs: 0 };
+    const atData = state === 'DATA' || state === 'END-OF-MESSAGE';
+    // A transaction ended by a refusal is refused at each request; at DATA only a DATA refusal is answered.
+    if (inst.final !== undefined && !atData) return { action: refusalAction(inst.final, false), delayMs: 0 };
     const s = inst.session;
     const steps: OfflineStep[] = [];
     const user = req.get('sasl_username') ?? '';
@@ -163,23 +201,33 @@ export async function startPolicyService(deps: PolicyServiceDeps): Promise<Polic
     }
     const needsMail = state === 'MAIL' || state === 'RCPT' || state === 'DATA' || state === 'END-OF-MESSAGE';
     const sender = req.get('sender') ?? '';
-    if (!s.closed && needsMail && (!s.inTransaction || sender !== inst.sender)) {
+    const retryMail = !s.inTransaction && !(inst.senderUnparsed === true && sender === inst.sender);
+    if (!s.closed && needsMail && (retryMail || sender !== inst.sender)) {
       if (s.inTransaction) await s.end();
       inst.sender = sender;
-      steps.push(await s.mail(sender, inst.size > 0 ? { SIZE: String(inst.size) } : {}));
+      const mail = await s.mail(sender, inst.size > 0 ? { SIZE: String(inst.size) } : {});
+      inst.senderUnparsed = mail.protocol === true;
+      steps.push(mail);
     }
     const rcpt = req.get('recipient') ?? '';
     if (!s.closed && state === 'RCPT' && s.inTransaction && rcpt !== '') steps.push(await s.rcpt(rcpt));
-    if (!s.closed && state === 'DATA' && s.inTransaction) steps.push(s.dataCommand());
+    // DATA, or END-OF-MESSAGE when Postfix does not ask at DATA: a refusal a RCPT check held for DATA.
+    const dataStep = !s.closed && atData && s.inTransaction ? s.dataCommand() : undefined;
+    if (dataStep) steps.push(dataStep);
     const delayMs = steps.reduce((sum, st) => sum + st.delayMs, 0);
     for (const st of steps) for (const e of st.checks) if (e.reply !== undefined && inst.refusedBy.size < 100) inst.refusedBy.set(e.reply, e.check);
     const closing = steps.find((st) => st.close);
     if (closing) inst.final = closing.reply;
-    // At RCPT and later the session answers the refusals held for RCPT (delay_reject); asked
-    // earlier (smtpd_client_restrictions with smtpd_delay_reject=no), the refusal a check found is the answer.
-    const refused = steps.find((st) => st.refused) ?? (state === 'RCPT' || state === 'DATA' ? undefined : steps.find((st) => st.checks.some((e) => e.reply !== undefined)));
+    // Only the checks' verdicts are answered: the session's own SMTP replies (syntax, sequence, no
+    // recipients) judge what Postfix already took. At RCPT the session answers the refusals held
+    // for RCPT (delay_reject); asked earlier (smtpd_client_restrictions with smtpd_delay_reject=no),
+    // the refusal a check found is the answer; at DATA only the refusal held for DATA.
+    const verdict = (st: OfflineStep): boolean => st.refused && st.protocol !== true;
+    let refused: OfflineStep | undefined;
+    if (atData) refused = dataStep !== undefined && verdict(dataStep) ? dataStep : undefined;
+    else refused = steps.find(verdict) ?? (state === 'RCPT' ? undefined : steps.find((st) => st.checks.some((e) => e.reply !== undefined)));
     if (state === 'END-OF-MESSAGE') {
-      if (s.inTransaction) await s.end({ size: inst.size });
+      if (s.inTransaction) await s.end(refused ? undefined : { size: inst.size });
       instances.delete(key);
     }
     if (refused) {
@@ -187,7 +235,9 @@ export async function startPolicyService(deps: PolicyServiceDeps): Promise<Polic
       const reply = refused.refused ? refused.reply : (entry?.reply ?? refused.reply);
       // A refusal held from an earlier step (delay_reject) is answered with no check running now.
       const check = inst.refusedBy.get(reply);
-      return { action: refusalAction(reply, check === 'greylist'), delayMs, ...(check !== undefined ? { check } : {}) };
+      // After the message (END-OF-MESSAGE) the reply goes as it is: a 4xx defers it there.
+      const action = state === 'END-OF-MESSAGE' ? reply : refusalAction(reply, check === 'greylist');
+      return { action, delayMs, ...(check !== undefined ? { check } : {}) };
     }
     if (state === 'RCPT' || state === 'DATA') {
       // One header per answer (Postfix's rule): the checks' own first, then X-Spam-Flag and X-Spam-Status (score and tests in one).
@@ -200,38 +250,65 @@ export async function startPolicyService(deps: PolicyServiceDeps): Promise<Polic
     return { action: 'DUNNO', delayMs };
   };
 
+  /** Room for a new connection: the least recently active idle one is dropped (Postfix reconnects when it needs it). */
+  const makeRoom = (): boolean => {
+    if (connections.size < maxConnections) return true;
+    for (const c of connections.values()) {
+      if (c.pending > 0) continue;
+      log.warn({ max: maxConnections, client: c.socket.remoteAddress }, 'too many policy connections: the longest idle one closed');
+      connections.delete(c.socket);
+      c.socket.destroy();
+      return true;
+    }
+    return false;
+  };
+
   const server = net.createServer((socket) => {
-    if (sockets.size >= MAX_CONNECTIONS) {
-      log.warn({ max: MAX_CONNECTIONS }, 'too many policy connections: one closed');
+    if (stopping.signal.aborted) {
       socket.destroy();
       return;
     }
-    sockets.add(socket);
+    if (!makeRoom()) {
+      log.warn({ max: maxConnections }, 'too many policy connections, none idle: the new one closed');
+      socket.destroy();
+      return;
+    }
+    const conn: Connection = { socket, pending: 0, chain: Promise.resolve() };
+    connections.set(socket, conn);
     const reader = new PolicyRequestReader();
-    let chain: Promise<void> = Promise.resolve();
-    /** Requests read and not yet answered: Postfix sends one at a time; a client that floods is cut off. */
-    let pending = 0;
+    /** Reading goes on once every request read is answered and the answers left the buffer. */
+    const resumeReading = (): void => {
+      if (!socket.destroyed && conn.pending === 0 && !socket.writableNeedDrain && !stopping.signal.aborted) socket.resume();
+    };
     socket.setTimeout(config.policy.idle_timeout);
     socket.on('timeout', () => socket.destroy());
     socket.on('error', () => socket.destroy());
-    socket.on('close', () => sockets.delete(socket));
+    socket.on('drain', resumeReading);
+    socket.on('close', () => {
+      if (connections.get(socket) === conn) connections.delete(socket);
+    });
     socket.on('data', (chunk: Buffer) => {
+      connections.delete(socket); // re-inserted last: the map's order is the order of activity
+      connections.set(socket, conn);
       for (const r of reader.feed(chunk)) {
         if (r.kind === 'error') {
           log.warn({ client: socket.remoteAddress, err: r.error }, 'bad policy request: connection closed');
-          chain = chain.then(() => {
+          socket.pause();
+          conn.chain = conn.chain.then(() => {
             socket.end(actionReply(TEMPORARY_FAILURE));
+            // A client that does not close its side would keep the connection (and its slot) until idle_timeout.
+            setTimeout(() => socket.destroy(), ERROR_LINGER_MS).unref();
           });
           return;
         }
         const req = r.request;
-        if (++pending > MAX_PENDING) {
+        if (++conn.pending > MAX_PENDING) {
           log.warn({ client: socket.remoteAddress, max: MAX_PENDING }, 'too many policy requests without reading the answers: connection closed');
           socket.destroy();
           return;
         }
         // Postfix waits for each answer; a client that pipelines still gets them in order.
-        chain = chain.then(async () => {
+        conn.chain = conn.chain.then(async () => {
           const t0 = performance.now();
           let answer: Answer;
           try {
@@ -240,16 +317,20 @@ export async function startPolicyService(deps: PolicyServiceDeps): Promise<Polic
             log.error({ err: (err as Error).message, instance: req.get('instance') }, 'policy request failed');
             answer = { action: TEMPORARY_FAILURE, delayMs: 0, check: 'policy_service' };
           }
-          const wait = Math.min(answer.delayMs, config.policy.max_delay);
-          if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+          // The tarpit: the whole answer, judging included, within policy.max_delay.
+          const wait = tarpitWait(answer.delayMs, config.policy.max_delay, performance.now() - t0);
+          if (wait > 0) await sleep(wait, undefined, { signal: stopping.signal }).catch(() => undefined);
           log.info({ check: answer.check, action: answer.action, state: req.get('protocol_state'), instance: req.get('instance'), client: req.get('client_address'), from: req.get('sender'), rcpt: req.get('recipient'), ...(wait > 0 ? { delayMs: Math.round(wait) } : {}), ms: Math.round(performance.now() - t0) }, 'policy answer');
-          pending--;
+          conn.pending--;
           if (!socket.destroyed) socket.write(actionReply(answer.action));
+          resumeReading();
         });
       }
+      // No more requests until these are answered (a client that never reads fills no memory).
+      if (conn.pending > 0) socket.pause();
     });
   });
-  server.maxConnections = MAX_CONNECTIONS + 16;
+  server.maxConnections = maxConnections + 16;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(hp.port, hp.host, () => {
@@ -268,12 +349,22 @@ export async function startPolicyService(deps: PolicyServiceDeps): Promise<Polic
       services = servicesFor(next, dns);
       config = next;
     },
+    get connections() {
+      return connections.size;
+    },
     async close() {
       clearInterval(sweep);
       const closed = new Promise<void>((resolve) => server.close(() => resolve()));
-      for (const s of sockets) s.destroy();
+      // No new requests; the tarpit lets go; the answers being judged finish (bounded), then the connections go.
+      stopping.abort();
+      for (const c of connections.values()) c.socket.pause();
+      const judged = Promise.allSettled([...[...connections.values()].map((c) => c.chain), ...[...instances.values()].map((i) => i.queue)]);
+      await Promise.race([judged, sleep(CLOSE_WAIT_MS, undefined, { ref: false })]);
+      for (const c of connections.values()) c.socket.destroy();
       await closed;
+      // The transactions still open are ended (counted, traced) before the store may close.
       for (const [key, inst] of [...instances]) endInstance(key, inst);
+      await Promise.race([Promise.allSettled([...ending]), sleep(CLOSE_WAIT_MS, undefined, { ref: false })]);
     },
   };
 }

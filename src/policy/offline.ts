@@ -57,6 +57,11 @@ export interface OfflineStep {
   readonly refused: boolean;
   /** The server would close the connection after this reply. */
   readonly close?: true;
+  /**
+   * The reply is the dialogue's own (bad sequence, address syntax, no valid recipients), not a
+   * check's verdict: a front end that ran its own SMTP (the Postfix policy service) ignores it.
+   */
+  readonly protocol?: true;
 }
 
 /** The end of DATA: its step, and the score, the headers added and whether the message is dropped. */
@@ -153,6 +158,11 @@ export class OfflineSession {
     return { phase, ...(arg !== undefined ? { arg } : {}), checks: this.engine.takeRan(), delayMs, reply, refused, ...(close ? { close: true as const } : {}) };
   }
 
+  /** A step answered by the dialogue itself (syntax, sequence), no check involved. */
+  private protocolStep(phase: OfflineStep['phase'], reply: string, arg?: string): OfflineStep {
+    return { ...this.step(phase, reply, arg), protocol: true };
+  }
+
   async connect(): Promise<OfflineStep> {
     const d = await this.policy.connect();
     return this.step('connect', d.kind === 'reply' ? d.reply : `220 ${this.opts.config.hostname} ${this.opts.config.smtp.banner}`, undefined, d.kind === 'reply' && d.close);
@@ -186,7 +196,7 @@ export class OfflineSession {
   /** MAIL FROM: `from` is the address, '' for the null sender. */
   async mail(from: string, params: PathParams = {}): Promise<OfflineStep> {
     const mailFrom = senderAddress(from);
-    if (typeof mailFrom === 'string') return this.step('mail', `553 5.1.7 ${mailFrom}`, from);
+    if (typeof mailFrom === 'string') return this.protocolStep('mail', `553 5.1.7 ${mailFrom}`, from);
     const d = await this.policy.mail(mailFrom, params);
     if (d.kind === 'reply') return this.step('mail', d.reply, from);
     this.tx = d.tx;
@@ -207,9 +217,9 @@ export class OfflineSession {
   async rcpt(to: string): Promise<OfflineStep> {
     const tx = this.tx;
     const info = this.txInfo;
-    if (!tx || !info) return this.step('rcpt', '503 5.5.1 Error: need MAIL command', to);
+    if (!tx || !info) return this.protocolStep('rcpt', '503 5.5.1 Error: need MAIL command', to);
     const rcpt = parseMailbox(to, true);
-    if (typeof rcpt === 'string') return this.step('rcpt', `501 5.1.3 ${rcpt}`, to);
+    if (typeof rcpt === 'string') return this.protocolStep('rcpt', `501 5.1.3 ${rcpt}`, to);
     const d = await this.policy.rcpt(tx, info, rcpt);
     if (d.kind === 'reply') return this.step('rcpt', d.reply, to, d.close);
     info.rcpts.push(rcpt);
@@ -233,8 +243,8 @@ export class OfflineSession {
   /** The DATA command: a refusal a RCPT check put off until now, or 354. */
   dataCommand(): OfflineStep {
     const tx = this.tx;
-    if (!tx || !this.txInfo) return this.step('data_command', '503 5.5.1 Error: need MAIL command');
-    if (this.txInfo.rcpts.length === 0) return this.step('data_command', '554 5.5.1 Error: no valid recipients');
+    if (!tx || !this.txInfo) return this.protocolStep('data_command', '503 5.5.1 Error: need MAIL command');
+    if (this.txInfo.rcpts.length === 0) return this.protocolStep('data_command', '554 5.5.1 Error: no valid recipients');
     const d = this.policy.dataCommand(tx);
     if (d.kind === 'reply') {
       this.tx = undefined;
@@ -247,7 +257,7 @@ export class OfflineSession {
   async data(stored: Buffer, id = 'EXPLAIN'): Promise<OfflineDataStep> {
     const tx = this.tx;
     const info = this.txInfo as TransactionInfo;
-    if (!tx) return { ...this.step('data', '503 5.5.1 Error: need MAIL command'), score: 0, headers: [] };
+    if (!tx) return { ...this.protocolStep('data', '503 5.5.1 Error: need MAIL command'), score: 0, headers: [] };
     let parsed: ParsedHeaders | undefined;
     const headers = (): ParsedHeaders => (parsed ??= parseHeaderBlock(stored));
     const message: MessageView = {

@@ -286,11 +286,13 @@ export class Forwarder {
     const now = Date.now();
     const failed: RcptResult[] = [];
     const deferred: RcptResult[] = [];
+    let delivered = 0;
     for (const r of results) {
       const fields = { id: env.id, rcpt: r.rcpt, relay: r.relay ?? this.transport.name, status: r.status, reply: `${r.code} ${r.text}`, attempt: job.attempts, delay: (now - env.receivedAt) / 1000, took: now - started };
-      metrics.delivery(r.status === 'ok' ? 'delivered' : r.status === 'perm' ? 'bounced' : 'deferred');
-      if (r.status === 'ok') this.log.info(fields, 'delivered');
-      else if (r.status === 'perm') {
+      if (r.status === 'ok') {
+        delivered++;
+        this.log.info(fields, 'delivered');
+      } else if (r.status === 'perm') {
         this.log.info(fields, 'bounced');
         failed.push(r);
       } else deferred.push(r);
@@ -300,11 +302,20 @@ export class Forwarder {
     for (const rcpt of job.rcpts) if (!answered.has(rcpt)) deferred.push({ rcpt, status: 'temp', code: 451, text: '4.3.0 no result from transport' });
 
     const expired = now - env.receivedAt >= this.config.queue.max_age;
+    const bounced = failed.length;
+    let expiredNow = 0;
     if (expired && deferred.length > 0) {
       for (const r of deferred) this.log.info({ id: env.id, rcpt: r.rcpt, reply: `${r.code} ${r.text}`, setting: 'queue.max_age' }, 'expired');
       failed.push(...deferred.map((r) => ({ ...r, status: 'perm' as const })));
+      expiredNow = deferred.length;
       deferred.length = 0;
     }
+    // Counted from the final lists, as they are logged: an expiring recipient is `expired` (not
+    // deferred), one the transport gave no result for is deferred.
+    metrics.delivery('delivered', delivered);
+    metrics.delivery('bounced', bounced);
+    metrics.delivery('expired', expiredNow);
+    metrics.delivery('deferred', deferred.length);
     if (failed.length > 0) await this.bounce(job, failed, expired);
     // NOTIFY=SUCCESS that no downstream took on (it offered no DSN, or we delivered): ours to report.
     const succeeded = results.filter((r) => r.status === 'ok' && r.dsnAction !== undefined && env.rcptDsn?.[r.rcpt]?.notify?.includes('SUCCESS') === true);

@@ -15,6 +15,7 @@ import { parseProxyHeader } from './proxy-protocol.ts';
 import { parseHostPort, type Config } from '../config/schema.ts';
 import { addressListOf, plainIp } from '../util/cidr.ts';
 import type { Logger } from '../util/log.ts';
+import { metrics } from '../util/metrics.ts';
 
 /**
  * TLS 1.2 ciphers, best first: Mozilla's "intermediate" profile (forward secrecy, AEAD only; no
@@ -286,9 +287,12 @@ const REFUSE_WRITE_MS = 1000;
 /**
  * Says `reply`, shuts our side and releases the descriptor as soon as the reply is handed to
  * the kernel (which still delivers it and the FIN): a refused client that never closes holds
- * nothing (issue 9, item 9). What it sends meanwhile is ignored.
+ * nothing (issue 9, item 9). What it sends meanwhile is ignored. Counted as a session ended
+ * `refused` and a reply at connect, as a Session would count them (there is none here).
  */
 function refuse(socket: net.Socket, reply: string): void {
+  metrics.reply('connect', reply);
+  metrics.session('refused');
   socket.resume();
   socket.end(`${reply}\r\n`, () => socket.destroy());
   const timer = setTimeout(() => socket.destroy(), REFUSE_WRITE_MS);

@@ -199,11 +199,18 @@ export class RedisStore implements Store {
     return [...keys];
   }
 
+  /** Closes gracefully, but not for ever: a Redis that does not answer (or never did) is cut off. */
   async close(): Promise<void> {
+    let timer: NodeJS.Timeout | undefined;
     try {
-      if (this.client.isOpen) await this.client.close();
+      if (this.client.isOpen) {
+        const timeout = new Promise<'timeout'>((r) => (timer = setTimeout(() => r('timeout'), COMMAND_TIMEOUT_MS)));
+        if ((await Promise.race([this.client.close(), timeout])) === 'timeout') this.client.destroy();
+      }
     } catch {
       this.client.destroy();
+    } finally {
+      clearTimeout(timer);
     }
   }
 }

@@ -37,7 +37,7 @@ const JSON_KEY: Record<string, string> = { 'message-id': 'msgid', connected_at: 
 const ADDRESS_KEYS = new Set(['from', 'rcpt', 'to', 'rcpts', 'rcptsRefused']);
 /** Fields that are the line's frame, not its content. */
 const FRAME = new Set(['level', 'time', 'pid', 'msg', 'hostname']);
-/** A queue ID (src/queue/spool.ts newQueueId: 14 of 0-9A-Z) as the first word of a line; other `id` fields (an MTA-STS policy's) stay key=value. */
+/** A queue ID (src/queue/spool.ts newQueueId: 14 of 0-9A-Z) as the first word of a line. Only our queue IDs are logged as `id`: IDs from outside (an MTA-STS policy's, sts_id) get other names, else a remote domain could lead a line with another message's ID. */
 const QUEUE_ID = /^[0-9A-Z]{14}$/;
 
 const NEEDS_QUOTES = /[\s"\\\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]/;

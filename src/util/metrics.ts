@@ -23,7 +23,7 @@ export type SessionEnd = 'quit' | 'disconnect' | 'timeout' | 'deadline' | 'too_m
 export type GreylistResult = 'greylisted' | 'passed' | 'known' | 'allowed' | 'not_suspicious' | 'error';
 
 /** A delivery attempt's result for one recipient (mxguard_delivery_attempts_total{result}). */
-export type DeliveryResult = 'delivered' | 'bounced' | 'deferred';
+export type DeliveryResult = 'delivered' | 'bounced' | 'expired' | 'deferred';
 
 /** Counts per pair of label values, read out at scrape. */
 export class Tally<A, B> {
@@ -138,7 +138,7 @@ export class Metrics {
     counter('mxguard_scanner_errors_total', 'Content scanners that failed (error) or did not answer in time (timeout)', ['scanner', 'kind'], this.scannerErrors, (scanner, kind) => ({ scanner, kind }));
     counter('mxguard_dns_lookups_total', 'DNS queries sent (not answered from the cache), by type and result', ['type', 'result'], this.dnsLookups, (type, result) => ({ type, result }));
     counter('mxguard_dns_cache_hits_total', 'DNS lookups answered from the cache, by type', ['type'], this.dnsCacheHits, (type) => ({ type }));
-    counter('mxguard_delivery_attempts_total', 'Delivery attempts per recipient, by result (delivered, bounced, deferred)', ['result'], this.deliveries, (result) => ({ result }));
+    counter('mxguard_delivery_attempts_total', 'Delivery attempts per recipient, by result (delivered, bounced, expired: deferred past queue.max_age and bounced, deferred)', ['result'], this.deliveries, (result) => ({ result }));
     r.registerMetric(this.scannerHistogram() as unknown as Parameters<Registry['registerMetric']>[0]);
     new Counter({
       name: 'mxguard_log_lines_dropped_total',
@@ -266,8 +266,9 @@ export class Metrics {
     this.dnsCacheHits.add(type, NONE);
   }
 
-  delivery(result: DeliveryResult): void {
-    this.deliveries.add(result, NONE);
+  /** `n` recipients of one attempt ended so (none: nothing counted, no empty series). */
+  delivery(result: DeliveryResult, n = 1): void {
+    if (n > 0) this.deliveries.add(result, NONE, n);
   }
 
   /** The running App's queue, read at scrape; undefined when it stops. */

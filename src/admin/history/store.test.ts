@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { DatabaseSync } from 'node:sqlite';
-import { HistoryStore, MAX_ENTRIES, STATS_MINUTES } from './store.ts';
+import { FLUSH_ROWS, HistoryStore, MAX_ENTRIES, STATS_MINUTES, TRIM_CHUNK } from './store.ts';
 import { greylistedRcpts } from './api.ts';
 import type { TransactionTrace } from '../../policy/trace.ts';
 import { silentLogger } from '../../util/log.ts';
@@ -158,4 +158,46 @@ test('greylisted recipients of a transaction: refused by greylist at RCPT, or al
   assert.deepEqual(greylistedRcpts({ ...greylisted, refused: [...(greylisted.refused ?? []), { rcpt: 'x@ours.test', reply: '550 no', check: 'recipients' }] }), ['g@ours.test']);
   assert.deepEqual(greylistedRcpts({ ...base, refused: [], rcpts: ['a@ours.test', 'b@ours.test'], entries: [{ phase: 'data', check: 'greylist', verdict: 'tempfail', ms: 0 }] }), ['a@ours.test', 'b@ours.test']);
   assert.deepEqual(greylistedRcpts({ ...refused, refused: refused.refused ?? [] }), []);
+});
+
+const nextTurn = (): Promise<void> => new Promise((r) => setImmediate(r));
+
+test('FLUSH_ROWS waiting: written on the next turn of the event loop, never inside add() (the SMTP trace callback)', async (t) => {
+  const file = tempFile(t);
+  const h = new HistoryStore(file, { keep: 10_000, log: silentLogger });
+  t.after(() => h.close());
+  const reader = new DatabaseSync(file);
+  t.after(() => reader.close());
+  const rows = (): number => Number(reader.prepare('SELECT count(*) AS n FROM tx').get()?.n);
+  for (let i = 0; i < FLUSH_ROWS + 3; i++) h.add(refused, i);
+  assert.equal(rows(), 0, 'nothing written in the callers\' stack');
+  await nextTurn();
+  assert.equal(rows(), FLUSH_ROWS + 3, 'all of them, in one batch on the next turn');
+});
+
+test('a lowered keep is worked off TRIM_CHUNK rows a turn, none in setKeep()\'s stack', async (t) => {
+  const file = tempFile(t);
+  const total = 2 * TRIM_CHUNK + 500;
+  const h = new HistoryStore(file, { keep: total, log: silentLogger });
+  t.after(() => h.close());
+  // The rows, written straight into the file (as a long-running history would have them).
+  const writer = new DatabaseSync(file);
+  t.after(() => writer.close());
+  writer.exec(`WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${total})
+    INSERT INTO tx (at, ip, sender, rcpts, outcome, checks, refused_by, record) SELECT i, '192.0.2.1', 'a@src.test', '', 'aborted', '', '', '{}' FROM n`);
+  const rows = (): number => Number(writer.prepare('SELECT count(*) AS n FROM tx').get()?.n);
+  const oldest = (): number => Number(writer.prepare('SELECT min(seq) AS n FROM tx').get()?.n);
+  assert.equal(rows(), total);
+  h.setKeep(100);
+  assert.equal(rows(), total, 'nothing deleted in the caller\'s stack');
+  await nextTurn();
+  assert.equal(rows(), total - TRIM_CHUNK, 'one chunk a turn');
+  assert.equal(oldest(), TRIM_CHUNK + 1, 'the oldest first');
+  await nextTurn();
+  assert.equal(rows(), total - 2 * TRIM_CHUNK);
+  await nextTurn();
+  assert.equal(rows(), 100);
+  assert.equal(oldest(), total - 99);
+  await nextTurn();
+  assert.equal(rows(), 100, 'and then it stops');
 });

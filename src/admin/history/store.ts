@@ -1,9 +1,11 @@
 // The transaction history (issue 14): each finished transaction's trace (src/policy/trace.ts)
 // kept in a bounded ring on disk, data_dir/history.sqlite (node:sqlite, WAL), for /api/history
 // and the dashboard. The SMTP hot path only pushes the trace into memory: rows are written in
-// batches (one transaction of SQLite per FLUSH_MS or FLUSH_ROWS), and the oldest beyond
-// history.keep are deleted with each batch. A failed write loses that batch and is logged:
-// history is a view of the mail flow, never part of it.
+// batches (one transaction of SQLite per FLUSH_MS, or on the next turn of the event loop once
+// FLUSH_ROWS wait: never in the caller's stack), and the oldest beyond history.keep are deleted
+// with each batch, TRIM_CHUNK rows at a time (a lowered keep is worked off a chunk per turn, so
+// that a million extra rows do not stall the SMTP sessions). A failed write loses that batch and
+// is logged: history is a view of the mail flow, never part of it.
 //
 // The per-minute counts of /api/stats are kept in memory as traces arrive (seeded from the file
 // at start, so a restart does not blank the last hour).
@@ -16,8 +18,10 @@ import { historySql, OUTCOMES, type HistoryQuery } from './query.ts';
 
 /** Write what arrived within this long in one SQLite transaction. */
 const FLUSH_MS = 500;
-/** …or as soon as this many wait. */
-const FLUSH_ROWS = 500;
+/** …or on the next turn of the event loop once this many wait. */
+export const FLUSH_ROWS = 500;
+/** Rows beyond history.keep deleted at most per SQLite statement; more wait for the next turn. */
+export const TRIM_CHUNK = 10_000;
 /** Check entries kept per transaction (a dictionary attack's RCPTs each add theirs); the rest are counted in entriesOmitted. */
 export const MAX_ENTRIES = 500;
 /** Traces held in memory at most while writes fail or lag; more are dropped (and counted in the log). */
@@ -128,6 +132,10 @@ export class HistoryStore {
   private keep: number;
   private pending: { t: TransactionTrace; at: number }[] = [];
   private timer: NodeJS.Timeout | undefined;
+  /** A flush due on the next turn (FLUSH_ROWS waiting). */
+  private flushSoon: NodeJS.Immediate | undefined;
+  /** The next chunk of rows beyond keep to delete. */
+  private trimming: NodeJS.Immediate | undefined;
   private dropped = 0;
   /** Minute start (ms) → its counts, the last STATS_MINUTES minutes. */
   private readonly minutes = new Map<number, MinuteStats>();
@@ -141,14 +149,15 @@ export class HistoryStore {
     this.db.exec('PRAGMA journal_mode = WAL');
     this.db.exec(SCHEMA);
     this.insert = this.db.prepare('INSERT INTO tx (at, ip, sender, rcpts, outcome, checks, refused_by, record) VALUES (?, ?, ?, ?, ?, ?, ?, ?)');
-    this.trim = this.db.prepare('DELETE FROM tx WHERE seq <= (SELECT MAX(seq) FROM tx) - ?');
+    this.trim = this.db.prepare('DELETE FROM tx WHERE seq IN (SELECT seq FROM tx WHERE seq <= (SELECT MAX(seq) FROM tx) - ? ORDER BY seq LIMIT ?)');
     this.byId = this.db.prepare('SELECT seq, record FROM tx WHERE seq = ?');
     this.seedMinutes(Date.now());
   }
 
-  /** history.keep changed (SIGHUP): applies from the next batch. */
+  /** history.keep changed (SIGHUP): rows beyond a lower one are deleted from the next turn on, a chunk per turn. */
   setKeep(keep: number): void {
     this.keep = keep;
+    this.trimSoon();
   }
 
   /** A transaction ended (the SMTP hot path: memory only). */
@@ -160,8 +169,13 @@ export class HistoryStore {
       return;
     }
     this.pending.push({ t, at });
-    if (this.pending.length >= FLUSH_ROWS) this.flush();
-    else if (this.timer === undefined) {
+    if (this.pending.length >= FLUSH_ROWS) {
+      // Soon, not now: this is the SMTP session's trace callback.
+      if (this.flushSoon === undefined) {
+        this.flushSoon = setImmediate(() => this.flush());
+        this.flushSoon.unref();
+      }
+    } else if (this.timer === undefined && this.flushSoon === undefined) {
       this.timer = setTimeout(() => this.flush(), FLUSH_MS);
       this.timer.unref();
     }
@@ -171,6 +185,8 @@ export class HistoryStore {
   flush(): void {
     clearTimeout(this.timer);
     this.timer = undefined;
+    clearImmediate(this.flushSoon);
+    this.flushSoon = undefined;
     if (this.pending.length === 0 || this.closed) return;
     const batch = this.pending;
     this.pending = [];
@@ -180,8 +196,9 @@ export class HistoryStore {
         const rcpts = [...t.rcpts, ...(t.refused ?? []).map((r) => r.rcpt)].join('\n').toLowerCase();
         this.insert.run(at, t.ip, t.mailFrom.toLowerCase(), rcpts, t.outcome, list(actingChecks(t)), list(refusingChecks(t)), JSON.stringify(recordOf(t, at)));
       }
-      this.trim.run(this.keep);
+      const trimmed = Number(this.trim.run(this.keep, TRIM_CHUNK).changes);
       this.db.exec('COMMIT');
+      if (trimmed >= TRIM_CHUNK) this.trimSoon();
     } catch (err) {
       if (this.db.isTransaction) this.db.exec('ROLLBACK');
       this.log.warn({ component: 'history', err: (err as Error).message, lost: batch.length }, 'could not write the transaction history');
@@ -222,8 +239,25 @@ export class HistoryStore {
   close(): void {
     if (this.closed) return;
     this.flush();
+    clearImmediate(this.trimming);
+    this.trimming = undefined;
     this.closed = true;
     this.db.close();
+  }
+
+  /** Deletes the next TRIM_CHUNK rows beyond keep on the next turn, and so on while more are left. */
+  private trimSoon(): void {
+    if (this.trimming !== undefined || this.closed) return;
+    this.trimming = setImmediate(() => {
+      this.trimming = undefined;
+      if (this.closed) return;
+      try {
+        if (Number(this.trim.run(this.keep, TRIM_CHUNK).changes) >= TRIM_CHUNK) this.trimSoon();
+      } catch (err) {
+        this.log.warn({ component: 'history', err: (err as Error).message }, 'could not delete old transaction history rows');
+      }
+    });
+    this.trimming.unref();
   }
 
   private count(at: number, outcome: TraceOutcome, refusedBy: readonly string[]): void {

@@ -150,11 +150,12 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
       };
     }
     if (decision.delayed === 0) return counted('known');
-    metrics.greylist('passed');
     if (g.auto_allow > 0 && (await grey.countPass(net, g.auto_allow_window)) >= g.auto_allow) {
       await grey.allow(net, 'auto', g.expire);
       log?.info({ sid: ctx.session.sid, ip: ctx.session.remoteIp, check: 'greylist', net, setting: 'greylist.auto_allow' }, 'client network allowed: passed greylisting often enough');
     }
+    // Counted once the store writes are done: if they fail, the recipient is counted `error` only.
+    metrics.greylist('passed');
     return { kind: 'tag', check: 'greylist', score: 0, tests: [], headers: [greylistHeader(decision.delayed)], log: `greylisting passed ${key} after ${decision.delayed} s` };
   }
 
