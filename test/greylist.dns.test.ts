@@ -129,6 +129,30 @@ test('by_domain: two servers of one pool are one client; allow_clients names mat
   }
 });
 
+test('release from the history frees the record greylisting made, also when by_domain keyed it on the pool\'s domain', LIMIT, async () => {
+  const a = await app({ when: 'always', by_domain: true });
+  try {
+    assert.match(await rcpt(a, '127.6.1.1', 'history@sender.example'), /^451 4\.7\.1 Greylisted/);
+    const api = (p: string, method = 'GET') => fetch(`http://127.0.0.1:${a.app.adminPort as number}${p}`, { method, headers: { authorization: `Bearer ${TOKEN}` } });
+    let items: Array<{ seq: number; refused: Array<{ rcpt: string; check: string; key?: string }> }> = [];
+    const found = async () => {
+      items = ((await (await api('/api/history?sender=history@')).json()) as { items: typeof items }).items;
+      return items.length === 1;
+    };
+    for (let i = 0; i < 100 && !(await found()); i++) await new Promise((r) => setTimeout(r, 50));
+    assert.equal(items.length, 1, 'the greylisted transaction is in the history');
+    const item = items[0] as (typeof items)[number];
+    assert.deepEqual(item.refused.map((r) => [r.check, r.key]), [['greylist', 'dns:pool.example.test|history@sender.example|bob@example.test']]);
+    const released = await api(`/api/history/${item.seq}/release`, 'POST');
+    assert.equal(released.status, 200, await released.clone().text());
+    assert.deepEqual(await released.json(), { released: ['dns:pool.example.test|history@sender.example|bob@example.test'] });
+    // No time passed: only the release lets the pool's other server through.
+    assert.equal(await rcpt(a, '127.6.2.1', 'history@sender.example'), '250 2.1.5 Ok');
+  } finally {
+    await a.stop();
+  }
+});
+
 test('spf_domain: a sender whose SPF passes is keyed by its domain, so its pool passes on the first retry from another network', LIMIT, async () => {
   const a = await app({ when: 'always', auto_allow: 0 }, { spf: {} });
   try {

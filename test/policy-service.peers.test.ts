@@ -5,12 +5,12 @@
 // a banned sender refused (5xx, ban.mailfrom), the greylisted triplet retried after the delay and
 // a recipient greylisting leaves alone are delivered into Postfix's mailbox, with the header
 // mxguard asked Postfix to PREPEND. Plus the protocol's bounds on a raw connection.
-import { after, before, test } from 'node:test';
+import { after, before, test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import net from 'node:net';
 import { startTestApp, type TestApp } from './harness/app.ts';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { freePort, makeTempDir, maildirFiles, runSwaks, sleep, startPostfix, waitUntil, type MailStorePeer } from './harness/peers.ts';
@@ -172,12 +172,8 @@ test('protocol: several requests per connection, one transaction per instance (t
   assert.match(again.out, /^action=5\d\d 5\.\d\.\d /);
 });
 
-test('`mxguard policy` runs the policy service alone (no SMTP listener), reloads on SIGHUP and stops on SIGTERM', LIMIT, async (t) => {
-  const dir = await makeTempDir('policy-cli');
-  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const port = await freePort();
-  const file = path.join(dir, 'mxguard.yaml');
-  fs.writeFileSync(file, stringify({ hostname: 'mx.example.test', local_domains: ['example.test'], data_dir: path.join(dir, 'var'), mail_from: { require_domain: false }, policy: { listen: `127.0.0.1:${port}` }, ban: { mailfrom: ['*@banned.example'] } }));
+/** `mxguard policy -c FILE` as a process (the real command line); killed at the end of the test if still running. */
+function runPolicyCommand(t: TestContext, file: string): { child: ChildProcess; output: () => string; exited: Promise<number | null> } {
   const root = path.resolve(import.meta.dirname, '..');
   const child = spawn(path.join(root, 'node_modules/.bin/node'), [path.join(root, 'bin/mxguard.js'), 'policy', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';
@@ -187,19 +183,29 @@ test('`mxguard policy` runs the policy service alone (no SMTP listener), reloads
   t.after(() => {
     if (child.exitCode === null) child.kill('SIGKILL');
   });
-  assert.ok(await waitUntil(() => output.includes('policy service listening'), 15_000), output);
+  return { child, output: () => output, exited };
+}
+
+test('`mxguard policy` runs the policy service alone (no SMTP listener), reloads on SIGHUP and stops on SIGTERM', LIMIT, async (t) => {
+  const dir = await makeTempDir('policy-cli');
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const port = await freePort();
+  const file = path.join(dir, 'mxguard.yaml');
+  fs.writeFileSync(file, stringify({ hostname: 'mx.example.test', local_domains: ['example.test'], data_dir: path.join(dir, 'var'), mail_from: { require_domain: false }, policy: { listen: `127.0.0.1:${port}` }, ban: { mailfrom: ['*@banned.example'] } }));
+  const { child, output, exited } = runPolicyCommand(t, file);
+  assert.ok(await waitUntil(() => output().includes('policy service listening'), 15_000), output());
   const refused = await raw(req({ protocol_state: 'RCPT', client_address: CLIENT, helo_name: 'h.example.org', sender: 'x@banned.example', recipient: 'bob@example.test', instance: 'cli.1' }), 1, 10_000, port);
   assert.match(refused.out, /^action=550 5\.7\.1 <x@banned\.example>: Sender address rejected/);
   assert.ok(!fs.readdirSync(path.join(dir, 'var')).includes('spool'), 'no spool: only the policy service runs');
   // SIGHUP reloads the file: a new ban applies to the transactions that begin afterwards.
   fs.writeFileSync(file, stringify({ hostname: 'mx.example.test', local_domains: ['example.test'], data_dir: path.join(dir, 'var'), mail_from: { require_domain: false }, policy: { listen: `127.0.0.1:${port}` }, ban: { mailfrom: ['*@banned.example', '*@later.example'] } }));
   child.kill('SIGHUP');
-  assert.ok(await waitUntil(() => output.includes('configuration reloaded'), 10_000), output);
+  assert.ok(await waitUntil(() => output().includes('configuration reloaded'), 10_000), output());
   const later = await raw(req({ protocol_state: 'RCPT', client_address: CLIENT, helo_name: 'h.example.org', sender: 'x@later.example', recipient: 'bob@example.test', instance: 'cli.2' }), 1, 10_000, port);
   assert.match(later.out, /^action=550 5\.7\.1 <x@later\.example>: Sender address rejected/);
   child.kill('SIGTERM');
-  assert.equal(await exited, 0, output);
-  assert.match(output, /"check":"ban_mailfrom".*"msg":"policy answer"/);
+  assert.equal(await exited, 0, output());
+  assert.match(output(), /"check":"ban_mailfrom".*"msg":"policy answer"/);
 });
 
 test('`mxguard policy` logs as `mxguard start` does (log.format text, log.file) and reopens its log file on SIGUSR1 and SIGHUP (logrotate)', LIMIT, async (t) => {
@@ -209,17 +215,9 @@ test('`mxguard policy` logs as `mxguard start` does (log.format text, log.file) 
   const file = path.join(dir, 'mxguard.yaml');
   const logFile = path.join(dir, 'policy.log');
   fs.writeFileSync(file, stringify({ hostname: 'mx.example.test', local_domains: ['example.test'], data_dir: path.join(dir, 'var'), mail_from: { require_domain: false }, policy: { listen: `127.0.0.1:${port}` }, log: { file: logFile, format: 'text' } }));
-  const root = path.resolve(import.meta.dirname, '..');
-  const child = spawn(path.join(root, 'node_modules/.bin/node'), [path.join(root, 'bin/mxguard.js'), 'policy', '-c', file], { stdio: ['ignore', 'pipe', 'pipe'] });
-  let output = '';
-  child.stdout.on('data', (d: Buffer) => (output += d.toString('utf8')));
-  child.stderr.on('data', (d: Buffer) => (output += d.toString('utf8')));
-  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-  t.after(() => {
-    if (child.exitCode === null) child.kill('SIGKILL');
-  });
+  const { child, output, exited } = runPolicyCommand(t, file);
   const logText = (f: string): string => (fs.existsSync(f) ? fs.readFileSync(f, 'utf8') : '');
-  assert.ok(await waitUntil(() => logText(logFile).includes('policy service listening'), 15_000), output + logText(logFile));
+  assert.ok(await waitUntil(() => logText(logFile).includes('policy service listening'), 15_000), output() + logText(logFile));
   assert.ok(!logText(logFile).startsWith('{'), `log.format text: ${logText(logFile).slice(0, 200)}`);
   const ask = (instance: string) => raw(req({ protocol_state: 'RCPT', client_address: CLIENT, helo_name: 'h.example.org', sender: 'x@sender.example', recipient: 'bob@example.test', instance }), 1, 10_000, port);
   for (const [signal, n] of [['SIGUSR1', 1], ['SIGHUP', 2]] as const) {
@@ -230,6 +228,6 @@ test('`mxguard policy` logs as `mxguard start` does (log.format text, log.file) 
     assert.ok(await waitUntil(() => logText(logFile).includes('policy answer'), 10_000), `${signal}: ${logText(logFile)}`);
   }
   child.kill('SIGTERM');
-  assert.equal(await exited, 0, output);
+  assert.equal(await exited, 0, output());
   assert.match(logText(logFile), /stopped/);
 });

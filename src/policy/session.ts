@@ -337,7 +337,7 @@ export class PolicySession {
     const sessionRefusal = waived ? undefined : this.delayed;
     const delayed = sessionRefusal ?? tx.delayed;
     if (delayed) {
-      tx.trace.rcptRefused(rcpt.address, refusalReply(delayed), delayed.check);
+      tx.trace.rcptRefused(rcpt.address, refusalReply(delayed), delayed.check, delayed.key);
       this.logDecision('rcpt', delayed, tx.mailFrom, rcpt);
       return { kind: 'reply', reply: refusalReply(delayed) };
     }
@@ -352,7 +352,7 @@ export class PolicySession {
       // Answered to DATA (greylisting the null sender): the recipient itself is accepted.
       tx.dataRefusal ??= final;
     } else if (final && (final.kind === 'reject' || final.kind === 'tempfail')) {
-      tx.trace.rcptRefused(rcpt.address, refusalReply(final), final.check);
+      tx.trace.rcptRefused(rcpt.address, refusalReply(final), final.check, final.key);
       // The counting checks (limits.rates bad_rcpts) hear of it; `rcpt` is the object they saw.
       await this.engine.notify({ kind: 'rcpt_refused', session: this.info, mailFrom: tx.mailFrom, rcpt, verdict: final });
       if (final.closeSession) {

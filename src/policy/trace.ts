@@ -24,6 +24,8 @@ export interface RefusedRcpt {
   readonly reply: string;
   /** The check whose verdict it was (greylist, relay, ban_rcptto…). */
   readonly check: string;
+  /** The store record the refusal was about (greylisting's key: by_domain and spf_domain key on more than the client). */
+  readonly key?: string;
 }
 
 /** accepted (250 at end of DATA), refused (5xx), tempfailed (4xx), discarded, aborted (RSET, QUIT, disconnect, a new HELO). */
@@ -115,9 +117,9 @@ export class TxTrace {
   }
 
   /** A recipient the policy refused: the reply it got and the check that refused it. */
-  rcptRefused(rcpt: string, reply: string, check: string): void {
+  rcptRefused(rcpt: string, reply: string, check: string, key?: string): void {
     this.lastRefusal = reply;
-    if (this.refusedRcpts.length < MAX_REFUSED) this.refusedRcpts.push({ rcpt, reply, check });
+    if (this.refusedRcpts.length < MAX_REFUSED) this.refusedRcpts.push({ rcpt, reply, check, ...(key !== undefined ? { key } : {}) });
   }
 
   rcpt(address: string): void {

@@ -24,6 +24,8 @@ export type Verdict = (
       closeSession?: true;
       /** A RCPT refusal answered to DATA instead (the recipient is accepted): greylisting the null sender lets callouts through. */
       atData?: true;
+      /** The store record the refusal is about (greylisting's key), so the history can release exactly it. */
+      key?: string;
     }
   | {
       kind: 'tag';

@@ -72,9 +72,12 @@ async function release(item: HistoryItem, deps: HistoryApiDeps): Promise<ApiAnsw
   const mode = g?.mode ?? 'triplet';
   const expire = g?.expire ?? 35 * 86_400_000;
   const grey = new GreyStore(deps.store);
-  // The keys as `mxguard greylist release IP SENDER RCPT` names them.
-  const keys = new Set<string>();
+  // The keys greylisting used, as the trace kept them (by_domain and spf_domain key on more than
+  // the client address); else as `mxguard greylist release IP SENDER RCPT` names them.
+  const keys = new Set<string>(item.refused.filter((r) => r.check === 'greylist' && r.key !== undefined).map((r) => r.key as string));
+  const keyed = new Set(item.refused.filter((r) => r.key !== undefined).map((r) => r.rcpt));
   for (const rcpt of rcpts) {
+    if (keyed.has(rcpt)) continue;
     const key = keyFromArgs(mode, mode === 'ip' ? [item.ip] : [item.ip, item.mailFrom === '' ? '<>' : item.mailFrom, rcpt]);
     if (typeof key === 'string') keys.add(key);
   }

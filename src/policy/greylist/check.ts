@@ -146,6 +146,7 @@ export function greylistCheck(s: Settings, store: Store, dns: DnsResolver | unde
         text,
         setting: 'greylist',
         log: `greylisted ${key}`,
+        key,
         ...(ctx.tx.mailFrom.address === '' ? { atData: true as const } : {}),
       };
     }
