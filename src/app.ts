@@ -50,6 +50,9 @@ export class App {
   private scanTimer: NodeJS.Timeout | undefined;
   /** The transaction history on disk (data_dir/history.sqlite), while the admin API runs. */
   private history: HistoryStore | undefined;
+  /** The admin listener's restarts after reloads, one after the other (stop waits for them). */
+  private adminRestart: Promise<void> = Promise.resolve();
+  private stopping = false;
   /** The TLS context and the settings it was read with. */
   private tls: { settings: string; context: tls.SecureContext | undefined } | undefined;
 
@@ -95,17 +98,24 @@ export class App {
       for (const l of listeners ?? []) l.close();
       throw err;
     }
-    this.spool = await Spool.open(path.join(config.data_dir, 'spool'), { log: this.log.child({ component: 'spool' }) });
-    this.store = await openStore(config, this.log, { batchWrites: true });
-    this.popWatcher = this.watchPopLogs(config);
-    const transport = createTransport(config, this.log, this.resolverFor(config));
-    this.delivery = transport;
-    this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });
-    for (const m of this.spool.takeRecovered()) this.forwarder.enqueue(m);
-    await this.forwarder.rescan();
-    this.log.info({ queued: this.forwarder.queued, deliver: transport.name, data_dir: path.resolve(config.data_dir) }, 'queue loaded');
-    this.server = new SmtpServer(this.sessionDeps(config));
-    const bound = await this.server.listen(listeners);
+    let bound: Array<{ host: string; port: number }>;
+    try {
+      this.spool = await Spool.open(path.join(config.data_dir, 'spool'), { log: this.log.child({ component: 'spool' }) });
+      this.store = await openStore(config, this.log, { batchWrites: true });
+      this.popWatcher = this.watchPopLogs(config);
+      const transport = createTransport(config, this.log, this.resolverFor(config));
+      this.delivery = transport;
+      this.forwarder = new Forwarder({ transport, spool: this.spool, config, log: this.log });
+      for (const m of this.spool.takeRecovered()) this.forwarder.enqueue(m);
+      await this.forwarder.rescan();
+      this.log.info({ queued: this.forwarder.queued, deliver: transport.name, data_dir: path.resolve(config.data_dir) }, 'queue loaded');
+      this.server = new SmtpServer(this.sessionDeps(config));
+      bound = await this.server.listen(listeners);
+    } catch (err) {
+      // The listeners bound as root (and the clients waiting on them) go with the failed start.
+      for (const l of listeners ?? []) l.close();
+      throw err;
+    }
     if (config.admin.listen !== undefined) this.history = this.openHistory(config);
     this.watchMetrics(config);
     this.admin = await this.startAdmin(config);
@@ -239,7 +249,8 @@ export class App {
     this.policyService?.reload(next, this.resolverFor(next));
     this.forwarder?.reload(next);
     this.history?.setKeep(next.history.keep);
-    if (JSON.stringify(next.admin) !== JSON.stringify(this.current.admin)) void this.restartAdmin(next);
+    // One restart at a time, each with the settings current when it runs (two quick reloads).
+    if (JSON.stringify(next.admin) !== JSON.stringify(this.current.admin)) this.adminRestart = this.adminRestart.then(() => this.restartAdmin());
     this.watchMetrics(next);
     const watched = (c: Config) => JSON.stringify([c.relay.pop_logs, c.relay.pop_log_pattern, c.relay.relayers_keep]);
     if (watched(next) !== watched(this.current)) {
@@ -255,7 +266,9 @@ export class App {
   }
 
   /** A reload changed admin.*: the admin listener is closed and started with the new address and token. */
-  private async restartAdmin(next: Config): Promise<void> {
+  private async restartAdmin(): Promise<void> {
+    if (this.stopping) return;
+    const next = this.current;
     const old = this.admin;
     this.admin = undefined;
     await old?.close();
@@ -275,10 +288,12 @@ export class App {
 
   async stop(graceMs = 30_000): Promise<void> {
     this.log.info('stopping');
+    this.stopping = true;
     clearInterval(this.scanTimer);
     // The SMTP sessions and the policy service end first: their last transactions still reach
     // the history and the store, which close after them.
     await Promise.all([this.server?.close(graceMs), this.policyService?.close()]);
+    await this.adminRestart;
     await this.admin?.close();
     this.history?.close();
     metrics.setQueueSource(undefined);

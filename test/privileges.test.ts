@@ -146,7 +146,7 @@ test('a user that does not exist, or root as the user, is a clear start-up error
   assert.match(notRoot.stderr, new RegExp(`configured to run as daemon \\(uid ${daemon.uid}\\), but started as uid ${NOBODY.uid}`));
 });
 
-test('chownTree gives a tree to a user without following symbolic links', () => {
+test('chownTree gives a tree to a user without following symbolic links or touching hard-linked files', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-chown-'));
   const outside = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-outside-'));
   try {
@@ -154,10 +154,24 @@ test('chownTree gives a tree to a user without following symbolic links', () => 
     fs.writeFileSync(path.join(dir, 'a', 'b', 'f'), 'x');
     fs.writeFileSync(path.join(outside, 'secret'), 'y');
     fs.symlinkSync(path.join(outside, 'secret'), path.join(dir, 'link'));
-    assert.equal(chownTree(dir, NOBODY.uid, NOBODY.gid), 5);
-    assert.deepEqual(notOwnedBy(dir, NOBODY.uid, NOBODY.gid), []);
+    // What a hostile owner of the tree could plant: a directory that is a link out, and a hard
+    // link to a file of someone else's (made here by root; the user could not, protected_hardlinks).
+    fs.mkdirSync(path.join(outside, 'etc'));
+    fs.writeFileSync(path.join(outside, 'etc', 'shadow'), 'z');
+    fs.symlinkSync(path.join(outside, 'etc'), path.join(dir, 'a', 'etc'));
+    fs.linkSync(path.join(outside, 'secret'), path.join(dir, 'a', 'hard'));
+    assert.equal(chownTree(dir, NOBODY.uid, NOBODY.gid), 6, 'dir, a, a/b, a/b/f and the two links themselves');
+    assert.deepEqual(notOwnedBy(dir, NOBODY.uid, NOBODY.gid), [`${path.join(dir, 'a', 'hard')} (0:0)`]);
     assert.equal(fs.statSync(path.join(outside, 'secret')).uid, 0, 'the link\'s target is not touched');
+    assert.equal(fs.statSync(path.join(outside, 'etc', 'shadow')).uid, 0, 'a linked directory is not walked');
+    assert.equal(fs.statSync(path.join(outside, 'etc')).uid, 0);
     assert.equal(chownTree(dir, NOBODY.uid, NOBODY.gid), 0, 'nothing left to change');
+    // data_dir itself may be a link the administrator made (moved to another disk): what it names is walked.
+    const moved = path.join(outside, 'moved');
+    fs.mkdirSync(path.join(moved, 'spool'), { recursive: true });
+    fs.symlinkSync(moved, path.join(outside, 'data'));
+    assert.equal(chownTree(path.join(outside, 'data'), NOBODY.uid, NOBODY.gid), 2);
+    assert.equal(fs.statSync(path.join(moved, 'spool')).uid, NOBODY.uid);
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
     fs.rmSync(outside, { recursive: true, force: true });
@@ -185,6 +199,80 @@ test('a connection that comes between binding and serving waits, unread, and is 
     assert.equal(got, '220 served, read "EHLO early\\r\\n"\r\n');
     client.destroy();
   } finally {
+    l.close();
+  }
+});
+
+test('started as root, a log.file that is a symbolic link is refused, and what it points at is not handed to the user', { timeout: 60_000 }, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-privs-'));
+  fs.chmodSync(dir, 0o755);
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const target = path.join(dir, 'shadow');
+  fs.writeFileSync(target, 'root:x:0:0\n', { mode: 0o600 });
+  const logDir = path.join(dir, 'log');
+  fs.mkdirSync(logDir);
+  fs.symlinkSync(target, path.join(logDir, 'mxguard.log')); // planted by the user who owns the log directory
+  const file = path.join(dir, 'c.yaml');
+  fs.writeFileSync(file, stringify({ listen: [`127.0.0.1:${await freePort()}`], data_dir: path.join(dir, 'var'), user: 'nobody', log: { file: path.join(logDir, 'mxguard.log') } }));
+  const r = spawnSync(process.execPath, [MAIN, 'start', '-c', file], { encoding: 'utf8', timeout: 30_000 });
+  assert.notEqual(r.status, 0);
+  assert.match(r.stdout + r.stderr, /cannot open the log file .*mxguard\.log: it is a symbolic link/);
+  const st = fs.statSync(target);
+  assert.deepEqual([st.uid, st.gid, fs.readFileSync(target, 'utf8')], [0, 0, 'root:x:0:0\n'], 'the file it points at is untouched');
+});
+
+test('mxguard user add as root: a users_file under data_dir is written as the user; one elsewhere by root and given to the user to read', { timeout: 60_000 }, async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mxguard-privs-'));
+  fs.chmodSync(dir, 0o755);
+  t.after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const code = codeReadableBy(NOBODY.uid, NOBODY.gid, dir);
+  const etc = path.join(dir, 'etc');
+  fs.mkdirSync(etc, { mode: 0o755 }); // root's, as /etc/mxguard is: the user could not write there
+  const addUser = (usersFile: string | undefined) => {
+    const file = path.join(dir, 'c.yaml');
+    fs.writeFileSync(file, stringify({ data_dir: path.join(dir, 'var'), user: 'nobody', group: 'nogroup', auth: { enabled: true, ...(usersFile ? { users_file: usersFile } : {}) } }));
+    return spawnSync(code.node, [code.main, 'user', '-c', file, 'add', 'alice'], { encoding: 'utf8', input: 'a-long-password-1\n', timeout: 30_000 });
+  };
+  const outside = addUser(path.join(etc, 'users'));
+  assert.equal(outside.status, 0, outside.stderr);
+  const st = fs.statSync(path.join(etc, 'users'));
+  assert.deepEqual([st.uid, st.gid, st.mode & 0o777], [NOBODY.uid, NOBODY.gid, 0o600], 'the daemon (nobody) can read it');
+  assert.match(fs.readFileSync(path.join(etc, 'users'), 'utf8'), /^alice:/);
+  const inside = addUser(undefined);
+  assert.equal(inside.status, 0, inside.stderr);
+  assert.deepEqual(notOwnedBy(path.join(dir, 'var'), NOBODY.uid, NOBODY.gid), [], 'data_dir/users and data_dir are the user\'s');
+});
+
+test('connections waiting for the start are bounded by limits.max_connections: more are told 421 at once', async () => {
+  const { bindListeners } = await import('../src/smtp/server.ts');
+  const { defaultConfig } = await import('../src/config/load.ts');
+  const base = defaultConfig();
+  const [l] = await bindListeners({ ...base, listen: [{ address: '127.0.0.1:0', mode: 'mx' }], limits: { ...base.limits, max_connections: 2 } });
+  assert.ok(l);
+  const clients: net.Socket[] = [];
+  try {
+    const port = (l.server.address() as net.AddressInfo).port;
+    const heard: string[] = ['', '', ''];
+    for (let i = 0; i < 3; i++) {
+      const c = net.connect(port, '127.0.0.1');
+      c.on('data', (d) => (heard[i] += d.toString()));
+      c.on('error', () => undefined);
+      clients.push(c);
+      await new Promise((r) => c.once('connect', r));
+      await new Promise((r) => setTimeout(r, 50)); // accepted in this order
+    }
+    await new Promise((r) => setTimeout(r, 100));
+    assert.deepEqual(heard, ['', '', '421 4.3.2 Service not yet available, try again later\r\n']);
+    const served: number[] = [];
+    l.serve((socket) => {
+      served.push(socket.remotePort ?? 0);
+      socket.end('220 ready\r\n');
+    });
+    await new Promise((r) => setTimeout(r, 100));
+    assert.equal(served.length, 2, 'the two that waited are served');
+    assert.deepEqual(heard.slice(0, 2), ['220 ready\r\n', '220 ready\r\n']);
+  } finally {
+    for (const c of clients) c.destroy();
     l.close();
   }
 });

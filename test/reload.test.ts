@@ -9,6 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { stringify } from 'yaml';
 import { startMxguard } from './harness/mxguard-process.ts';
+import { startTestApp } from './harness/app.ts';
 import { freePort, probeFirstLine, waitUntil } from './harness/peers.ts';
 
 const MAIN = path.resolve(import.meta.dirname, '../src/cli/main.ts');
@@ -95,4 +96,31 @@ test('a SIGHUP and a SIGUSR1 during start-up neither end mxguard nor are lost: t
   assert.equal(child.exitCode, null, 'still running');
   child.kill('SIGTERM');
   assert.deepEqual(await exited, { code: 0, signal: null });
+});
+
+test('two reloads back to back that each move the admin listener: the last one wins, nothing is left listening on the other', { timeout: 60_000 }, async (t) => {
+  const [a, b, c] = [await freePort(), await freePort(), await freePort()];
+  const token = 'admin-token-0123456789';
+  const app = await startTestApp({ admin: { listen: `127.0.0.1:${a}`, token } });
+  let stopped = false;
+  t.after(() => (stopped ? undefined : app.stop()));
+  const up = async (p: number): Promise<boolean> => {
+    try {
+      return (await fetch(`http://127.0.0.1:${p}/healthz`)).ok;
+    } catch {
+      return false;
+    }
+  };
+  assert.ok(await up(a));
+  // The second comes while the first is still closing the old listener (found in review: both
+  // restarts ran at once, the slower one won and the other's listener was never closed).
+  app.app.reload({ ...app.config, admin: { listen: `127.0.0.1:${b}`, token } });
+  app.app.reload({ ...app.config, admin: { listen: `127.0.0.1:${c}`, token } });
+  assert.ok(await waitUntil(() => up(c), 10_000));
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual([await up(a), await up(b), await up(c)], [false, false, true]);
+  assert.equal(app.app.adminPort, c);
+  stopped = true;
+  await app.stop();
+  assert.equal(await up(c), false, 'closed at stop');
 });

@@ -106,11 +106,23 @@ export function readUsers(file: string): Map<string, string> {
   return users;
 }
 
-/** Writes the file atomically, readable by its owner only. */
-export function writeUsers(file: string, users: ReadonlyMap<string, string>): void {
+/**
+ * Writes the file atomically, readable by its owner only: `owner` when given (root writing the
+ * file of the user mxguard runs as). The temporary file is made anew (O_EXCL: never through a
+ * link someone left there).
+ */
+export function writeUsers(file: string, users: ReadonlyMap<string, string>, owner?: { uid: number; gid: number }): void {
   const text = [...users].sort(([a], [b]) => (a < b ? -1 : 1)).map(([u, h]) => `${u}:${h}\n`).join('');
-  fs.writeFileSync(file + '.tmp', text, { mode: 0o600 });
-  fs.renameSync(file + '.tmp', file);
+  const tmp = file + '.tmp';
+  fs.rmSync(tmp, { force: true });
+  const fd = fs.openSync(tmp, 'wx', 0o600);
+  try {
+    if (owner) fs.fchownSync(fd, owner.uid, owner.gid);
+    fs.writeFileSync(fd, text);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, file);
 }
 
 /** Password checks running now, in this process (all PasswordFiles: they share one thread pool). */

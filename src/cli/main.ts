@@ -1,11 +1,12 @@
 // The mxguard command line: start | stdio | check | queue | relay | user | relaytest.
 import fs from 'node:fs';
+import path from 'node:path';
 import { Command } from 'commander';
 import { ConfigError, checkConfigFile, defaultConfig, formatConfigMessage, loadConfigFile } from '../config/load.ts';
 import type { Config } from '../config/schema.ts';
 import { openLog } from '../util/log.ts';
 import { runStdio, stdioLogger } from '../stdio.ts';
-import { becomeConfiguredUser } from '../util/privileges.ts';
+import { becomeConfiguredUser, resolveRunAs } from '../util/privileges.ts';
 // Each command loads what it needs when it runs (dynamic imports below): `mxguard stdio` starts
 // once per connection and must not pay for the daemon, the forwarder or the other commands.
 
@@ -235,7 +236,29 @@ function subcommands(name: string, description: string, args: string, fn: (confi
 
 subcommands('relay', 'POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]', 'IP addresses, ticks (epoch seconds) or minutes', async (c, cmd, args) => (await import('./relay.ts')).relayCommand(c, cmd, args));
 subcommands('greylist', 'greylisting records: list | allow IP|CIDR... | release KEY (or IP SENDER RCPT) | delete KEY... | stats', 'keys as list shows them, addresses', async (c, cmd, args) => (await import('./greylist.ts')).greylistCommand(c, cmd, args));
-subcommands('user', 'SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list', 'user names', async (c, cmd, args) => (await import('./user.ts')).userCommand(c, cmd, args));
+program
+  .command('user')
+  .description('SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list')
+  .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)')
+  .argument('<command>')
+  .argument('[args...]', 'user names')
+  .action(async (command: string, rest: string[], opts: { config?: string }) => {
+    try {
+      // A users_file under data_dir is written as the user mxguard runs as (like the rest of
+      // data_dir); one elsewhere (/etc/mxguard/users) by root, then given to that user to read.
+      const config = await loadConfig(opts.config);
+      const file = path.resolve(config.auth.users_file ?? path.join(config.data_dir, 'users'));
+      const inDataDir = !path.relative(path.resolve(config.data_dir), file).startsWith('..');
+      let owner: { uid: number; gid: number } | undefined;
+      if (inDataDir || process.getuid?.() !== 0) becomeConfiguredUser(config);
+      else if (config.user !== undefined) owner = resolveRunAs(config.user, config.group);
+      const out = await (await import('./user.ts')).userCommand(config, command, rest, owner);
+      if (out !== '') console.log(out);
+    } catch (err) {
+      console.error(`mxguard user: ${(err as Error).message}`);
+      process.exitCode = 1;
+    }
+  });
 
 program
   .command('report')

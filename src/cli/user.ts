@@ -33,15 +33,15 @@ function readPassword(): string {
 }
 
 /** Runs the command, then names on standard error every line of the file that would be refused (list: exit 1). */
-export async function userCommand(config: Config, command: string, args: readonly string[]): Promise<string> {
-  const out = await runUserCommand(config, command, args);
+export async function userCommand(config: Config, command: string, args: readonly string[], owner?: { uid: number; gid: number }): Promise<string> {
+  const out = await runUserCommand(config, command, args, owner);
   const refused = usersFileMessages(config);
   for (const m of refused) process.stderr.write(`mxguard user: ${formatConfigMessage(m)}\n`);
   if (refused.length > 0 && command === 'list') process.exitCode = 1;
   return out;
 }
 
-async function runUserCommand(config: Config, command: string, args: readonly string[]): Promise<string> {
+async function runUserCommand(config: Config, command: string, args: readonly string[], owner: { uid: number; gid: number } | undefined): Promise<string> {
   const file = config.auth.users_file ?? `${config.data_dir}/users`;
   const users = readUsers(file);
   switch (command) {
@@ -53,13 +53,13 @@ async function runUserCommand(config: Config, command: string, args: readonly st
       const existed = users.has(user);
       users.set(user, await hashPassword(readPassword()));
       fs.mkdirSync(config.data_dir, { recursive: true });
-      writeUsers(file, users);
+      writeUsers(file, users, owner);
       return `${existed ? 'changed the password of' : 'added'} ${user}`;
     }
     case 'delete': {
       if (args.length === 0) throw new Error('usage: mxguard user delete USER [USER...]');
       const missing = args.filter((u) => !users.delete(u));
-      writeUsers(file, users);
+      writeUsers(file, users, owner);
       if (missing.length > 0) throw new Error(`no such user: ${missing.join(', ')}`);
       return `deleted ${args.join(', ')}`;
     }

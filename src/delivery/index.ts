@@ -117,12 +117,24 @@ function mtaStsOf(config: Config): Pick<MxTransportOptions, 'tlsCa' | 'mtaSts'> 
  * Our own host name and the addresses we take mail on at the MX port: an MX that is one of them
  * would send the mail back to us (a wildcard listener stands for every interface address).
  */
+/**
+ * This host's interface addresses; none when the system will not say (a sandbox without netlink
+ * sockets): the loop guard then knows us by name only, and MX delivery still works.
+ */
+function interfaceAddresses(): string[] {
+  try {
+    return Object.values(os.networkInterfaces()).flatMap((ifs) => (ifs ?? []).map((i) => i.address));
+  } catch {
+    return [];
+  }
+}
+
 function selfOf(config: Config): { names: string[]; addresses: string[] } {
   const addresses: string[] = [];
   for (const l of config.listen) {
     const hp = parseHostPort(l.address);
     if (!hp || hp.port !== config.queue.mx_port) continue;
-    if (hp.host === '0.0.0.0' || hp.host === '::') addresses.push(...Object.values(os.networkInterfaces()).flatMap((ifs) => (ifs ?? []).map((i) => i.address)));
+    if (hp.host === '0.0.0.0' || hp.host === '::') addresses.push(...interfaceAddresses());
     else addresses.push(hp.host);
   }
   return { names: [config.hostname], addresses };

@@ -74,6 +74,9 @@ export async function bindListeners(config: Config): Promise<BoundListener[]> {
       const server = net.createServer({ noDelay: true, allowHalfOpen: true }, (socket) => {
         if (handler) return handler(socket);
         socket.on('error', () => undefined); // a client gone before we served it
+        // As many as limits.max_connections may wait; more are told to come back (a flood must
+        // not use up the descriptors the start-up itself needs).
+        if (early.length >= config.limits.max_connections) return void socket.end('421 4.3.2 Service not yet available, try again later\r\n');
         early.push(socket);
       });
       await new Promise<void>((resolve, reject) => {

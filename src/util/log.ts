@@ -291,13 +291,26 @@ function flushOnExit(dest: LogDestination): void {
   });
 }
 
-/** Opens `file` to append to, its directory made. */
+/**
+ * Opens `file` to append to, its directory made. As root, a symbolic link or a hard link there is
+ * refused: the log directory may belong to the unprivileged user, who could otherwise point the
+ * log file of a root start at /etc/shadow (and have it handed over by src/util/privileges.ts).
+ */
 function openLogFile(file: string): number {
   try {
     fs.mkdirSync(path.dirname(file), { recursive: true });
-    return fs.openSync(file, 'a');
+    if (process.getuid?.() !== 0) return fs.openSync(file, 'a');
+    const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW } = fs.constants;
+    const fd = fs.openSync(file, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW, 0o640);
+    const st = fs.fstatSync(fd);
+    if (st.isFile() && st.nlink > 1) {
+      fs.closeSync(fd);
+      throw new Error('it has other hard links (refused while running as root)');
+    }
+    return fd;
   } catch (err) {
-    throw new Error(`cannot open the log file ${file}: ${(err as Error).message}`, { cause: err });
+    const why = (err as NodeJS.ErrnoException).code === 'ELOOP' ? 'it is a symbolic link (refused while running as root: name the real file)' : (err as Error).message;
+    throw new Error(`cannot open the log file ${file}: ${why}`, { cause: err });
   }
 }
 

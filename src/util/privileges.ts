@@ -50,24 +50,84 @@ export function resolveRunAs(user: string, group: string | undefined): RunAs {
   return { user: pw[0] as string, uid, gid, groups: [...new Set([gid, ...groups])] };
 }
 
-/** Gives `dir` and everything under it (not following symbolic links) to uid:gid, where it is not theirs yet. */
+/** Errors a walk as root steps over: gone meanwhile, or not root's to see (NFS with root squash). */
+const SKIPPABLE = new Set(['ENOENT', 'EACCES', 'EPERM', 'ENOTDIR', 'ELOOP']);
+
+function skippable(err: unknown): boolean {
+  return SKIPPABLE.has((err as NodeJS.ErrnoException).code ?? '');
+}
+
+/**
+ * Gives `dir` and everything under it to uid:gid where it is not theirs yet; returns how many
+ * entries changed. Safe against the user it hands the tree to: that user may already own
+ * directories in it and rename or replace entries while root walks. So every step is taken
+ * relative to a directory already opened (O_NOFOLLOW), through /proc/self/fd/N/NAME (Linux's
+ * openat/fchownat, which Node lacks): a directory swapped for a symbolic link is never followed,
+ * a link itself is only re-owned, and a file with other hard links is left alone (it may be
+ * someone else's file linked in). Entries root cannot see (NFS root squash) or that vanish are
+ * skipped: the access check after the drop says what matters.
+ */
 export function chownTree(dir: string, uid: number, gid: number): number {
+  const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
   let changed = 0;
-  const visit = (p: string): void => {
-    let st: fs.Stats;
-    try {
-      st = fs.lstatSync(p);
-    } catch {
-      return; // removed meanwhile
-    }
-    if (st.uid !== uid || st.gid !== gid) {
-      fs.lchownSync(p, uid, gid);
-      changed++;
-    }
-    if (st.isDirectory()) for (const name of fs.readdirSync(p)) visit(path.join(p, name));
+  /** An entry of an open directory (the link itself for a symbolic link), or an open directory by descriptor. */
+  const give = (at: string | number, st: fs.Stats): void => {
+    if (st.uid === uid && st.gid === gid) return;
+    if (!st.isDirectory() && !st.isSymbolicLink() && st.nlink > 1) return;
+    if (typeof at === 'number') fs.fchownSync(at, uid, gid);
+    else fs.lchownSync(at, uid, gid);
+    changed++;
   };
-  visit(dir);
+  const walk = (fd: number): void => {
+    const here = `/proc/self/fd/${fd}`;
+    for (const name of fs.readdirSync(here)) {
+      const at = `${here}/${name}`;
+      try {
+        const st = fs.lstatSync(at);
+        if (st.isDirectory()) {
+          const sub = fs.openSync(at, O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+          try {
+            give(sub, fs.fstatSync(sub));
+            walk(sub);
+          } finally {
+            fs.closeSync(sub);
+          }
+        } else {
+          give(at, st);
+        }
+      } catch (err) {
+        if (!skippable(err)) throw err;
+      }
+    }
+  };
+  // data_dir itself may be a symbolic link the administrator made (moved to another disk).
+  const top = fs.openSync(fs.realpathSync(dir), O_RDONLY | O_DIRECTORY | O_NOFOLLOW);
+  try {
+    give(top, fs.fstatSync(top));
+    walk(top);
+  } finally {
+    fs.closeSync(top);
+  }
   return changed;
+}
+
+/** Gives one file (the log file) to uid:gid: a plain file with no other hard link, never through a symbolic link. */
+function chownFile(file: string, uid: number, gid: number): void {
+  const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+  let fd: number;
+  try {
+    fd = fs.openSync(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return;
+    throw new PrivilegeError(`${file}: ${(err as NodeJS.ErrnoException).code === 'ELOOP' ? 'a symbolic link: not handed to the user' : (err as Error).message}`);
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    if (!st.isFile() || st.nlink > 1) throw new PrivilegeError(`${file}: not a plain file of its own (hard links?): not handed to the user`);
+    if (st.uid !== uid || st.gid !== gid) fs.fchownSync(fd, uid, gid);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 /**
@@ -104,9 +164,7 @@ export function becomeConfiguredUser(settings: { user?: string; group?: string; 
   }
   fs.mkdirSync(settings.data_dir, { recursive: true });
   chownTree(settings.data_dir, runAs.uid, runAs.gid);
-  for (const file of alsoOwn) {
-    if (fs.existsSync(file)) fs.chownSync(file, runAs.uid, runAs.gid);
-  }
+  for (const file of alsoOwn) chownFile(file, runAs.uid, runAs.gid);
   dropPrivileges(runAs);
   try {
     fs.accessSync(settings.data_dir, fs.constants.W_OK | fs.constants.X_OK);
