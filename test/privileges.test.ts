@@ -160,8 +160,9 @@ test('chownTree gives a tree to a user without following symbolic links or touch
     fs.writeFileSync(path.join(outside, 'etc', 'shadow'), 'z');
     fs.symlinkSync(path.join(outside, 'etc'), path.join(dir, 'a', 'etc'));
     fs.linkSync(path.join(outside, 'secret'), path.join(dir, 'a', 'hard'));
+    execFileSync('mkfifo', [path.join(dir, 'a', 'fifo')]); // opened without blocking, and left alone: not a file
     assert.equal(chownTree(dir, NOBODY.uid, NOBODY.gid), 6, 'dir, a, a/b, a/b/f and the two links themselves');
-    assert.deepEqual(notOwnedBy(dir, NOBODY.uid, NOBODY.gid), [`${path.join(dir, 'a', 'hard')} (0:0)`]);
+    assert.deepEqual(notOwnedBy(dir, NOBODY.uid, NOBODY.gid).sort(), [`${path.join(dir, 'a', 'fifo')} (0:0)`, `${path.join(dir, 'a', 'hard')} (0:0)`]);
     assert.equal(fs.statSync(path.join(outside, 'secret')).uid, 0, 'the link\'s target is not touched');
     assert.equal(fs.statSync(path.join(outside, 'etc', 'shadow')).uid, 0, 'a linked directory is not walked');
     assert.equal(fs.statSync(path.join(outside, 'etc')).uid, 0);

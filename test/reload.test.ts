@@ -124,3 +124,36 @@ test('two reloads back to back that each move the admin listener: the last one w
   await app.stop();
   assert.equal(await up(c), false, 'closed at stop');
 });
+
+test('a client that keeps its connection to the admin API busy does not hold up the restart of the admin listener, nor the stop', { timeout: 60_000 }, async (t) => {
+  const port = await freePort();
+  const app = await startTestApp({ admin: { listen: `127.0.0.1:${port}`, token: 'the-first-token-0123' } });
+  let stopped = false;
+  t.after(() => (stopped ? undefined : app.stop()));
+  // A dashboard polling faster than the server's keep-alive timeout (fetch keeps its connections
+  // alive): one of its connections is nearly always in the middle of a request.
+  let polling = true;
+  const poll = (async () => {
+    while (polling) {
+      await Promise.all([0, 1, 2].map(() => fetch(`http://127.0.0.1:${port}/healthz`).then((r) => r.text(), () => '')));
+    }
+  })();
+  t.after(async () => {
+    polling = false;
+    await poll;
+  });
+  await new Promise((r) => setTimeout(r, 200));
+  app.app.reload({ ...app.config, admin: { listen: `127.0.0.1:${port}`, token: 'the-second-token-456' } });
+  const status = async (token: string): Promise<number> => {
+    try {
+      return (await fetch(`http://127.0.0.1:${port}/api/relayers`, { headers: { authorization: `Bearer ${token}`, connection: 'close' } })).status;
+    } catch {
+      return 0;
+    }
+  };
+  assert.ok(await waitUntil(async () => (await status('the-second-token-456')) === 200, 5000), 'the new token works within 5 s');
+  const t0 = Date.now();
+  stopped = true;
+  await app.stop();
+  assert.ok(Date.now() - t0 < 5000, `stopped in ${Date.now() - t0} ms`);
+});

@@ -134,6 +134,13 @@ export async function startAdmin(config: Config, store: Store, log: Logger, extr
   log.info({ admin: `${hp.host}:${port}` }, 'admin API listening');
   return {
     port,
-    close: () => new Promise<void>((r) => server.close(() => r())),
+    // Kept-alive connections (a dashboard polling, a scraper) would hold close() open for as long
+    // as they keep asking: requests under way get a second to finish, then every connection goes.
+    close: () =>
+      new Promise<void>((r) => {
+        server.close(() => r());
+        server.closeIdleConnections();
+        setTimeout(() => server.closeAllConnections(), 1000).unref();
+      }),
   };
 }

@@ -51,7 +51,7 @@ export function resolveRunAs(user: string, group: string | undefined): RunAs {
 }
 
 /** Errors a walk as root steps over: gone meanwhile, or not root's to see (NFS with root squash). */
-const SKIPPABLE = new Set(['ENOENT', 'EACCES', 'EPERM', 'ENOTDIR', 'ELOOP']);
+const SKIPPABLE = new Set(['ENOENT', 'EACCES', 'EPERM', 'ENOTDIR', 'ELOOP', 'ENXIO']);
 
 function skippable(err: unknown): boolean {
   return SKIPPABLE.has((err as NodeJS.ErrnoException).code ?? '');
@@ -68,12 +68,12 @@ function skippable(err: unknown): boolean {
  * skipped: the access check after the drop says what matters.
  */
 export function chownTree(dir: string, uid: number, gid: number): number {
-  const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW } = fs.constants;
+  const { O_RDONLY, O_DIRECTORY, O_NOFOLLOW, O_NONBLOCK, O_NOCTTY } = fs.constants;
   let changed = 0;
   /** An entry of an open directory (the link itself for a symbolic link), or an open directory by descriptor. */
   const give = (at: string | number, st: fs.Stats): void => {
     if (st.uid === uid && st.gid === gid) return;
-    if (!st.isDirectory() && !st.isSymbolicLink() && st.nlink > 1) return;
+    if (!st.isDirectory() && !st.isSymbolicLink() && (st.nlink > 1 || !st.isFile())) return;
     if (typeof at === 'number') fs.fchownSync(at, uid, gid);
     else fs.lchownSync(at, uid, gid);
     changed++;
@@ -92,8 +92,17 @@ export function chownTree(dir: string, uid: number, gid: number): number {
           } finally {
             fs.closeSync(sub);
           }
+        } else if (st.isSymbolicLink() || (st.uid === uid && st.gid === gid)) {
+          give(at, st); // a link is re-owned itself, never followed
         } else {
-          give(at, st);
+          // Re-owned through a descriptor, judged by what it is now: the entry may have been
+          // swapped since lstat (for a hard link to someone else's file, say).
+          const file = fs.openSync(at, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY);
+          try {
+            give(file, fs.fstatSync(file));
+          } finally {
+            fs.closeSync(file);
+          }
         }
       } catch (err) {
         if (!skippable(err)) throw err;
