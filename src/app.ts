@@ -17,7 +17,7 @@ import { openStore, type Store } from './store/index.ts';
 import { createAuthenticator, type Authenticator } from './auth/index.ts';
 import { startAdmin } from './admin/server.ts';
 import { startLogWatcher, type LogWatcher } from './relayers/log-watcher.ts';
-import { DnsResolver } from './dns/resolver.ts';
+import { ResolverForSettings, type DnsResolver } from './dns/resolver.ts';
 import type { Logger } from './util/log.ts';
 import { pidFile } from './queue/daemon-signal.ts';
 import { acquireInstanceLock } from './util/instance-lock.ts';
@@ -41,7 +41,7 @@ export class App {
   /** The Postfix policy delegation server (policy.listen), when set. */
   private policyService: import('./policy-service/server.ts').PolicyService | undefined;
   private popWatcher: LogWatcher | undefined;
-  private dns: { settings: string; resolver: DnsResolver } | undefined;
+  private readonly resolvers = new ResolverForSettings();
   /** This daemon's hold on its data_dir (src/util/instance-lock.ts). */
   private lock: { release(): void } | undefined;
   /** The transport behind the forwarder: routes by recipient domain (src/delivery/). */
@@ -209,12 +209,7 @@ export class App {
 
   /** The DNS resolver (with its cache); a new one when dns settings change. */
   private resolverFor(config: Config): DnsResolver {
-    // Compared with the settings it was made with: a reload asks several times before it is applied.
-    const settings = JSON.stringify(config.dns);
-    if (!this.dns || this.dns.settings !== settings) {
-      this.dns = { settings, resolver: new DnsResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeout, log: this.log }) };
-    }
-    return this.dns.resolver;
+    return this.resolvers.get(config, this.log);
   }
 
   /** Follows relay.pop_logs: each POP/IMAP login lets its IP relay (POP-before-SMTP). */

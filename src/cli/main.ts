@@ -7,6 +7,7 @@ import type { Config } from '../config/schema.ts';
 import { openLog } from '../util/log.ts';
 import { runStdio, stdioLogger } from '../stdio.ts';
 import { becomeConfiguredUser, resolveRunAs } from '../util/privileges.ts';
+import { readConfigAgain } from './reload-config.ts';
 // Each command loads what it needs when it runs (dynamic imports below): `mxguard stdio` starts
 // once per connection and must not pay for the daemon, the forwarder or the other commands.
 
@@ -56,24 +57,11 @@ async function start(file: string | undefined, runAs: { user?: string; group?: s
   let app: import('../app.ts').App | undefined;
   let started = false;
   let reloadWhenStarted = false;
-  const reload = (): void => {
-    if (!file) {
-      log.info('SIGHUP: no config file to reload');
-      return;
-    }
-    loadConfigFile(file).then(
-      ({ config: next, warnings }) => {
-        for (const w of warnings) log.warn({ file: w.file, line: w.line, key: w.key }, w.message);
-        try {
-          app?.reload(withRunAs(next));
-          logOutput.apply(next.log);
-        } catch (err) {
-          log.error({ err: (err as Error).message }, 'reload failed; keeping the running configuration');
-        }
-      },
-      (err: Error) => log.error({ err: err.message }, 'reload failed; keeping the running configuration'),
-    );
-  };
+  const reload = (): void =>
+    readConfigAgain(file, log, (next) => {
+      app?.reload(withRunAs(next));
+      logOutput.apply(next.log);
+    });
   process.on('SIGHUP', () => {
     logOutput.reopen();
     if (started) return reload();
@@ -215,8 +203,19 @@ queue.command('show <id>').description('show one message: envelope, delivery sta
 queue.command('flush').description('retry every deferred message now').action(withQueueConfig(queueFn('queueFlush')));
 queue.command('delete <id>').description('remove a message from the queue').action(withQueueConfig(queueFn('queueDelete')));
 
-/** `mxguard NAME [-c FILE] <command> [args...]`: runs `fn`, prints its output; errors exit 1. */
-function subcommands(name: string, description: string, args: string, fn: (config: Config, command: string, args: readonly string[]) => Promise<string>): void {
+type Owner = { uid: number; gid: number };
+
+/** The usual step before a command touches data_dir: become the configured user (nothing is handed over). */
+function dropRoot(config: Config): Owner | undefined {
+  becomeConfiguredUser(config);
+  return undefined;
+}
+
+/**
+ * `mxguard NAME [-c FILE] <command> [args...]`: runs `fn`, prints its output; errors exit 1.
+ * `prepare` gives root up before `fn` runs, or says to whom root hands what it writes.
+ */
+function subcommands(name: string, description: string, args: string, fn: (config: Config, command: string, args: readonly string[], owner: Owner | undefined) => Promise<string>, prepare: (config: Config) => Owner | undefined = dropRoot): void {
   program
     .command(name)
     .description(description)
@@ -225,7 +224,8 @@ function subcommands(name: string, description: string, args: string, fn: (confi
     .argument('[args...]', args)
     .action(async (command: string, rest: string[], opts: { config?: string }) => {
       try {
-        const out = await fn(await loadConfigAsUser(opts.config), command, rest);
+        const config = await loadConfig(opts.config);
+        const out = await fn(config, command, rest, prepare(config));
         if (out !== '') console.log(out);
       } catch (err) {
         console.error(`mxguard ${name}: ${(err as Error).message}`);
@@ -234,31 +234,20 @@ function subcommands(name: string, description: string, args: string, fn: (confi
     });
 }
 
+/**
+ * A users_file under data_dir is written as the user mxguard runs as (like the rest of data_dir);
+ * one elsewhere (/etc/mxguard/users) by root, then given to that user to read.
+ */
+function usersFileOwner(config: Config): Owner | undefined {
+  const file = path.resolve(config.auth.users_file ?? path.join(config.data_dir, 'users'));
+  const inDataDir = !path.relative(path.resolve(config.data_dir), file).startsWith('..');
+  if (inDataDir || process.getuid?.() !== 0) return dropRoot(config);
+  return config.user === undefined ? undefined : resolveRunAs(config.user, config.group);
+}
+
 subcommands('relay', 'POP-before-SMTP relayers, as vsmtprelay: add IP [TICKS] | delete IP... | expire [N] | list [N] | dump | load [FILE]', 'IP addresses, ticks (epoch seconds) or minutes', async (c, cmd, args) => (await import('./relay.ts')).relayCommand(c, cmd, args));
 subcommands('greylist', 'greylisting records: list | allow IP|CIDR... | release KEY (or IP SENDER RCPT) | delete KEY... | stats', 'keys as list shows them, addresses', async (c, cmd, args) => (await import('./greylist.ts')).greylistCommand(c, cmd, args));
-program
-  .command('user')
-  .description('SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list')
-  .option('-c, --config <file>', 'YAML configuration file (default: $MXGUARD_CONFIG, else /etc/mxguard/mxguard.yaml, else the embedded defaults)')
-  .argument('<command>')
-  .argument('[args...]', 'user names')
-  .action(async (command: string, rest: string[], opts: { config?: string }) => {
-    try {
-      // A users_file under data_dir is written as the user mxguard runs as (like the rest of
-      // data_dir); one elsewhere (/etc/mxguard/users) by root, then given to that user to read.
-      const config = await loadConfig(opts.config);
-      const file = path.resolve(config.auth.users_file ?? path.join(config.data_dir, 'users'));
-      const inDataDir = !path.relative(path.resolve(config.data_dir), file).startsWith('..');
-      let owner: { uid: number; gid: number } | undefined;
-      if (inDataDir || process.getuid?.() !== 0) becomeConfiguredUser(config);
-      else if (config.user !== undefined) owner = resolveRunAs(config.user, config.group);
-      const out = await (await import('./user.ts')).userCommand(config, command, rest, owner);
-      if (out !== '') console.log(out);
-    } catch (err) {
-      console.error(`mxguard user: ${(err as Error).message}`);
-      process.exitCode = 1;
-    }
-  });
+subcommands('user', 'SMTP AUTH users in auth.users_file: add USER (password on standard input) | delete USER... | list', 'user names', async (c, cmd, args, owner) => (await import('./user.ts')).userCommand(c, cmd, args, owner), usersFileOwner);
 
 program
   .command('report')

@@ -4,10 +4,10 @@
 // data_dir (the store is shared as `mxguard stdio` shares it). The log is the daemon's: log.format
 // honoured, SIGHUP and SIGUSR1 reopen the file (logrotate), SIGHUP also reloads the config.
 import type { Config } from '../config/schema.ts';
-import { loadConfigFile } from '../config/load.ts';
 import { openStore } from '../store/index.ts';
-import { DnsResolver } from '../dns/resolver.ts';
-import { openLog, type Logger } from '../util/log.ts';
+import { ResolverForSettings } from '../dns/resolver.ts';
+import { openLog } from '../util/log.ts';
+import { readConfigAgain } from './reload-config.ts';
 import { startPolicyService } from '../policy-service/server.ts';
 
 /** Runs until SIGTERM or SIGINT (SIGHUP reloads `file`); resolves with the exit code. */
@@ -19,12 +19,12 @@ export async function runPolicyCommand(config: Config, listen?: string, file?: s
   const logOutput = openLog(config.log);
   const log = logOutput.log;
   // The resolver keeps its cache across reloads unless the dns settings change.
-  let dns = { settings: JSON.stringify(config.dns), resolver: resolverFor(config, log) };
+  const resolvers = new ResolverForSettings();
   let store;
   let service;
   try {
     store = await openStore(config, log, { batchWrites: true });
-    service = await startPolicyService({ config, log, store, dns: dns.resolver, ...(listen !== undefined ? { listen } : {}) });
+    service = await startPolicyService({ config, log, store, dns: resolvers.get(config, log), ...(listen !== undefined ? { listen } : {}) });
   } catch (err) {
     log.fatal({ err: (err as Error).message }, 'policy service start-up failed');
     log.flush();
@@ -36,21 +36,11 @@ export async function runPolicyCommand(config: Config, listen?: string, file?: s
   const opened = store;
   const onHup = (): void => {
     logOutput.reopen();
-    if (file === undefined) {
-      log.info('SIGHUP: no config file to reload');
-      return;
-    }
-    loadConfigFile(file).then(
-      ({ config: next, warnings }) => {
-        for (const w of warnings) log.warn({ file: w.file, line: w.line, key: w.key }, w.message);
-        const settings = JSON.stringify(next.dns);
-        if (settings !== dns.settings) dns = { settings, resolver: resolverFor(next, log) };
-        running.reload(next, dns.resolver);
-        logOutput.apply(next.log);
-        log.info('configuration reloaded');
-      },
-      (err: Error) => log.error({ err: err.message }, 'reload failed; keeping the running configuration'),
-    );
+    readConfigAgain(file, log, (next) => {
+      running.reload(next, resolvers.get(next, log));
+      logOutput.apply(next.log);
+      log.info('configuration reloaded');
+    });
   };
   const onUsr1 = (): void => logOutput.reopen();
   process.on('SIGHUP', onHup);
@@ -68,8 +58,4 @@ export async function runPolicyCommand(config: Config, listen?: string, file?: s
   log.info('stopped');
   log.flush();
   return 0;
-}
-
-function resolverFor(config: Config, log: Logger): DnsResolver {
-  return new DnsResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeout, log });
 }

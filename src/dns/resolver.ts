@@ -627,3 +627,17 @@ function invalid(reason: string): DnsError {
 function timedOut(type: string, name: string, ms: number): DnsError {
   return { kind: 'error', code: 'timeout', reason: `${type} ${name}: no answer within ${ms} ms` };
 }
+
+/**
+ * One resolver while the dns settings stay the same, so its cache survives a reload; a new one
+ * when they change. (A reload asks for it several times before it is applied.)
+ */
+export class ResolverForSettings {
+  private current: { settings: string; resolver: DnsResolver } | undefined;
+
+  get(config: { dns: { servers: readonly string[]; timeout: number } }, log?: Logger): DnsResolver {
+    const settings = JSON.stringify(config.dns);
+    if (this.current?.settings !== settings) this.current = { settings, resolver: new DnsResolver({ servers: config.dns.servers, timeoutMs: config.dns.timeout, ...(log ? { log } : {}) }) };
+    return this.current.resolver;
+  }
+}
